@@ -1,0 +1,160 @@
+"""Command line: ``prunerzero prune | eval`` (and the search/structural stages as they land).
+
+Every bad input ends in one line on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _common_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file, a save_pretrained folder or a hub id")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", help="fp32 | fp16 | bf16 | auto (fp32 on CPU, fp16 on GPU)")
+    p.add_argument("--device-map", default=None, help="'auto' spreads a large model over all GPUs (accelerate)")
+    p.add_argument("--seqlen", type=int, default=2048, help="window length (capped at the model's context)")
+    p.add_argument("--data-dir", default=None, help="folder with wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA)")
+    p.add_argument("--cache-dir", default=None, help="model and statistics cache (default: ~/.cache/prunerzero)")
+    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    p.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only (default: all)")
+    p.add_argument("--eval", default="wikitext2", help="comma-separated: wikitext2,c4")
+    p.add_argument("--tasks", default=None, help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval])")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(args):
+    from .data import resolve_data_dir
+    from .models import load_model
+
+    resolve_data_dir(args.data_dir)  # fail before the (slow) model load
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    return load_model(args.model, device=args.device, dtype=args.dtype, cache=args.cache_dir,
+                      device_map=args.device_map, seqlen=args.seqlen)
+
+
+def _evaluate(lm, args) -> dict:
+    from .evaluate import zero_shot
+    from .pipeline import evaluate_all
+
+    datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
+    out = evaluate_all(lm, datasets, args.eval_windows, args.batch_size, args.data_dir, not args.quiet)
+    if args.tasks:
+        out["zero_shot"] = zero_shot(lm, [t.strip() for t in args.tasks.split(",")], args.batch_size)
+    return out
+
+
+def _ppl_line(res: dict) -> str:
+    return "  ".join(f"{ds} ppl {r['ppl']:.3f} ({r['windows']} windows)" for ds, r in res.items() if "ppl" in r)
+
+
+def save_model(lm, target: str) -> None:
+    """save_pretrained to a temporary folder next to ``target``, then rename (no half-written folder)."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{target} exists and is not empty: choose another --save folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        lm.model.save_pretrained(tmp)
+        lm.tokenizer.save_pretrained(tmp)
+        if target.exists():
+            target.rmdir()
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def cmd_prune(args) -> None:
+    from .pipeline import CalibConfig, default_group, prune
+    from .prune.masks import parse_pattern
+
+    pattern = parse_pattern(args.sparsity, args.pattern, args.group or default_group(args.metric))
+    if args.save and Path(args.save).exists() and any(Path(args.save).iterdir()):
+        raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
+    lm = _load(args)
+    cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
+    payload = {"command": " ".join(sys.argv), "model": args.model, "metric": args.metric, "pattern": str(pattern),
+               "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed, "seqlen": lm.seqlen}
+    if not args.skip_dense:
+        payload["dense"] = _evaluate(lm, args)
+        print(f"dense   {_ppl_line(payload['dense'])}", flush=True)
+    res = prune(lm, args.metric, pattern, cfg, sequential=args.sequential, progress=not args.quiet)
+    payload.update(sparsity=res.sparsity, prune_seconds=res.seconds)
+    t0 = time.time()
+    payload["pruned"] = _evaluate(lm, args)
+    print(f"pruned  {_ppl_line(payload['pruned'])}  [{res.method}, {pattern}, "
+          f"{'sequential' if args.sequential else 'one-shot'}]")
+    print(f"sparsity {res.sparsity:.4f} of prunable weights; prune {res.seconds:.1f}s, eval {time.time() - t0:.1f}s")
+    if args.save:
+        save_model(lm, args.save)
+        print(f"saved to {args.save}")
+    _write_json(args.json, payload)
+
+
+def cmd_eval(args) -> None:
+    lm = _load(args)
+    payload = {"command": " ".join(sys.argv), "model": args.model, "seqlen": lm.seqlen, "eval": _evaluate(lm, args)}
+    print(_ppl_line(payload["eval"]))
+    if "zero_shot" in payload["eval"]:
+        print(json.dumps(payload["eval"]["zero_shot"], indent=2))
+    _write_json(args.json, payload)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunerzero", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model with a metric (name or formula) or SparseGPT; report ppl")
+    _common_model_args(p)
+    p.add_argument("--metric", default="wanda",
+                   help="magnitude | wanda | pruner-zero | gblm | ria | sparsegpt | a formula like mul(abs(W), sqrt(X))")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--pattern", default=None, help="N:M such as 2:4 or 4:8 (default: unstructured)")
+    p.add_argument("--group", default=None, choices=["row", "layer"],
+                   help="unstructured comparison group (default: the metric's paper: layer for magnitude, else row)")
+    p.add_argument("--sequential", action="store_true", help="Wanda's layer-by-layer calibration (else one-shot)")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
+    p.add_argument("--save", default=None, help="write the pruned model here (plain transformers loads it)")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="perplexity (and optional zero-shot) of a model")
+    _common_model_args(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""One exception type for bad user input: the CLI prints its message on one line and exits 2."""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says how, on one line."""

@@ -1,0 +1,6 @@
+"""Metric formulas: operation registry, parser, torch/sympy conversion, simplification, known metrics."""
+from .expr import FormulaError, Node, evaluate, parse
+from .known import KNOWN_METRICS, resolve_metric
+from .ops import OPS, TERMINALS
+
+__all__ = ["FormulaError", "Node", "evaluate", "parse", "KNOWN_METRICS", "resolve_metric", "OPS", "TERMINALS"]

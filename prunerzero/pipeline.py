@@ -1,0 +1,92 @@
+"""The pruning job as functions: calibrate (cached), prune with a metric or SparseGPT, evaluate."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import data
+from .calibration import Stats, activation_stats, cached_stats, gradient_stats, stats_key
+from .errors import UserError
+from .evaluate import ppl_on
+from .metric.known import resolve_metric
+from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
+from .prune.masks import Pattern, sparsity_of
+from .prune.run import SPARSEGPT, prune_model
+
+
+@dataclass
+class CalibConfig:
+    nsamples: int = 128
+    seed: int = 0
+    batch_size: int = 1
+    data_dir: str | None = None
+    cache: str | None = None
+
+
+def calibration_windows(lm: LoadedModel, cfg: CalibConfig) -> torch.Tensor:
+    return data.calibration_windows(lm.tokenizer, cfg.nsamples, lm.seqlen, cfg.seed, cfg.data_dir)
+
+
+def _key(lm: LoadedModel, cfg: CalibConfig, kind: str) -> str:
+    return stats_key(model_fingerprint(lm.model), data.data_fingerprint(cfg.data_dir), cfg.nsamples, lm.seqlen,
+                     cfg.seed, f"{kind}:{lm.model.dtype}")
+
+
+def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_g: bool = True,
+                   windows: torch.Tensor | None = None, progress: bool = True) -> Stats:
+    """X and/or G of the dense model, each cached as safetensors under the cache dir."""
+    stats = Stats()
+    get_windows = (lambda: windows) if windows is not None else (lambda: calibration_windows(lm, cfg))
+    if need_x:
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X"),
+                                          lambda: activation_stats(lm.model, get_windows(), cfg.batch_size,
+                                                                   progress)))
+    if need_g:
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "G"),
+                                          lambda: gradient_stats(lm.model, get_windows(), progress=progress)))
+    return stats
+
+
+@dataclass
+class PruneResult:
+    method: str
+    pattern: str
+    sequential: bool
+    sparsity: float
+    seconds: float
+    ppl: dict = field(default_factory=dict)
+
+
+def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequential: bool = True,
+          progress: bool = True) -> PruneResult:
+    """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt'."""
+    t0 = time.time()
+    if method == SPARSEGPT:
+        name, formula, terms = SPARSEGPT, SPARSEGPT, set()
+    else:
+        name, formula, _ = resolve_metric(method)
+        terms = formula.terminals()
+    need_g = bool(terms & {"G", "G1", "G2"})
+    grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, progress=progress) if need_g else None
+    needs_windows = method == SPARSEGPT or "X" in terms
+    windows = calibration_windows(lm, cfg) if needs_windows else None
+    prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential, batch_size=cfg.batch_size,
+                progress=progress)
+    return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0)
+
+
+def default_group(method: str) -> str:
+    """The comparison group a method's paper uses for unstructured sparsity (per layer for magnitude)."""
+    return "row" if method == SPARSEGPT else resolve_metric(method)[2]
+
+
+def evaluate_all(lm: LoadedModel, datasets: list[str], max_windows: int | None, batch_size: int,
+                 data_dir=None, progress: bool = True) -> dict[str, dict]:
+    out = {}
+    for ds in datasets:
+        if ds not in data.EVAL_DATASETS:
+            raise UserError(f"unknown evaluation dataset '{ds}': use {', '.join(data.EVAL_DATASETS)}")
+        out[ds] = ppl_on(lm, ds, "test", max_windows, batch_size, data_dir, progress)
+    return out

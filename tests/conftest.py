@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny random LLaMA (grouped-query attention) built from a config, and the real SmolLM2."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("PRUNERZERO_DATA", SHARED_DATA))
+
+
+def tiny_config(arch: str = "llama", layers: int = 2, vocab: int = 256):
+    import transformers
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config, "gemma": transformers.GemmaConfig}[arch]
+    extra = {"head_dim": 16} if arch == "gemma" else {}
+    return cls(**common, **extra)
+
+
+def make_tiny(arch: str = "llama", seed: int = 0, layers: int = 2, vocab: int = 256):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, vocab), dtype=torch.float32)
+    model.eval()
+    model.config.use_cache = False
+    return model
+
+
+@pytest.fixture
+def tiny():
+    return make_tiny()
+
+
+@pytest.fixture
+def windows():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (6, 32), generator=g)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (loaded once per session; the first load dequantises the GGUF and caches it)."""
+    from prunerzero.models import load_model
+
+    return load_model("smollm2", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(autouse=True)
+def _data_env(monkeypatch):
+    if "PRUNERZERO_DATA" not in os.environ and SHARED_DATA.is_dir():
+        monkeypatch.setenv("PRUNERZERO_DATA", str(SHARED_DATA))

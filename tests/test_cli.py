@@ -1,0 +1,34 @@
+"""Bad input ends in one line on stderr that says what to do, exit status 2, and nothing written."""
+import pytest
+
+from prunerzero.cli import main
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["prune", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["prune", "--sparsity", "1.5"], "outside (0, 1)"),
+    (["prune", "--pattern", "4:2"], "1 <= N < M"),
+    (["prune", "--metric", "mul(abs(W), sqrt(X)"], "unbalanced parentheses"),
+    (["prune", "--metric", "__import__('os')"], "cannot read formula at character 12"),
+    (["prune", "--metric", "__import__(W)"], "unknown operation or terminal '__import__'"),
+    (["prune", "--metric", "abs(W, X)"], "'abs' takes 1 argument(s), got 2"),
+    (["prune", "--metric", "frobnicate"], "unknown metric 'frobnicate'"),
+    (["prune", "--data-dir", "/nonexistent/dir", "--model", "smollm2"], "does not exist"),
+    (["eval", "--model", "/tmp/missing-model.gguf"], "not found"),
+    (["eval", "--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_bad_input_one_line(argv, msg, capsys, tmp_path):
+    code = main(argv + ["--cache-dir", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err
+    assert msg in err
+
+
+def test_save_refuses_nonempty_folder(tmp_path, capsys):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    assert main(["prune", "--save", str(target), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]

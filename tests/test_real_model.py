@@ -1,0 +1,54 @@
+"""Checks on the real SmolLM2-135M (a few short windows, so they stay fast on CPU)."""
+import pytest
+import torch
+
+from prunerzero import data
+from prunerzero.evaluate import perplexity
+from prunerzero.models import all_prunable
+from prunerzero.pipeline import CalibConfig, prune
+from prunerzero.prune.masks import Pattern, WeightSnapshot, parse_pattern
+
+pytestmark = pytest.mark.real
+
+
+def test_smollm2_structure(smollm2):
+    cfg = smollm2.model.config
+    assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size) == \
+        (30, 9, 3, 1536)
+    assert len(all_prunable(smollm2.model)) == 30 * 7
+    assert smollm2.seqlen == 2048
+
+
+def test_smollm2_tokens_and_ppl(smollm2):
+    tokens = data.eval_tokens(smollm2.tokenizer, "wikitext2", "test")
+    assert tokens.numel() == 304_986  # the reference token count: no BOS, same tokenizer
+    windows = data.eval_windows(tokens, 256, max_windows=2)
+    ppl = perplexity(smollm2.model, windows, batch_size=2)
+    assert 10 < ppl < 80
+
+
+@pytest.mark.parametrize("metric,pattern,seq", [("wanda", None, True), ("magnitude", "2:4", False)])
+def test_smollm2_prune_exact_and_restorable(smollm2, metric, pattern, seq):
+    lm = smollm2
+    linears = all_prunable(lm.model)
+    snap = WeightSnapshot(linears, device="cpu")
+    old_seqlen, lm.seqlen = lm.seqlen, 128
+    try:
+        windows = data.eval_windows(data.eval_tokens(lm.tokenizer), 128, max_windows=2)
+        dense = perplexity(lm.model, windows)
+        res = prune(lm, metric, parse_pattern(0.5, pattern, "row"), CalibConfig(nsamples=2), sequential=seq,
+                    progress=False)
+        for key, lin in linears.items():
+            # exactly half of every row / every group of 4 (the Q4_1 ties are broken, not over-pruned)
+            zeros = (lin.weight == 0) & (snap.saved[key] != 0)
+            assert int((lin.weight == 0).sum()) >= lin.weight.numel() // 2
+            if pattern:
+                assert ((lin.weight == 0).view(lin.out_features, -1, 4).sum(-1) >= 2).all()
+            assert zeros.any()
+        assert res.sparsity == pytest.approx(0.5, abs=2e-3)
+        pruned = perplexity(lm.model, windows)
+        assert pruned > dense
+    finally:
+        snap.restore()
+        lm.seqlen = old_seqlen
+    assert all(torch.equal(l.weight, snap.saved[k]) for k, l in linears.items())
