@@ -1,4 +1,4 @@
-"""Command line: ``prunerzero prune | eval`` (and the search/structural stages as they land).
+"""Command line: ``prunerzero search | show | prune | eval``.
 
 Every bad input ends in one line on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
 """
@@ -118,6 +118,51 @@ def cmd_eval(args) -> None:
     _write_json(args.json, payload)
 
 
+def cmd_search(args) -> None:
+    from .data import resolve_data_dir
+    from .search.engine import Search, load_run_space
+    from .search.space import load_space, validate
+    from .search.table import format_table
+    from .search.workers import InProcess, RayPool, build_evaluator
+
+    resolve_data_dir(args.data_dir)
+    if args.resume:
+        space, meta = load_run_space(args.resume)
+        out = args.resume
+        if args.generations is not None:
+            space.raw["gp"]["generations"] = args.generations
+    else:
+        space = load_space(args.space)
+        raw = space.raw
+        for key, value in (("generations", args.generations), ("population", args.population), ("seed", args.seed)):
+            if value is not None:
+                raw["gp"][key] = value
+        for key, value in (("model", args.model), ("eval_windows", args.eval_windows), ("nsamples", args.nsamples),
+                           ("seqlen", args.seqlen), ("device", args.device), ("dtype", args.dtype),
+                           ("batch_size", args.batch_size)):
+            if value is not None:
+                raw["fitness"][key] = value
+        space = validate(raw, space.path)
+        meta = {"command": "prunerzero " + " ".join(sys.argv[1:]), "space_file": args.space}
+        out = args.out or f"results/search-{space.name}"
+    terminals = space.raw["terminals"]
+    if args.workers > 1:
+        evaluate_many = RayPool(space.fitness, terminals, args.workers, args.data_dir, args.cache_dir)
+    else:
+        evaluate_many = InProcess(build_evaluator(space.fitness, terminals, args.data_dir, args.cache_dir,
+                                                  not args.quiet))
+    search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
+    search.run(resume=bool(args.resume))
+    print(format_table(out, args.top))
+    print(f"run directory: {out}")
+
+
+def cmd_show(args) -> None:
+    from .search.table import format_table
+
+    print(format_table(args.run, args.top))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunerzero", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +181,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
     p.add_argument("--save", default=None, help="write the pruned model here (plain transformers loads it)")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("search", help="discover a pruning metric by genetic programming")
+    p.add_argument("--space", default="search_spaces/prunerzero.yaml", help="search space YAML")
+    p.add_argument("--out", default=None, help="run directory (default results/search-<space name>)")
+    p.add_argument("--resume", default=None, help="continue the run in this directory")
+    p.add_argument("--generations", type=int, default=None)
+    p.add_argument("--population", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="GP seed")
+    p.add_argument("--model", default=None)
+    p.add_argument("--eval-windows", type=int, default=None, help="fitness windows (WikiText-2 validation)")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration windows for X and G")
+    p.add_argument("--seqlen", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, help="evaluate on N GPUs through Ray (prunerzero[ray])")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--top", type=int, default=10, help="rows of the final table")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("show", help="table of the best distinct formulas of a search run")
+    p.add_argument("run", help="search run directory")
+    p.add_argument("--top", type=int, default=10)
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("eval", help="perplexity (and optional zero-shot) of a model")
     _common_model_args(p)

@@ -52,3 +52,19 @@ def test_smollm2_prune_exact_and_restorable(smollm2, metric, pattern, seq):
         snap.restore()
         lm.seqlen = old_seqlen
     assert all(torch.equal(l.weight, snap.saved[k]) for k, l in linears.items())
+
+
+def test_cli_search_and_show_agree(tmp_path, capsys, smollm2):
+    """A two-generation search on the real model through the CLI; `show` prints the same best formula."""
+    from prunerzero.cli import main
+    from prunerzero.search.table import equations
+
+    out = tmp_path / "run"
+    assert main(["search", "--space", "search_spaces/tiny.yaml", "--generations", "1", "--population", "4",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    best = equations(out).iloc[0]
+    assert best.formula in printed
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert f"{best.ppl:.3f}" in shown and best.formula in shown

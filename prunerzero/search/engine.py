@@ -1,0 +1,219 @@
+"""The GP loop: DEAP variation, simplification of every offspring, cached fitness, elitism, hall of fame,
+a JSONL line per evaluation, a JSON checkpoint per generation, and resume.
+
+This module knows nothing about tensors: fitness comes from ``evaluate_many(formulas) -> iterator of dicts``
+(in-process or a Ray actor pool, see ``search.workers``), in the order given.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from deap import algorithms, tools
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..metric.simplify import simplify
+from .space import SearchSpace, validate
+from .toolbox import build_pset, build_toolbox, to_individual
+
+HOF_SIZE = 30
+
+EvaluateMany = Callable[[list[str]], Iterator[dict]]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunFiles:
+    root: Path
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "evaluations.jsonl"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
+def read_evaluations(root: str | Path) -> list[dict]:
+    path = RunFiles(Path(root)).evaluations
+    if not path.is_file():
+        raise UserError(f"{root} holds no evaluations.jsonl: pass a search run directory")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Search:
+    def __init__(self, space: SearchSpace, out_dir: str | Path, evaluate_many: EvaluateMany,
+                 meta: dict | None = None, progress: bool = True, on_resume: Callable[[list[dict]], None] | None = None):
+        self.space = space
+        self.files = RunFiles(Path(out_dir))
+        self.evaluate_many = evaluate_many
+        self.meta = meta or {}
+        self.progress = progress
+        self.on_resume = on_resume
+        self.pset = build_pset(space)
+        self.toolbox = build_toolbox(space, self.pset)
+        self.by_text: dict[str, float] = {}
+        self.by_key: dict[str, float] = {}
+        self.hof: dict[str, dict] = {}
+        self.counts: Counter = Counter()
+        self.wall = 0.0
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _log(self, rec: dict) -> None:
+        with self.files.evaluations.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        self._absorb(rec)
+
+    def _absorb(self, rec: dict) -> None:
+        """Count a record and fold it into the caches and the hall of fame (distinct ranking keys)."""
+        self.counts[rec["hit"]] += 1
+        self.by_text.setdefault(rec["formula"], rec["ppl"])
+        self.by_key.setdefault(rec["key"], rec["ppl"])
+        best = self.hof.get(rec["key"])
+        if rec["hit"] != "error" and (best is None or rec["ppl"] < best["ppl"]):
+            self.hof[rec["key"]] = {k: rec[k] for k in ("formula", "simplified", "latex", "size", "depth", "ppl",
+                                                         "generation", "key")}
+
+    def evaluate(self, individuals: list, generation: int) -> None:
+        todo = [ind for ind in individuals if not ind.fitness.valid]
+        pending: list[tuple[str, object]] = []
+        waiting: dict[str, list] = {}
+        for ind in todo:
+            text = str(ind)
+            simp = simplify(text)
+            base = {"generation": generation, "formula": text, "simplified": simp.text, "latex": simp.latex,
+                    "key": simp.key, "size": len(ind), "depth": ind.height + 1}
+            if text in self.by_text:
+                self._log({**base, "ppl": self.by_text[text], "seconds": 0.0, "hit": "text"})
+            elif simp.key in self.by_key:
+                self._log({**base, "ppl": self.by_key[simp.key], "seconds": 0.0, "hit": "key"})
+            elif simp.key in waiting:
+                waiting[simp.key].append(base)
+            else:
+                waiting[simp.key] = []
+                pending.append((text, base))
+        results = self.evaluate_many([t for t, _ in pending])
+        for (text, base), res in zip(pending, results):
+            rec = {**base, "ppl": float(res["ppl"]), "seconds": round(float(res["seconds"]), 3), "hit": res["hit"],
+                   "fingerprint": res.get("fingerprint"), "error": res.get("error")}
+            self._log(rec)
+            for other in waiting.get(base["key"], []):
+                hit = "text" if other["formula"] in self.by_text else "key"
+                self._log({**other, "ppl": rec["ppl"], "seconds": 0.0, "hit": hit})
+        for ind in todo:
+            ind.fitness.values = (self.by_text[str(ind)],)
+
+    def _simplify_offspring(self, offspring: Iterable) -> None:
+        """Replace an offspring by its simplified form when that is smaller and expressible in the space."""
+        for ind in offspring:
+            if ind.fitness.valid:
+                continue
+            simp = simplify(str(ind))
+            if simp.text != str(ind) and self.space.allows(simp.text):
+                new = to_individual(simp.text, self.pset)
+                if len(new) < len(ind):
+                    ind[0:len(ind)] = new
+
+    # ------------------------------------------------------------------------------------------ state
+    def _checkpoint(self, generation: int, population: list) -> None:
+        state = {"generation": generation, "population": [str(i) for i in population],
+                 "fitness": [i.fitness.values[0] for i in population],
+                 "random_state": list(random.getstate()), "counts": dict(self.counts),
+                 "hall_of_fame": self.best(HOF_SIZE), "wall_seconds": round(self.wall, 1)}
+        _atomic_write(self.files.checkpoint, json.dumps(state) + "\n")
+
+    def _restore(self) -> tuple[int, list]:
+        if not self.files.checkpoint.is_file():
+            raise UserError(f"{self.files.root} has no checkpoint.json: start a new search instead of --resume")
+        state = json.loads(self.files.checkpoint.read_text())
+        gen = state["generation"]
+        kept = [r for r in read_evaluations(self.files.root) if r["generation"] <= gen]
+        _atomic_write(self.files.evaluations, "".join(json.dumps(r) + "\n" for r in kept))
+        for rec in kept:
+            self._absorb(rec)
+        if self.on_resume:
+            self.on_resume(kept)
+        pop = []
+        for text, fit in zip(state["population"], state["fitness"]):
+            ind = to_individual(text, self.pset)
+            ind.fitness.values = (fit,)
+            pop.append(ind)
+        version, internal, gauss = state["random_state"]
+        random.setstate((version, tuple(internal), gauss))
+        self.wall = state.get("wall_seconds", 0.0)
+        return gen, pop
+
+    def best(self, n: int = 10) -> list[dict]:
+        return sorted(self.hof.values(), key=lambda r: (r["ppl"], r["size"], r["formula"]))[:n]
+
+    # ------------------------------------------------------------------------------------------ loop
+    def run(self, resume: bool = False) -> list[dict]:
+        gp_cfg = self.space.gp
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        if resume:
+            start, pop = self._restore()
+            start += 1
+        else:
+            if self.files.evaluations.exists() and self.files.evaluations.stat().st_size:
+                raise UserError(f"{self.files.root} already holds a search: pass --resume or a new --out")
+            _atomic_write(self.files.config, json.dumps({"space": self.space.raw, "meta": self.meta}, indent=2))
+            self.files.evaluations.write_text("")
+            random.seed(gp_cfg["seed"])
+            pop = [to_individual(s, self.pset) for s in self.space.seeds[: gp_cfg["population"]]]
+            pop += self.toolbox.population(n=gp_cfg["population"] - len(pop))
+            start = 0
+        bar = tqdm(range(start, gp_cfg["generations"] + 1), desc="search", disable=not self.progress,
+                   initial=start, total=gp_cfg["generations"] + 1)
+        for gen in bar:
+            t0 = time.time()
+            if gen > 0:
+                parents = self.toolbox.select(pop, len(pop))
+                offspring = algorithms.varAnd(parents, self.toolbox, gp_cfg["cxpb"], gp_cfg["mutpb"])
+                self._simplify_offspring(offspring)
+                self.evaluate(offspring, gen)
+                elites = tools.selBest(pop, gp_cfg["elites"])
+                pop = [self.toolbox.clone(e) for e in elites] + offspring[: len(pop) - len(elites)]
+            else:
+                self._simplify_offspring(pop)
+                self.evaluate(pop, gen)
+            self.wall += time.time() - t0
+            self._checkpoint(gen, pop)
+            top = self.best(1)
+            if top:
+                bar.set_postfix_str(f"best ppl {top[0]['ppl']:.3f} {top[0]['simplified']}")
+        summary = {"best": self.best(1)[0] if self.hof else None, "hall_of_fame": self.best(HOF_SIZE),
+                   "counts": dict(self.counts), "evaluations": sum(self.counts.values()),
+                   "wall_seconds": round(self.wall, 1), "meta": self.meta}
+        _atomic_write(self.files.summary, json.dumps(summary, indent=2) + "\n")
+        return self.best(HOF_SIZE)
+
+
+def load_run_space(run_dir: str | Path) -> tuple[SearchSpace, dict]:
+    files = RunFiles(Path(run_dir))
+    if not files.config.is_file():
+        raise UserError(f"{run_dir} has no config.json: pass a search run directory")
+    cfg = json.loads(files.config.read_text())
+    return validate(cfg["space"], str(files.config)), cfg.get("meta", {})
