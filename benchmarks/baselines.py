@@ -25,7 +25,7 @@ from prunerzero.prune.masks import WeightSnapshot, parse_pattern
 
 PATTERNS = {"u": None, "4:8": "4:8", "2:4": "2:4"}
 DEFAULT_ROWS = [
-    "wanda:u:seq", "magnitude:u:oneshot", "pruner-zero:u:oneshot", "sparsegpt:u:seq",
+    "wanda:u:seq", "dense", "magnitude:u:oneshot", "pruner-zero:u:oneshot", "sparsegpt:u:seq",
     "wanda:2:4:seq", "wanda:4:8:seq", "magnitude:2:4:oneshot", "magnitude:4:8:oneshot",
     "pruner-zero:2:4:oneshot", "pruner-zero:4:8:oneshot", "sparsegpt:2:4:seq", "sparsegpt:4:8:seq",
 ]
@@ -75,11 +75,15 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     for r in rows:
-        parse_row(r)
+        if r != "dense":
+            parse_row(r)
     out = Path(args.out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype, seqlen=args.seqlen)
@@ -95,14 +99,13 @@ def main() -> None:
     def evaluate():
         return ppl_on(lm, "wikitext2", "test", args.eval_windows, args.batch_size, args.data_dir, progress=True)
 
-    dense_path = out / "rows" / "dense.json"
-    if not dense_path.exists():
-        res = evaluate()
-        dense_path.write_text(json.dumps({"method": "dense", "row": "dense", **res}, indent=2))
-        render(out, meta)
     for row in rows:
         path = out / "rows" / f"{row.replace(':', '_')}.json"
         if path.exists():
+            continue
+        if row == "dense":
+            path.write_text(json.dumps({"method": "dense", "row": "dense", **evaluate()}, indent=2))
+            render(out, meta)
             continue
         method, pat, seq = parse_row(row)
         pattern = parse_pattern(0.5, pat, default_group(method))

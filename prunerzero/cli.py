@@ -1,4 +1,4 @@
-"""Command line: ``prunerzero search | show | prune | eval``.
+"""Command line: ``prunerzero search | show | prune | structural | eval``.
 
 Every bad input ends in one line on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
 """
@@ -163,6 +163,54 @@ def cmd_show(args) -> None:
     print(format_table(args.run, args.top))
 
 
+def cmd_structural(args) -> None:
+    from .pipeline import CalibConfig, StructuralConfig, eval_at, structural
+    from .prune.structural import forward_latency, save_structural
+
+    if args.save and Path(args.save).exists() and any(Path(args.save).iterdir()):
+        raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
+    cfg = StructuralConfig(sparsity=args.sparsity, metric=args.metric, init=args.init, steps=args.steps,
+                           samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
+                           calib_seqlen=args.calib_seqlen, seed=args.seed)
+    if cfg.init not in ("metric", "const", "random", "oneshot"):
+        raise UserError(f"unknown --init '{cfg.init}': use metric, const, random or oneshot")
+    if cfg.init in ("metric", "oneshot"):
+        from .metric.known import resolve_metric
+        resolve_metric(cfg.metric)
+    lm = _load(args)
+    datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
+    seqlens = [int(s) for s in args.eval_seqlens.split(",")]
+    payload = {"command": "prunerzero " + " ".join(sys.argv[1:]), "model": args.model, "sparsity": args.sparsity,
+               "init": args.init, "metric": args.metric, "steps": args.steps, "samples": args.samples,
+               "lr": args.lr, "nsamples": args.nsamples, "calib_seqlen": args.calib_seqlen,
+               "eval_windows": args.eval_windows}
+    lat_len = args.latency_seqlen
+    if not args.skip_dense:
+        payload["dense"] = {str(L): eval_at(lm, L, datasets, args.eval_windows, args.batch_size, args.data_dir,
+                                            not args.quiet) for L in seqlens}
+        payload["latency_before_s"] = forward_latency(lm.model, lat_len)
+        for L, res in payload["dense"].items():
+            print(f"dense   seqlen {L}: {_ppl_line(res)}", flush=True)
+    res = structural(lm, cfg, CalibConfig(args.nsamples, args.seed, 1, args.data_dir, args.cache_dir),
+                     progress=not args.quiet)
+    payload.update({k: v for k, v in res.items() if k != "masks"})
+    payload["pruned"] = {str(L): eval_at(lm, L, datasets, args.eval_windows, args.batch_size, args.data_dir,
+                                         not args.quiet) for L in seqlens}
+    payload["latency_after_s"] = forward_latency(lm.model, lat_len)
+    b, a = res["params_before"], res["params_after"]
+    for L, r in payload["pruned"].items():
+        print(f"pruned  seqlen {L}: {_ppl_line(r)}  [{args.init}, {args.metric if args.init != 'const' else '-'}]")
+    print(f"parameters {b['total']:,} -> {a['total']:,} (prunable {b['prunable']:,} -> {a['prunable']:,}, "
+          f"{res['removed_fraction']:.1%} removed); optimisation {res['seconds']:.0f}s")
+    if "latency_before_s" in payload:
+        print(f"forward latency at seqlen {lat_len}: {payload['latency_before_s'] * 1000:.0f} ms -> "
+              f"{payload['latency_after_s'] * 1000:.0f} ms")
+    if args.save:
+        save_structural(lm.model, lm.tokenizer, args.save)
+        print(f"saved to {args.save} (load with trust_remote_code=True)")
+    _write_json(args.json, payload)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunerzero", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +255,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="search run directory")
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("structural", help="remove KV-head groups and MLP channels (policy gradient, forward only)")
+    _common_model_args(p)
+    p.add_argument("--sparsity", type=float, default=0.2, help="fraction of prunable parameters to remove")
+    p.add_argument("--metric", default="wanda", help="metric (name or formula) for the initial probabilities")
+    p.add_argument("--init", default="metric", help="metric | const | random | oneshot (metric scores, no PG)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--samples", type=int, default=2, help="masks sampled per step (K)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--pg-batch-size", type=int, default=4, help="calibration windows per step")
+    p.add_argument("--calib-seqlen", type=int, default=128)
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (C4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-seqlens", default="128,2048", help="perplexity window lengths to report")
+    p.add_argument("--latency-seqlen", type=int, default=2048)
+    p.add_argument("--skip-dense", action="store_true")
+    p.add_argument("--save", default=None, help="write the sliced model here")
+    p.set_defaults(func=cmd_structural)
 
     p = sub.add_parser("eval", help="perplexity (and optional zero-shot) of a model")
     _common_model_args(p)

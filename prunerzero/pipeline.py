@@ -90,3 +90,70 @@ def evaluate_all(lm: LoadedModel, datasets: list[str], max_windows: int | None, 
             raise UserError(f"unknown evaluation dataset '{ds}': use {', '.join(data.EVAL_DATASETS)}")
         out[ds] = ppl_on(lm, ds, "test", max_windows, batch_size, data_dir, progress)
     return out
+
+
+@dataclass
+class StructuralConfig:
+    sparsity: float = 0.2          # fraction of prunable parameters removed
+    metric: str = "wanda"          # formula or known name for the initialisation / one-shot scores
+    init: str = "metric"           # metric | const | random | oneshot (top-k of the metric's scores, no PG)
+    steps: int = 200
+    samples: int = 2
+    lr: float = 2e-3
+    ma_window: int = 5
+    batch_size: int = 4
+    calib_seqlen: int = 128
+    normalized: bool = True
+    seed: int = 0
+
+
+def eval_at(lm: LoadedModel, seqlen: int, datasets: list[str], max_windows: int | None, batch_size: int,
+            data_dir=None, progress: bool = True) -> dict:
+    """Perplexity with windows of ``seqlen`` tokens (structural papers report seqlen 128)."""
+    old = lm.seqlen
+    lm.seqlen = seqlen
+    try:
+        return evaluate_all(lm, datasets, max_windows, batch_size, data_dir, progress)
+    finally:
+        lm.seqlen = old
+
+
+def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progress: bool = True) -> dict:
+    """Learn (or one-shot) a structure mask and slice the model in place; returns masks, history and timings."""
+    from .metric.known import resolve_metric
+    from .prune import structural as st
+
+    if not (0.0 < cfg.sparsity < 1.0):
+        raise UserError(f"structural sparsity {cfg.sparsity} is outside (0, 1): use e.g. 0.2")
+    keep = 1.0 - cfg.sparsity
+    layout = st.Layout.of(lm.model)
+    old = lm.seqlen
+    lm.seqlen = min(cfg.calib_seqlen, old)
+    try:
+        windows = calibration_windows(lm, calib)
+    finally:
+        lm.seqlen = old
+    t0 = time.time()
+    scores = None
+    if cfg.init in ("metric", "oneshot"):
+        _, formula, _ = resolve_metric(cfg.metric)
+        need_x, need_g = "X" in formula.terminals(), bool(formula.terminals() & {"G", "G1", "G2"})
+        stats = one_shot_stats(lm, calib, need_x, need_g, windows=windows, progress=progress) \
+            if (need_x or need_g) else Stats()
+        scores = st.structure_scores(lm.model, formula, stats)
+    history = []
+    if cfg.init == "oneshot":
+        masks = st.oneshot_masks(scores, keep)
+    else:
+        probs = st.init_probs(cfg.init, keep, layout, scores, cfg.seed)
+        pcfg = st.PolicyConfig(keep=keep, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr,
+                               ma_window=cfg.ma_window, normalized=cfg.normalized, seed=cfg.seed)
+        policy = st.optimise(lm.model, probs, pcfg, windows, cfg.batch_size, progress)
+        masks, history = policy.hard_masks(), policy.state.history
+    seconds = time.time() - t0
+    before = st.count_params(lm.model)
+    shapes = st.slice_model(lm.model, masks)
+    after = st.count_params(lm.model)
+    return {"masks": masks, "history": history, "layer_shapes": shapes, "params_before": before,
+            "params_after": after, "removed_fraction": 1 - after["prunable"] / before["prunable"],
+            "seconds": seconds}

@@ -100,3 +100,15 @@ def test_metric_masks_match_prune_model(tiny):
     for k, lin in linears.items():
         assert torch.equal(lin.weight == 0, masks[k])  # random weights hold no exact zeros
         assert int(masks[k].sum()) == lin.weight.numel() // 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lowest_k_equals_stable_sort(seed):
+    from prunerzero.prune.masks import lowest_k
+
+    g = torch.Generator().manual_seed(seed)
+    for score in (torch.randn(9, 50, generator=g), torch.randint(0, 4, (9, 50), generator=g).float()):
+        for k in (0, 1, 17, 25, 49, 50):
+            ref = torch.zeros_like(score, dtype=torch.bool)
+            ref.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True)
+            assert torch.equal(lowest_k(score, k), ref)

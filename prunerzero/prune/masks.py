@@ -83,14 +83,30 @@ def mask_from_scores(score: torch.Tensor, pattern: Pattern) -> torch.Tensor:
         idx = torch.sort(grouped, dim=-1, stable=True).indices[..., : pattern.n]
         mask.view(rows, cols // pattern.m, pattern.m).scatter_(-1, idx, True)
     elif pattern.group == "row":
-        k = int(cols * pattern.sparsity)
-        idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
-        mask.scatter_(1, idx, True)
+        mask = lowest_k(score, int(cols * pattern.sparsity))
     else:
-        k = int(score.numel() * pattern.sparsity)
-        idx = torch.sort(score.flatten(), stable=True).indices[:k]
-        mask.view(-1)[idx] = True
+        mask = lowest_k(score.reshape(1, -1), int(score.numel() * pattern.sparsity)).view(rows, cols)
     return mask
+
+
+def lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, mark the k lowest scores; among ties at the boundary the lowest indices go first.
+
+    The same mask as taking the first k indices of a stable ascending sort, in O(n) per row (k-th value
+    selection instead of a full sort), which is what makes per-candidate masks cheap in the search.
+    """
+    rows, cols = score.shape
+    if k <= 0:
+        return torch.zeros_like(score, dtype=torch.bool)
+    if k >= cols:
+        return torch.ones_like(score, dtype=torch.bool)
+    kth = torch.kthvalue(score, k, dim=1, keepdim=True).values
+    below = score < kth
+    room = k - below.sum(dim=1, keepdim=True)
+    tied = score == kth
+    if bool((tied.sum(dim=1, keepdim=True) <= room).all()):  # no row has more ties than room: no cumsum needed
+        return below | tied
+    return below | (tied & (torch.cumsum(tied, dim=1) <= room))
 
 
 class WeightSnapshot:

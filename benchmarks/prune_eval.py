@@ -1,0 +1,129 @@
+"""What one search candidate costs: metric + masks for all layers, apply + restore, perplexity on N windows.
+
+Models: SmolLM2-135M (real weights) and a random-weight LLaMA-2-7B-shaped model (hidden 4096, MLP 11008,
+32 heads, vocab 32000; timing only). On CPU the 7B shape keeps only ``--cpu-7b-layers`` blocks (default 2; the
+full model needs 27 GB in fp32), and the table says so; per-candidate costs scale with the number of blocks.
+Statistics X and G are random tensors of the right shapes (timing does not depend on their values).
+
+    python benchmarks/prune_eval.py                    # CPU (and GPU when one is visible)
+    python benchmarks/prune_eval.py --devices cuda --windows 8
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import time
+
+import pandas as pd
+import torch
+
+from prunerzero.calibration import Stats
+from prunerzero.evaluate import perplexity
+from prunerzero.metric import parse
+from prunerzero.models import all_prunable, load_model
+from prunerzero.prune.masks import Pattern, WeightSnapshot, apply_mask
+from prunerzero.prune.run import metric_masks
+from prunerzero.search.fitness import mask_fingerprint
+
+FORMULA = "mul(abs(mul(W, W)), mms(G))"
+
+
+def llama7b_shaped(layers: int, dtype, device):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.eval()
+    model.config.use_cache = False
+    return model
+
+
+def random_stats(model) -> Stats:
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for key, lin in all_prunable(model).items():
+        dev = lin.weight.device
+        out[key] = {"X": torch.rand(lin.in_features, generator=g).to(dev),
+                    "G2": torch.rand(lin.weight.shape, generator=g).to(dev)}
+    return Stats(out)
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_mb(device) -> float:
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench(name, model, device, windows, seqlen, batch_size, repeats=2):
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    linears = all_prunable(model)
+    stats = random_stats(model)
+    formula = parse(FORMULA)
+    snap = WeightSnapshot(linears)
+    tokens = torch.randint(0, model.config.vocab_size, (windows, seqlen))
+    times = {"masks": [], "fingerprint": [], "apply+restore": [], "ppl": []}
+    for _ in range(repeats):
+        sync(device); t = time.perf_counter()
+        masks = metric_masks(formula, linears, stats, Pattern(0.5, "row"))
+        sync(device); times["masks"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        mask_fingerprint(masks)
+        sync(device); times["fingerprint"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for k, m in masks.items():
+            apply_mask(linears[k], m)
+        snap.restore()
+        sync(device); times["apply+restore"].append(time.perf_counter() - t)
+        del masks
+        t = time.perf_counter()
+        perplexity(model, tokens, batch_size)
+        sync(device); times["ppl"].append(time.perf_counter() - t)
+    row = {"model": name, "device": str(device), "layers": len(linears) // 7, "windows": windows, "seqlen": seqlen}
+    row.update({f"{k} s": min(v) for k, v in times.items()})
+    overhead = row["masks s"] + row["fingerprint s"] + row["apply+restore s"]
+    row["overhead / ppl"] = overhead / row["ppl s"]
+    row["peak MB"] = peak_mb(device)
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--windows", type=int, default=2, help="perplexity windows per candidate")
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--cpu-7b-layers", type=int, default=2)
+    ap.add_argument("--models", default="smollm2,llama2-7b-shape")
+    args = ap.parse_args()
+    rows = []
+    for device in args.devices.split(","):
+        dtype = torch.float32 if device == "cpu" else torch.float16
+        for name in args.models.split(","):
+            if name == "smollm2":
+                model = load_model("smollm2", device=device, dtype=dtype).model
+            else:
+                layers = args.cpu_7b_layers if device == "cpu" else 32
+                model = llama7b_shaped(layers, dtype, device)
+            rows.append(bench(name, model, device, args.windows, args.seqlen, args.batch_size))
+            print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+            del model
+            gc.collect()
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    print()
+    print(f"Per-candidate cost of one search evaluation (metric {FORMULA}, 50% per row):")
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
