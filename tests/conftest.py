@@ -57,5 +57,5 @@ def smollm2():
 
 @pytest.fixture(autouse=True)
 def _data_env(monkeypatch):
-    if "PRUNERZERO_DATA" not in os.environ and SHARED_DATA.is_dir():
-        monkeypatch.setenv("PRUNERZERO_DATA", str(SHARED_DATA))
+    """Point every test (and notebook kernels started by tests) at the shared data, by absolute path."""
+    monkeypatch.setenv("PRUNERZERO_DATA", str(data_dir().resolve()))
