@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,27 +56,19 @@ def _ppl_line(res: dict) -> str:
 
 
 def save_model(lm, target: str) -> None:
-    """save_pretrained to a temporary folder next to ``target``, then rename (no half-written folder)."""
-    target = Path(target)
-    if target.exists() and any(target.iterdir()):
-        raise UserError(f"{target} exists and is not empty: choose another --save folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
+    """save_pretrained into a temporary folder next to ``target``, then rename (no half-written folder)."""
+    from .fsutil import atomic_folder
+
+    with atomic_folder(target) as tmp:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        from .fsutil import atomic_write_text
+
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def cmd_prune(args) -> None:

@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from prunerzero.calibration import BlockRunner, Stats, activation_stats, cached_stats, gradient_stats
 from prunerzero.evaluate import perplexity, window_losses

@@ -5,7 +5,7 @@ import torch
 
 from prunerzero import data
 from prunerzero.errors import UserError
-from prunerzero.models import load_model, prunable_linears, resolve_model_source
+from prunerzero.models import prunable_linears, resolve_model_source
 
 from conftest import make_tiny
 

@@ -1,5 +1,4 @@
 """The three notebooks run top to bottom, headless, on a tiny model and a small search run made here."""
-from pathlib import Path
 
 import nbformat
 import pytest

@@ -6,7 +6,7 @@ from prunerzero import data
 from prunerzero.evaluate import perplexity
 from prunerzero.models import all_prunable
 from prunerzero.pipeline import CalibConfig, prune
-from prunerzero.prune.masks import Pattern, WeightSnapshot, parse_pattern
+from prunerzero.prune.masks import WeightSnapshot, parse_pattern
 
 pytestmark = pytest.mark.real
 

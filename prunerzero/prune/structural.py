@@ -362,17 +362,11 @@ def slice_model(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[dict]:
 
 def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> None:
     """save_pretrained plus the per-layer widths and the modeling file that restores them on load."""
-    import os
-    import tempfile
+    from ..fsutil import atomic_folder
 
     if type(model).__name__ != "LlamaForCausalLM":
         raise UserError(f"saving a structurally pruned {type(model).__name__} is not supported yet: LLaMA only")
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise UserError(f"{folder} exists and is not empty: choose another --save folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -383,12 +377,6 @@ def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> None:
                              "AutoModelForCausalLM": "modeling_pruned_llama.PrunedLlamaForCausalLM"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         shutil.copy(REMOTE_CODE, tmp / REMOTE_CODE.name)
-        if folder.exists():
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

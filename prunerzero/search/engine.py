@@ -7,9 +7,7 @@ This module knows nothing about tensors: fitness comes from ``evaluate_many(form
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from deap import algorithms, tools
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..fsutil import atomic_write_text
 from ..metric.simplify import simplify
 from .space import SearchSpace, validate
 from .toolbox import build_pset, build_toolbox, to_individual
@@ -27,13 +26,6 @@ from .toolbox import build_pset, build_toolbox, to_individual
 HOF_SIZE = 30
 
 EvaluateMany = Callable[[list[str]], Iterator[dict]]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -143,7 +135,7 @@ class Search:
                  "fitness": [i.fitness.values[0] for i in population],
                  "random_state": list(random.getstate()), "counts": dict(self.counts),
                  "hall_of_fame": self.best(HOF_SIZE), "wall_seconds": round(self.wall, 1)}
-        _atomic_write(self.files.checkpoint, json.dumps(state) + "\n")
+        atomic_write_text(self.files.checkpoint, json.dumps(state) + "\n")
 
     def _restore(self) -> tuple[int, list]:
         if not self.files.checkpoint.is_file():
@@ -151,7 +143,7 @@ class Search:
         state = json.loads(self.files.checkpoint.read_text())
         gen = state["generation"]
         kept = [r for r in read_evaluations(self.files.root) if r["generation"] <= gen]
-        _atomic_write(self.files.evaluations, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.files.evaluations, "".join(json.dumps(r) + "\n" for r in kept))
         for rec in kept:
             self._absorb(rec)
         if self.on_resume:
@@ -179,7 +171,7 @@ class Search:
         else:
             if self.files.evaluations.exists() and self.files.evaluations.stat().st_size:
                 raise UserError(f"{self.files.root} already holds a search: pass --resume or a new --out")
-            _atomic_write(self.files.config, json.dumps({"space": self.space.raw, "meta": self.meta}, indent=2))
+            atomic_write_text(self.files.config, json.dumps({"space": self.space.raw, "meta": self.meta}, indent=2))
             self.files.evaluations.write_text("")
             random.seed(gp_cfg["seed"])
             pop = [to_individual(s, self.pset) for s in self.space.seeds[: gp_cfg["population"]]]
@@ -207,7 +199,7 @@ class Search:
         summary = {"best": self.best(1)[0] if self.hof else None, "hall_of_fame": self.best(HOF_SIZE),
                    "counts": dict(self.counts), "evaluations": sum(self.counts.values()),
                    "wall_seconds": round(self.wall, 1), "meta": self.meta}
-        _atomic_write(self.files.summary, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
         return self.best(HOF_SIZE)
 
 
