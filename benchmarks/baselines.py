@@ -6,12 +6,18 @@ markdown table ``<out>.md`` is re-rendered after every row, so a partial run sti
 
     python benchmarks/baselines.py --out results/baselines            # full protocol (hours on 2 CPU cores)
     python benchmarks/baselines.py --rows wanda:u:seq --eval-windows 8 # a quick subset
+    python benchmarks/baselines.py --formula found="mul(sqr(W), X)" --rows dense,found:u:seq,wanda:u:seq \
+        --eval wikitext2,c4 --out results/confirm                      # confirm a discovered formula
+
+A row is METHOD:PATTERN:MODE with METHOD a known metric, sparsegpt or a name given with --formula, PATTERN one of
+u (50% unstructured), 2:4, 4:8, and MODE seq (Wanda's sequential calibration) or oneshot.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,6 +37,9 @@ DEFAULT_ROWS = [
 ]
 
 
+FORMULAS: dict[str, str] = {}
+
+
 def parse_row(row: str):
     method, rest = row.split(":", 1)
     pat, mode = rest.rsplit(":", 1)
@@ -48,14 +57,19 @@ def render(out: Path, meta: dict) -> None:
              f"WikiText-2 raw test, {meta['eval_windows'] or 'all'} windows. Hardware: {meta['hardware']}. "
              "Sequential = Wanda's layer-by-layer calibration; one-shot = no calibration forward needed "
              "(magnitude) or statistics from the dense model (Pruner-Zero's gradients).", "",
-             "| method | pattern | mode | WikiText-2 ppl | sparsity | prune s | eval windows |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+             "| method | pattern | mode | WikiText-2 ppl | C4 ppl | sparsity | prune s | eval windows |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+
+    def c4(r):
+        return f"{r['c4_ppl']:.2f}" if "c4_ppl" in r else "-"
     if dense:
-        lines.append(f"| dense | - | - | {dense['ppl']:.2f} | 0 | - | {dense['windows']} |")
-    order = {r: i for i, r in enumerate(DEFAULT_ROWS)}
+        lines.append(f"| dense | - | - | {dense['ppl']:.2f} | {c4(dense)} | 0 | - | {dense['windows']} |")
+    order = {r: i for i, r in enumerate(meta["rows"])}
     for r in sorted((r for r in rows if r["method"] != "dense"), key=lambda r: order.get(r["row"], 99)):
         lines.append(f"| {r['method']} | {r['pattern']} | {'sequential' if r['sequential'] else 'one-shot'} | "
-                     f"{r['ppl']:.2f} | {r['sparsity']:.4f} | {r['prune_seconds']:.0f} | {r['windows']} |")
+                     f"{r['ppl']:.2f} | {c4(r)} | {r['sparsity']:.4f} | {r['prune_seconds']:.0f} | {r['windows']} |")
+    if meta.get("formulas"):
+        lines += [""] + [f"`{name}` = `{text}`" for name, text in meta["formulas"].items()]
     missing = [r for r in meta["rows"] if not (out / "rows" / f"{r.replace(':', '_')}.json").exists()]
     if missing:
         lines += ["", f"Not yet run: {', '.join(missing)} (rerun the command to fill them in)."]
@@ -76,7 +90,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--eval", default="wikitext2", help="comma-separated: wikitext2,c4")
+    ap.add_argument("--formula", action="append", default=[], help="NAME=FORMULA, usable as a row METHOD")
     args = ap.parse_args()
+    for item in args.formula:
+        name, _, text = item.partition("=")
+        if not name or not text:
+            raise SystemExit(f"error: --formula '{item}' is not NAME=FORMULA")
+        FORMULAS[name] = text
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -90,14 +111,22 @@ def main() -> None:
     hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if torch.cuda.is_available() and lm.device.type == "cuda":
         hw = torch.cuda.get_device_name(lm.device)
-    meta = {"model": args.model, "command": "python " + " ".join(sys.argv), "seqlen": lm.seqlen,
+    meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "seqlen": lm.seqlen,
             "nsamples": args.nsamples, "seed": args.seed, "eval_windows": args.eval_windows, "hardware": hw,
-            "rows": rows}
+            "rows": rows, "formulas": FORMULAS}
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir)
     snapshot = WeightSnapshot(all_prunable(lm.model), device="cpu")
 
+    datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
+
     def evaluate():
-        return ppl_on(lm, "wikitext2", "test", args.eval_windows, args.batch_size, args.data_dir, progress=True)
+        res = {ds: ppl_on(lm, ds, "test", args.eval_windows, args.batch_size, args.data_dir, progress=True)
+               for ds in datasets}
+        out = dict(res["wikitext2"])
+        for ds, r in res.items():
+            if ds != "wikitext2":
+                out[f"{ds}_ppl"], out[f"{ds}_windows"] = r["ppl"], r["windows"]
+        return out
 
     for row in rows:
         path = out / "rows" / f"{row.replace(':', '_')}.json"
@@ -108,11 +137,12 @@ def main() -> None:
             render(out, meta)
             continue
         method, pat, seq = parse_row(row)
-        pattern = parse_pattern(0.5, pat, default_group(method))
+        spec = FORMULAS.get(method, method)
+        pattern = parse_pattern(0.5, pat, default_group(spec))
         t0 = time.time()
-        pr = prune(lm, method, pattern, cfg, sequential=seq)
+        pr = prune(lm, spec, pattern, cfg, sequential=seq)
         res = evaluate()
-        path.write_text(json.dumps({"row": row, "method": method, "pattern": str(pattern), "sequential": seq,
+        path.write_text(json.dumps({"row": row, "method": method, "formula": spec, "pattern": str(pattern), "sequential": seq,
                                     "sparsity": pr.sparsity, "prune_seconds": pr.seconds,
                                     "total_seconds": time.time() - t0, **res}, indent=2))
         snapshot.restore()
