@@ -33,7 +33,7 @@ def render(out: Path, meta: dict) -> None:
              f"lr {meta['lr']} (cosine), {meta['pg_batch']} windows per step; WikiText-2 test, the first "
              f"{meta['eval_tokens']} tokens cut into windows of each length. Sparsity = fraction of the prunable "
              f"parameters (q/k/v/o/gate/up/down) removed. Latency: one forward of 1 x {meta['latency_seqlen']} tokens. "
-             f"Hardware: {meta['hardware']}. Metric: `{meta['metric']}`.", "",
+             f"Hardware: {meta['hardware']}. Metric: `{meta['metric']}` ({meta.get('scores', '')}).", "",
              f"| sparsity | method | {head} | params | removed | latency ms | optimisation s |",
              "| --- | --- | " + " | ".join("---:" for _ in lens) + " | ---: | ---: | ---: | ---: |"]
     if dense:
@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=128)
     ap.add_argument("--seqlens", default="128,2048")
+    ap.add_argument("--attn-score", default="kv")
+    ap.add_argument("--mlp-score", default="out")
     ap.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N test tokens (default all)")
     ap.add_argument("--latency-seqlen", type=int, default=2048)
     ap.add_argument("--device", default=None)
@@ -77,7 +79,8 @@ def main():
     meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "nsamples": args.nsamples,
             "calib_seqlen": args.calib_seqlen, "steps": args.steps, "samples": args.samples, "lr": args.lr,
             "pg_batch": args.pg_batch_size, "seqlens": seqlens, "eval_tokens": args.eval_tokens or "all",
-            "latency_seqlen": args.latency_seqlen, "hardware": hw, "metric": args.metric}
+            "latency_seqlen": args.latency_seqlen, "hardware": hw, "metric": args.metric,
+            "scores": f"KV groups from {args.attn_score}, MLP channels from {args.mlp_score}"}
 
     def measure(lm):
         return {str(L): eval_at(lm, L, ["wikitext2"], total // L if args.eval_tokens else None, 1,
@@ -104,7 +107,8 @@ def main():
             lm = fresh()
             cfg = StructuralConfig(sparsity=sp, metric=args.metric, init=init, steps=args.steps,
                                    samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
-                                   calib_seqlen=args.calib_seqlen)
+                                   calib_seqlen=args.calib_seqlen, attn_score=args.attn_score,
+                                   mlp_score=args.mlp_score)
             res = structural(lm, cfg, CalibConfig(nsamples=args.nsamples), progress=True)
             row = {"init": init, "order": order, "sparsity": sp, "ppl": measure(lm),
                    "params": res["params_after"]["total"], "removed": res["removed_fraction"],

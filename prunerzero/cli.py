@@ -160,7 +160,8 @@ def cmd_structural(args) -> None:
         raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
     cfg = StructuralConfig(sparsity=args.sparsity, metric=args.metric, init=args.init, steps=args.steps,
                            samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
-                           calib_seqlen=args.calib_seqlen, seed=args.seed)
+                           calib_seqlen=args.calib_seqlen, seed=args.seed, attn_score=args.attn_score,
+                           mlp_score=args.mlp_score)
     if cfg.init not in ("metric", "const", "random", "oneshot"):
         raise UserError(f"unknown --init '{cfg.init}': use metric, const, random or oneshot")
     if cfg.init in ("metric", "oneshot"):
@@ -257,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-seqlen", type=int, default=128)
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows (C4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attn-score", default="kv", choices=["kv", "out", "qkv", "all"],
+                   help="weights whose metric scores a KV group: k/v rows, o_proj columns, q/k/v rows, or all")
+    p.add_argument("--mlp-score", default="out", choices=["out", "in", "all"],
+                   help="weights whose metric scores an MLP channel: down column, gate/up rows, or all")
     p.add_argument("--eval-seqlens", default="128,2048", help="perplexity window lengths to report")
     p.add_argument("--latency-seqlen", type=int, default=2048)
     p.add_argument("--skip-dense", action="store_true")

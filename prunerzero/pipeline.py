@@ -105,6 +105,8 @@ class StructuralConfig:
     calib_seqlen: int = 128
     normalized: bool = True
     seed: int = 0
+    attn_score: str = "kv"         # which weights of a KV group its score sums (kv | out | qkv | all)
+    mlp_score: str = "out"         # which weights of an MLP channel its score sums (out | in | all)
 
 
 def eval_at(lm: LoadedModel, seqlen: int, datasets: list[str], max_windows: int | None, batch_size: int,
@@ -140,7 +142,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         need_x, need_g = "X" in formula.terminals(), bool(formula.terminals() & {"G", "G1", "G2"})
         stats = one_shot_stats(lm, calib, need_x, need_g, windows=windows, progress=progress) \
             if (need_x or need_g) else Stats()
-        scores = st.structure_scores(lm.model, formula, stats)
+        scores = st.structure_scores(lm.model, formula, stats, cfg.attn_score, cfg.mlp_score)
     history = []
     if cfg.init == "oneshot":
         masks = st.oneshot_masks(scores, keep)

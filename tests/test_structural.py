@@ -141,3 +141,20 @@ def test_saved_model_reloads_with_transformers(tmp_path, windows):
     assert [l.mlp.down_proj.in_features for l in loaded.model.layers] == [s["intermediate_size"] for s in shapes]
     with torch.no_grad():
         torch.testing.assert_close(loaded(windows).logits, model(windows).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn_from", ["kv", "out", "qkv", "all"])
+@pytest.mark.parametrize("mlp_from", ["out", "in", "all"])
+def test_structure_score_reductions(attn_from, mlp_from, windows):
+    model = make_tiny(layers=2)
+    stats = activation_stats(model, windows, progress=False)
+    s = structure_scores(model, parse("abs(W)"), stats, attn_from, mlp_from)
+    assert s[ATTN].shape == (2, 2) and s[MLP].shape == (2, 128)
+    # with |W| the score of a KV group is the sum of |W| over exactly the weights it names
+    layer = model.model.layers[0].self_attn
+    k = layer.k_proj.weight.abs().sum(1).view(2, -1).sum(1)
+    v = layer.v_proj.weight.abs().sum(1).view(2, -1).sum(1)
+    o = layer.o_proj.weight.abs().sum(0).view(2, -1).sum(1)
+    q = layer.q_proj.weight.abs().sum(1).view(2, -1).sum(1)
+    expected = {"kv": k + v, "out": o, "qkv": q + k + v, "all": q + k + v + o}[attn_from]
+    torch.testing.assert_close(s[ATTN][0].float(), expected, rtol=1e-5, atol=1e-5)

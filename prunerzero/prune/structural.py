@@ -120,17 +120,37 @@ class StructureMasks:
 
 
 # ------------------------------------------------------------------------------------------------ initialisation
+ATTN_SCORES = ("kv", "out", "qkv", "all")
+MLP_SCORES = ("out", "in", "all")
+
+
 @torch.no_grad()
-def structure_scores(model: nn.Module, formula: Node, stats: Stats) -> dict[str, torch.Tensor]:
-    """Per-structure scores from a per-weight metric, summed over o_proj / down_proj columns (as wanda-sp)."""
+def structure_scores(model: nn.Module, formula: Node, stats: Stats, attn_from: str = "kv",
+                     mlp_from: str = "out") -> dict[str, torch.Tensor]:
+    """Per-structure scores: the per-weight metric summed over the weights a structure owns.
+
+    ``attn_from``: ``kv`` the group's k_proj and v_proj rows (default), ``out`` its o_proj columns (the wanda-sp
+    choice), ``qkv`` its q/k/v rows, ``all`` q/k/v rows and o columns. ``mlp_from``: ``out`` the down_proj column
+    (wanda-sp, default), ``in`` the gate/up rows, ``all`` both. On SmolLM2 (3 KV groups per layer) scoring KV groups
+    by their o_proj columns removed worse groups than chance; see results/structural.md.
+    """
+    if attn_from not in ATTN_SCORES or mlp_from not in MLP_SCORES:
+        raise UserError(f"structure scores come from attn {ATTN_SCORES} and mlp {MLP_SCORES}")
     lay = Layout.of(model)
+    attn_parts = {"kv": ("k_proj", "v_proj"), "out": ("o_proj",), "qkv": ("q_proj", "k_proj", "v_proj"),
+                  "all": ("q_proj", "k_proj", "v_proj", "o_proj")}[attn_from]
+    mlp_parts = {"out": ("down_proj",), "in": ("gate_proj", "up_proj"),
+                 "all": ("gate_proj", "up_proj", "down_proj")}[mlp_from]
+
+    def score(i, parent, name):
+        lin = getattr(getattr(decoder_layers(model)[i], parent), name)
+        s = evaluate(formula, stats.env(f"layers.{i}.{parent}.{name}", lin.weight))
+        return (s.sum(0) if name in ("o_proj", "down_proj") else s.sum(1)).double().cpu()
+
     attn, mlp = [], []
-    for i, layer in enumerate(decoder_layers(model)):
-        o = layer.self_attn.o_proj.weight
-        so = evaluate(formula, stats.env(f"layers.{i}.self_attn.o_proj", o)).sum(0)
-        attn.append(so.view(lay.kv_heads, -1).sum(1).float().cpu())
-        d = layer.mlp.down_proj.weight
-        mlp.append(evaluate(formula, stats.env(f"layers.{i}.mlp.down_proj", d)).sum(0).float().cpu())
+    for i in range(lay.layers):
+        attn.append(sum(score(i, "self_attn", n).view(lay.kv_heads, -1).sum(1) for n in attn_parts))
+        mlp.append(sum(score(i, "mlp", n) for n in mlp_parts))
     out = {ATTN: torch.stack(attn), MLP: torch.stack(mlp)}
     for k, v in out.items():
         if not torch.isfinite(v).all():
