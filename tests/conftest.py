@@ -59,3 +59,22 @@ def smollm2():
 def _data_env(monkeypatch):
     """Point every test (and notebook kernels started by tests) at the shared data, by absolute path."""
     monkeypatch.setenv("PRUNERZERO_DATA", str(data_dir().resolve()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A save_pretrained folder: a random tiny LLaMA that speaks SmolLM2's tokenizer (runs the real data path)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from prunerzero.models import resolve_model_source
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_source("smollm2"))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

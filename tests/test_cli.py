@@ -32,3 +32,25 @@ def test_save_refuses_nonempty_folder(tmp_path, capsys):
     assert main(["prune", "--save", str(target), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in target.iterdir()] == ["keep.txt"]
+
+
+def test_prune_save_loads_with_plain_transformers(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from prunerzero.models import all_prunable
+
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(tiny_model_dir), "--metric", "wanda", "--pattern", "2:4", "--sequential",
+                 "--nsamples", "2", "--seqlen", "64", "--eval-windows", "2", "--save", str(out),
+                 "--json", str(tmp_path / "r.json"), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert "dense" in printed and "pruned" in printed and "sparsity 0.5000" in printed
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for lin in all_prunable(model).values():
+        assert ((lin.weight == 0).view(lin.out_features, -1, 4).sum(-1) >= 2).all()
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["pruned"]["wikitext2"]["windows"] == 2 and res["sparsity"] == 0.5
+    assert torch.isfinite(torch.tensor(res["pruned"]["wikitext2"]["ppl"]))

@@ -2,31 +2,11 @@
 
 import nbformat
 import pytest
-import torch
 from nbclient import NotebookClient
 
 from conftest import REPO
 
 NOTEBOOKS = ["inspect_search", "metric_principles", "plug_metric"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A random tiny LLaMA that speaks SmolLM2's tokenizer (so the real data pipeline runs on it)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from prunerzero.models import resolve_model_source
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_source("smollm2"))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                      tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    out = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
