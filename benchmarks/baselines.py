@@ -54,7 +54,10 @@ def render(out: Path, meta: dict) -> None:
     lines = [f"# Baselines on {meta['model']}", "",
              f"Command: `{meta['command']}`", "",
              f"Protocol: seqlen {meta['seqlen']}, {meta['nsamples']} C4 calibration windows (seed {meta['seed']}), "
-             f"WikiText-2 raw test, {meta['eval_windows'] or 'all'} windows. Hardware: {meta['hardware']}. "
+             f"WikiText-2 raw test, {meta['eval_windows'] or 'all'} windows"
+             + (f"; C4 validation (the first 1100 documents of c4-validation.subset2000.json joined with a space), "
+                f"{meta['eval_windows'] or 'up to 256'} windows" if any("c4_ppl" in r for r in rows) else "")
+             + f". Hardware: {meta['hardware']}. "
              "Sequential = Wanda's layer-by-layer calibration; one-shot = no calibration forward needed "
              "(magnitude) or statistics from the dense model (Pruner-Zero's gradients).", "",
              "| method | pattern | mode | WikiText-2 ppl | C4 ppl | sparsity | prune s | eval windows |",
@@ -92,6 +95,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--eval", default="wikitext2", help="comma-separated: wikitext2,c4")
     ap.add_argument("--formula", action="append", default=[], help="NAME=FORMULA, usable as a row METHOD")
+    ap.add_argument("--render-only", action="store_true", help="re-render <out>.md from the finished rows, run nothing")
     args = ap.parse_args()
     for item in args.formula:
         name, _, text = item.partition("=")
@@ -107,6 +111,12 @@ def main() -> None:
             parse_row(r)
     out = Path(args.out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        hw = f"{platform.machine()}, {args.threads or torch.get_num_threads()} threads"
+        render(out, {"model": args.model, "command": "python " + shlex.join(sys.argv).replace(" --render-only", ""),
+                     "seqlen": args.seqlen, "nsamples": args.nsamples, "seed": args.seed,
+                     "eval_windows": args.eval_windows, "hardware": hw, "rows": rows, "formulas": FORMULAS})
+        return
     lm = load_model(args.model, device=args.device, dtype=args.dtype, seqlen=args.seqlen)
     hw = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     if torch.cuda.is_available() and lm.device.type == "cuda":

@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="results/structural")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--render-only", action="store_true", help="re-render <out>.md from the finished rows, run nothing")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,12 +76,17 @@ def main():
     (out / "rows").mkdir(parents=True, exist_ok=True)
     seqlens = [int(s) for s in args.seqlens.split(",")]
     total = args.eval_tokens or 10**9
-    hw = f"{platform.machine()}, {torch.get_num_threads()} threads"
+    hw = f"{platform.machine()}, {args.threads or torch.get_num_threads()} threads"
     meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "nsamples": args.nsamples,
             "calib_seqlen": args.calib_seqlen, "steps": args.steps, "samples": args.samples, "lr": args.lr,
             "pg_batch": args.pg_batch_size, "seqlens": seqlens, "eval_tokens": args.eval_tokens or "all",
             "latency_seqlen": args.latency_seqlen, "hardware": hw, "metric": args.metric,
             "scores": f"KV groups from {args.attn_score}, MLP channels from {args.mlp_score}"}
+
+    if args.render_only:
+        meta["command"] = meta["command"].replace(" --render-only", "")
+        render(out, meta)
+        return
 
     def measure(lm):
         return {str(L): eval_at(lm, L, ["wikitext2"], total // L if args.eval_tokens else None, 1,
