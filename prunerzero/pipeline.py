@@ -29,8 +29,8 @@ def calibration_windows(lm: LoadedModel, cfg: CalibConfig) -> torch.Tensor:
     return data.calibration_windows(lm.tokenizer, cfg.nsamples, lm.seqlen, cfg.seed, cfg.data_dir)
 
 
-def _key(lm: LoadedModel, cfg: CalibConfig, kind: str) -> str:
-    return stats_key(model_fingerprint(lm.model), data.data_fingerprint(cfg.data_dir), cfg.nsamples, lm.seqlen,
+def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int) -> str:
+    return stats_key(model_fingerprint(lm.model), data.data_fingerprint(cfg.data_dir), cfg.nsamples, seqlen,
                      cfg.seed, f"{kind}:{lm.model.dtype}")
 
 
@@ -38,13 +38,14 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
                    windows: torch.Tensor | None = None, progress: bool = True) -> Stats:
     """X and/or G of the dense model, each cached as safetensors under the cache dir."""
     stats = Stats()
+    seqlen = int(windows.shape[1]) if windows is not None else lm.seqlen  # the key names the windows really used
     get_windows = (lambda: windows) if windows is not None else (lambda: calibration_windows(lm, cfg))
     if need_x:
-        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X"),
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X", seqlen),
                                           lambda: activation_stats(lm.model, get_windows(), cfg.batch_size,
                                                                    progress)))
     if need_g:
-        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "G"),
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "G", seqlen),
                                           lambda: gradient_stats(lm.model, get_windows(), progress=progress)))
     return stats
 
