@@ -43,12 +43,12 @@ def llama7b_shaped(layers: int, dtype, device):
 
 
 def random_stats(model) -> Stats:
-    g = torch.Generator().manual_seed(0)
-    out = {}
+    out, gens = {}, {}
     for key, lin in all_prunable(model).items():
         dev = lin.weight.device
-        out[key] = {"X": torch.rand(lin.in_features, generator=g).to(dev),
-                    "G2": torch.rand(lin.weight.shape, generator=g).to(dev)}
+        g = gens.setdefault(dev, torch.Generator(device=dev).manual_seed(0))  # drawn where used: 7B on a GPU
+        out[key] = {"X": torch.rand(lin.in_features, generator=g, device=dev),
+                    "G2": torch.rand(lin.weight.shape, generator=g, device=dev)}
     return Stats(out)
 
 

@@ -208,8 +208,29 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
 
 
 def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_SCALE,
-                   stats_device: str | torch.device | None = None, progress: bool = True) -> Stats:
-    """G1 and G2 for every prunable layer (one forward/backward per calibration sequence, streamed)."""
+                   stats_device: str | torch.device | None = None, progress: bool = True,
+                   upcast: bool | None = None) -> Stats:
+    """G1 and G2 for every prunable layer (one forward/backward per calibration sequence, streamed).
+
+    fp16 gradients of a single weight are often below fp16's normal range (they underflow to subnormals or 0), so
+    a half-precision model on one device is cast to fp32 for the backward passes and cast back afterwards (exact:
+    every fp16/bf16 value is an fp32 value). ``upcast=False`` keeps the model's dtype (models spread with
+    ``device_map`` are never cast: they are the ones that do not fit twice).
+    """
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    if upcast is None:
+        upcast = half and not getattr(model, "hf_device_map", None)
+    if half and upcast:
+        tensors = [(mod, kind, name, t.dtype) for mod in model.modules()
+                   for kind in ("_parameters", "_buffers") for name, t in getattr(mod, kind).items() if t is not None]
+        model.float()
+        try:
+            return gradient_stats(model, windows, scale, stats_device, progress, upcast=False)
+        finally:  # back to each tensor's own dtype (rotary inv_freq buffers stay fp32 in an fp16 model)
+            for mod, kind, name, dtype in tensors:
+                t = getattr(mod, kind)[name]
+                if t.dtype != dtype:
+                    t.data = t.data.to(dtype)
     linears = all_prunable(model)
     params = {k: lin.weight for k, lin in linears.items()}
     dev_of = {k: torch.device(stats_device) if stats_device else p.device for k, p in params.items()}

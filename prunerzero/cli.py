@@ -141,7 +141,9 @@ def cmd_search(args) -> None:
         evaluate_many = InProcess(build_evaluator(space.fitness, terminals, args.data_dir, args.cache_dir,
                                                   not args.quiet))
     search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
-    search.run(resume=bool(args.resume))
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserError("--max-minutes must be > 0")
+    search.run(resume=bool(args.resume), max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(format_table(out, args.top))
     print(f"run directory: {out}")
 
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--workers", type=int, default=1, help="evaluate on N GPUs through Ray (prunerzero[ray])")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after the generation that ends past this wall time (resume later with --resume)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--top", type=int, default=10, help="rows of the final table")

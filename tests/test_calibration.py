@@ -61,6 +61,36 @@ def test_gradient_stats_match_autograd(tiny, windows):
     assert all(p.requires_grad for p in tiny.parameters())
 
 
+def test_gradient_stats_of_a_half_model_run_in_fp32_and_leave_it_unchanged(tiny, windows):
+    """A bf16/fp16 model is cast to fp32 for the backward passes (its tiny gradients would underflow) and every
+    tensor goes back to its own dtype afterwards: weights bf16 again, bit-exact, rotary buffers still fp32."""
+    fp32_buffers = {n: b.clone() for n, b in tiny.named_buffers()}
+    half = tiny.to(torch.bfloat16)
+    for name, buf in half.named_buffers():  # as in a checkpoint loaded in bf16: rotary inv_freq stays fp32
+        buf.data = fp32_buffers[name]
+    before = {n: p.detach().clone() for n, p in half.named_parameters()}
+    stats = gradient_stats(half, windows[:2], progress=False)
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    assert all(torch.equal(before[n], p) for n, p in half.named_parameters())
+    assert all(b.dtype == torch.float32 for b in half.buffers())
+    ref = gradient_stats(make_tiny_from(before), windows[:2], progress=False)
+    for k in stats.tensors:
+        torch.testing.assert_close(stats.tensors[k]["G2"], ref.tensors[k]["G2"], rtol=1e-4, atol=1e-6)
+    kept = gradient_stats(half, windows[:2], progress=False, upcast=False)  # the model's own precision
+    assert not all(torch.equal(stats.tensors[k]["G2"], kept.tensors[k]["G2"]) for k in stats.tensors)
+
+
+def make_tiny_from(params: dict):
+    """An fp32 tiny LLaMA holding the given parameters (upcast)."""
+    from conftest import make_tiny
+
+    model = make_tiny()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(params[n].float())
+    return model
+
+
 def test_stats_cache_roundtrip(tmp_path, tiny, windows):
     calls = []
 

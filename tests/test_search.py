@@ -87,6 +87,20 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, evaluator_fac
     assert summary_full["best"]["ppl"] == summary_cut["best"]["ppl"]
 
 
+def test_time_budget_stops_at_a_generation_boundary_and_resume_finishes_identically(tmp_path, evaluator_factory):
+    full = run(tmp_path / "full", evaluator_factory, generations=3)
+    space = load_space(SPACE)
+    space.raw["gp"]["generations"] = 3
+    ev = evaluator_factory()
+    Search(space, tmp_path / "budget", ev, progress=False).run(max_seconds=0.0)  # spent after generation 0
+    summary = json.loads((tmp_path / "budget" / "summary.json").read_text())
+    assert summary["generations_done"] == 0 and summary["complete"] is False
+    assert {r["generation"] for r in read_evaluations(tmp_path / "budget")} == {0}
+    resumed = run(tmp_path / "budget", evaluator_factory, resume=True, generations=3)
+    assert resumed == full
+    assert json.loads((tmp_path / "budget" / "summary.json").read_text())["complete"] is True
+
+
 def test_new_search_refuses_a_used_directory(tmp_path, evaluator_factory):
     run(tmp_path / "r", evaluator_factory, generations=0)
     with pytest.raises(UserError, match="already holds a search"):

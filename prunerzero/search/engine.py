@@ -162,8 +162,12 @@ class Search:
         return sorted(self.hof.values(), key=lambda r: (r["ppl"], r["size"], r["formula"]))[:n]
 
     # ------------------------------------------------------------------------------------------ loop
-    def run(self, resume: bool = False) -> list[dict]:
+    def run(self, resume: bool = False, max_seconds: float | None = None) -> list[dict]:
+        """Evolve to ``gp.generations``; with ``max_seconds``, stop after the first generation that ends past that
+        wall time (checkpointed: ``--resume`` continues it exactly as if it had never stopped)."""
         gp_cfg = self.space.gp
+        started = time.time()
+        last = gp_cfg["generations"]
         self.files.root.mkdir(parents=True, exist_ok=True)
         if resume:
             start, pop = self._restore()
@@ -196,8 +200,14 @@ class Search:
             top = self.best(1)
             if top:
                 bar.set_postfix_str(f"best ppl {top[0]['ppl']:.3f} {top[0]['simplified']}")
+            last = gen
+            if max_seconds is not None and time.time() - started > max_seconds and gen < gp_cfg["generations"]:
+                tqdm.write(f"time budget spent after generation {gen}: continue with --resume {self.files.root}")
+                break
+        bar.close()
         summary = {"best": self.best(1)[0] if self.hof else None, "hall_of_fame": self.best(HOF_SIZE),
                    "counts": dict(self.counts), "evaluations": sum(self.counts.values()),
+                   "generations_done": last, "complete": last >= gp_cfg["generations"],
                    "wall_seconds": round(self.wall, 1), "meta": self.meta}
         atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
         return self.best(HOF_SIZE)
