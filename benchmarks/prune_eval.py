@@ -47,8 +47,9 @@ def random_stats(model) -> Stats:
     for key, lin in all_prunable(model).items():
         dev = lin.weight.device
         g = gens.setdefault(dev, torch.Generator(device=dev).manual_seed(0))  # drawn where used: 7B on a GPU
+        # G is kept in the weights' dtype (fp16 on a GPU): a 7B model's fp32 G alone would take 26 GB
         out[key] = {"X": torch.rand(lin.in_features, generator=g, device=dev),
-                    "G2": torch.rand(lin.weight.shape, generator=g, device=dev)}
+                    "G2": torch.rand(lin.weight.shape, generator=g, device=dev).to(lin.weight.dtype)}
     return Stats(out)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ def cmd_prune(args) -> None:
         raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
     lm = _load(args)
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
-    payload = {"command": " ".join(sys.argv), "model": args.model, "metric": args.metric, "pattern": str(pattern),
+    payload = {"command": "prunerzero " + shlex.join(sys.argv[1:]), "model": args.model, "metric": args.metric, "pattern": str(pattern),
                "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed, "seqlen": lm.seqlen}
     if not args.skip_dense:
         payload["dense"] = _evaluate(lm, args)
@@ -100,7 +101,8 @@ def cmd_prune(args) -> None:
 
 def cmd_eval(args) -> None:
     lm = _load(args)
-    payload = {"command": " ".join(sys.argv), "model": args.model, "seqlen": lm.seqlen, "eval": _evaluate(lm, args)}
+    payload = {"command": "prunerzero " + shlex.join(sys.argv[1:]), "model": args.model, "seqlen": lm.seqlen,
+               "eval": _evaluate(lm, args)}
     print(_ppl_line(payload["eval"]))
     if "zero_shot" in payload["eval"]:
         print(json.dumps(payload["eval"]["zero_shot"], indent=2))
@@ -114,6 +116,8 @@ def cmd_search(args) -> None:
     from .search.table import format_table
     from .search.workers import InProcess, RayPool, build_evaluator
 
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserError("--max-minutes must be > 0 (or leave it out: no time limit)")
     resolve_data_dir(args.data_dir)
     if args.resume:
         space, meta = load_run_space(args.resume)
@@ -141,8 +145,6 @@ def cmd_search(args) -> None:
         evaluate_many = InProcess(build_evaluator(space.fitness, terminals, args.data_dir, args.cache_dir,
                                                   not args.quiet))
     search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise UserError("--max-minutes must be > 0")
     search.run(resume=bool(args.resume), max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(format_table(out, args.top))
     print(f"run directory: {out}")

@@ -180,3 +180,11 @@ def op_counts(formula: str) -> dict[str, int]:
 
 def run_exists(run_dir) -> bool:
     return (Path(run_dir) / "evaluations.jsonl").is_file()
+
+
+def chosen_formula(selection_json) -> str | None:
+    """The formula ``benchmarks/select_formula.py`` chose (validation split only), or None if it chose none."""
+    import json
+
+    chosen = json.loads(Path(selection_json).read_text()).get("chosen")
+    return chosen["formula"] if chosen else None

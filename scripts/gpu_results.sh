@@ -5,13 +5,14 @@
 #   bash scripts/gpu_results.sh warm baselines search select confirm bench   # all stages, in this order
 #
 # (The committed run did `warm`, then `baselines` and `search` side by side, then `select confirm bench`.)
-# Stages write under $RES (default results/gpu-run); each can run alone (select/confirm read earlier stages'
-# files). Defaults are the published protocol (seqlen 2048, 128 C4 windows, all test windows, fp16 on the GPU).
+# Stages write under $RES (default results/, the committed layout: baselines, search-gpu-*, selection-gpu,
+# confirm-gpu, gpu-logs); each can run alone (select/confirm read earlier stages' files; baselines rows and
+# searches resume). Defaults are the published protocol (seqlen 2048, 128 C4 windows, all test windows, fp16 on the GPU).
 # For a smoke test on a CPU: DEVICE=cpu SEQLEN=128 NSAMPLES=2 EVALW=2 POP=6 SEARCH_MIN=0.2 TOP=2 bash ... .
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-RES=${RES:-results/gpu-run}
+RES=${RES:-results}
 DEVICE=${DEVICE:-cuda}
 SEQLEN=${SEQLEN:-2048}
 NSAMPLES=${NSAMPLES:-128}
@@ -20,7 +21,7 @@ EVALW=${EVALW:-}                 # empty: every window (the protocol)
 SEARCH_MIN=${SEARCH_MIN:-6}      # wall-time budget of each search (resumable)
 POP=${POP:-40}
 TOP=${TOP:-5}
-mkdir -p "$RES/logs"
+mkdir -p "$RES/gpu-logs"
 ew=(); [ -n "$EVALW" ] && ew=(--eval-windows "$EVALW")
 common=(--device "$DEVICE" --seqlen "$SEQLEN" --nsamples "$NSAMPLES" --batch-size "$BATCH")
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -57,32 +58,33 @@ stage_search() {
     local out="$RES/search-gpu-$s" args=(--resume "$RES/search-gpu-$s")
     [ -f "$out/checkpoint.json" ] || args=(--space "search_spaces/$s.yaml" --out "$out" --population "$POP"
                                            "${common[@]}" "${ew[@]}")
-    $PY -m prunerzero.cli search "${args[@]}" --max-minutes "$SEARCH_MIN" --quiet > "$RES/logs/search-$s.log" 2>&1 &
+    $PY -m prunerzero.cli search "${args[@]}" --max-minutes "$SEARCH_MIN" --quiet > "$RES/gpu-logs/search-$s.log" 2>&1 &
   done
   wait
-  tail -n 14 "$RES"/logs/search-*.log
+  tail -n 14 "$RES"/gpu-logs/search-*.log
 }
 
 stage_select() {
   $PY benchmarks/select_formula.py --run "$RES/search-gpu-prunerzero" --run "$RES/search-gpu-extended" \
-    --top "$TOP" --also ria,pruner-zero --patterns u,2:4 "${common[@]}" "${ew[@]}" --out "$RES/selection"
+    --top "$TOP" --also ria,pruner-zero --patterns u,2:4 "${common[@]}" "${ew[@]}" --out "$RES/selection-gpu"
 }
 
 stage_confirm() {
   local found; found=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['formula'])" \
-                       "$RES/selection.json") || { echo "no selection: run the select stage first" >&2; return 2; }
+                       "$RES/selection-gpu.json") || { echo "no selection: run the select stage first" >&2; return 2; }
   echo "confirming $found"
-  $PY benchmarks/baselines.py --out "$RES/confirm" --formula "found=$found" "${common[@]}" "${ew[@]}" \
+  $PY benchmarks/baselines.py --out "$RES/confirm-gpu" --formula "found=$found" "${common[@]}" "${ew[@]}" \
     --eval wikitext2,c4 --rows dense,wanda:u:seq,found:u:seq,ria:u:seq,wanda:2:4:seq,found:2:4:seq,ria:2:4:seq,wanda:4:8:seq,found:4:8:seq,ria:4:8:seq
-  local pat; for pat in "" 2:4; do
+  local pat tag; for pat in "" 2:4; do
+    tag=${pat:-u}; tag=${tag/:/of}
     $PY -m prunerzero.cli prune --metric "$found" --sparsity 0.5 ${pat:+--pattern $pat} --sequential --skip-dense \
-      "${common[@]}" "${ew[@]}" --eval wikitext2,c4 --quiet --json "$RES/prune-found${pat:+-${pat/:/of}}.json"
+      "${common[@]}" "${ew[@]}" --eval wikitext2,c4 --quiet --json "$RES/confirm-gpu/prune-found-$tag.json"
   done
 }
 
 for stage in "$@"; do
   echo "=== $stage ($(date -u +%H:%M:%S))"
   t0=$(date +%s)
-  "stage_$stage" 2>&1 | tee "$RES/logs/$stage.log"
+  "stage_$stage" 2>&1 | tee "$RES/gpu-logs/$stage.log"
   echo "=== $stage done in $(( $(date +%s) - t0 )) s"
 done

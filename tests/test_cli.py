@@ -16,6 +16,7 @@ from prunerzero.cli import main
     (["prune", "--data-dir", "/nonexistent/dir", "--model", "smollm2"], "does not exist"),
     (["eval", "--model", "/tmp/missing-model.gguf"], "not found"),
     (["eval", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["search", "--space", "search_spaces/tiny.yaml", "--max-minutes", "0"], "--max-minutes must be > 0"),
 ])
 def test_bad_input_one_line(argv, msg, capsys, tmp_path):
     code = main(argv + ["--cache-dir", str(tmp_path), "--quiet"])
