@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N test tokens (default all)")
     ap.add_argument("--latency-seqlen", type=int, default=2048)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=1, help="windows per forward in the perplexity evaluation")
     ap.add_argument("--out", default="results/structural")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--render-only", action="store_true", help="re-render <out>.md from the finished rows, run nothing")
@@ -89,7 +90,7 @@ def main():
         return
 
     def measure(lm):
-        return {str(L): eval_at(lm, L, ["wikitext2"], total // L if args.eval_tokens else None, 1,
+        return {str(L): eval_at(lm, L, ["wikitext2"], total // L if args.eval_tokens else None, args.batch_size,
                                 progress=False)["wikitext2"]["ppl"] for L in seqlens}
 
     def fresh():

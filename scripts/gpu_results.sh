@@ -4,11 +4,11 @@
 #
 #   bash scripts/gpu_results.sh warm baselines search select confirm bench   # all stages, in this order
 #
-# (The committed run did `warm`, then `baselines` and `search` side by side, then `select confirm bench`.)
+# (The committed run did `warm`, `baselines`, `search` (SEARCH_MIN=5.5), then `select confirm bench`.)
 # Stages write under $RES (default results/, the committed layout: baselines, search-gpu-*, selection-gpu,
 # confirm-gpu, gpu-logs); each can run alone (select/confirm read earlier stages' files; baselines rows and
 # searches resume). Defaults are the published protocol (seqlen 2048, 128 C4 windows, all test windows, fp16 on the GPU).
-# For a smoke test on a CPU: DEVICE=cpu SEQLEN=128 NSAMPLES=2 EVALW=2 POP=6 SEARCH_MIN=0.2 TOP=2 bash ... .
+# Smoke test on a CPU (7 min): RES=/tmp/smoke DEVICE=cpu SEQLEN=128 NSAMPLES=2 EVALW=2 BATCH=2 POP=6 SEARCH_MIN=0.3 TOP=2 bash ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -18,7 +18,7 @@ SEQLEN=${SEQLEN:-2048}
 NSAMPLES=${NSAMPLES:-128}
 BATCH=${BATCH:-8}
 EVALW=${EVALW:-}                 # empty: every window (the protocol)
-SEARCH_MIN=${SEARCH_MIN:-6}      # wall-time budget of each search (resumable)
+SEARCH_MIN=${SEARCH_MIN:-5.5}    # wall-time budget of each search in minutes (resumable)
 POP=${POP:-40}
 TOP=${TOP:-5}
 mkdir -p "$RES/gpu-logs"
