@@ -30,8 +30,9 @@ def render(out: Path, meta: dict) -> None:
     lines = [f"# Structural pruning of {meta['model']}", "", f"Command: `{meta['command']}`", "",
              f"Protocol: {meta['nsamples']} C4 calibration windows of {meta['calib_seqlen']} tokens (seed 0) for the "
              f"metric statistics and the policy gradient; {meta['steps']} steps, K={meta['samples']}, "
-             f"lr {meta['lr']} (cosine), {meta['pg_batch']} windows per step; WikiText-2 test, the first "
-             f"{meta['eval_tokens']} tokens cut into windows of each length. Sparsity = fraction of the prunable "
+             f"lr {meta['lr']} (cosine), {meta['pg_batch']} windows per step; WikiText-2 test, "
+             + ("all tokens" if meta["eval_tokens"] == "all" else f"the first {meta['eval_tokens']} tokens")
+             + " cut into windows of each length. Sparsity = fraction of the prunable "
              f"parameters (q/k/v/o/gate/up/down) removed. Latency: one forward of 1 x {meta['latency_seqlen']} tokens. "
              f"Hardware: {meta['hardware']}. Metric: `{meta['metric']}` ({meta.get('scores', '')}).", "",
              f"| sparsity | method | {head} | params | removed | latency ms | optimisation s |",
@@ -77,7 +78,8 @@ def main():
     (out / "rows").mkdir(parents=True, exist_ok=True)
     seqlens = [int(s) for s in args.seqlens.split(",")]
     total = args.eval_tokens or 10**9
-    hw = f"{platform.machine()}, {args.threads or torch.get_num_threads()} threads"
+    cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+    hw = torch.cuda.get_device_name() if cuda else f"{platform.machine()}, {args.threads or torch.get_num_threads()} threads"
     meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "nsamples": args.nsamples,
             "calib_seqlen": args.calib_seqlen, "steps": args.steps, "samples": args.samples, "lr": args.lr,
             "pg_batch": args.pg_batch_size, "seqlens": seqlens, "eval_tokens": args.eval_tokens or "all",
@@ -99,8 +101,6 @@ def main():
     dense_path = out / "rows" / "dense.json"
     if not dense_path.exists():
         lm = fresh()
-        if hw and lm.device.type == "cuda":
-            meta["hardware"] = torch.cuda.get_device_name(lm.device)
         dense_path.write_text(json.dumps({"init": "dense", "ppl": measure(lm),
                                           "params": sum(p.numel() for p in lm.model.parameters()),
                                           "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen)}))

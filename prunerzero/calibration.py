@@ -214,12 +214,12 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
 
     fp16 gradients of a single weight are often below fp16's normal range (they underflow to subnormals or 0), so
     a half-precision model on one device is cast to fp32 for the backward passes and cast back afterwards (exact:
-    every fp16/bf16 value is an fp32 value). ``upcast=False`` keeps the model's dtype (models spread with
-    ``device_map`` are never cast: they are the ones that do not fit twice).
+    every fp16/bf16 value is an fp32 value), when the fp32 copy fits the GPU's free memory. ``upcast=False`` keeps
+    the model's dtype (models spread with ``device_map`` are never cast: they are the ones that do not fit twice).
     """
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     if upcast is None:
-        upcast = half and not getattr(model, "hf_device_map", None)
+        upcast = half and not getattr(model, "hf_device_map", None) and _fp32_fits(model, stats_device)
     if half and upcast:
         tensors = [(mod, kind, name, t.dtype) for mod in model.modules()
                    for kind in ("_parameters", "_buffers") for name, t in getattr(mod, kind).items() if t is not None]
@@ -272,6 +272,22 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
         model.train(was_training)
     out = {k: {"G1": g1[k].cpu(), "G2": g2[k].sqrt_().cpu()} for k in params}
     return Stats(out, {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "grad_scale": scale})
+
+
+def _fp32_fits(model: nn.Module, stats_device) -> bool:
+    """Whether casting a half-precision model on one GPU to fp32 (plus the G1/G2 accumulators) fits its memory."""
+    dev = next(model.parameters()).device
+    if dev.type != "cuda":
+        return True
+    params = sum(p.numel() for p in model.parameters())
+    prunable = sum(lin.weight.numel() for lin in all_prunable(model).values())
+    need = 2 * params + (0 if stats_device else 8 * prunable)  # fp16 -> fp32 adds 2 bytes; two fp32 accumulators
+    free, _ = torch.cuda.mem_get_info(dev)
+    if need * 1.2 < free:
+        return True
+    tqdm.write(f"gradient statistics in {next(model.parameters()).dtype} (an fp32 copy needs {need / 2**30:.1f} GiB, "
+               f"{free / 2**30:.1f} GiB free)")
+    return False
 
 
 def stats_key(model_id: str, data_id: str, nsamples: int, seqlen: int, seed: int, kind: str) -> str:

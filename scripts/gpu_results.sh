@@ -2,9 +2,9 @@
 # The GPU runs behind results/*-gpu*: full-protocol baselines, the benchmarks on GPU, two metric searches,
 # the selection of the formula to confirm (validation split only) and its confirmation on test.
 #
-#   bash scripts/gpu_results.sh warm baselines search select confirm bench   # all stages, in this order
+#   bash scripts/gpu_results.sh warm baselines search select confirm bench structural   # all, in this order
 #
-# (The committed run did `warm`, `baselines`, `search` (SEARCH_MIN=5.5), then `select confirm bench`.)
+# (The committed run did `warm`, `baselines`, `search` (SEARCH_MIN=5.5), `select confirm bench`, `structural`.)
 # Stages write under $RES (default results/, the committed layout: baselines, search-gpu-*, selection-gpu,
 # confirm-gpu, gpu-logs); each can run alone (select/confirm read earlier stages' files; baselines rows and
 # searches resume). Defaults are the published protocol (seqlen 2048, 128 C4 windows, all test windows, fp16 on the GPU).
@@ -70,8 +70,9 @@ stage_select() {
 }
 
 stage_confirm() {
-  local found; found=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['formula'])" \
-                       "$RES/selection-gpu.json") || { echo "no selection: run the select stage first" >&2; return 2; }
+  local found; found=$($PY -c "from prunerzero.report import chosen_formula; print(chosen_formula('$RES/selection-gpu.json') or '')") \
+    || { echo "no selection: run the select stage first" >&2; return 2; }
+  [ -n "$found" ] || { echo "the selection chose no formula (all candidates were known metrics or failed): search longer" >&2; return 2; }
   echo "confirming $found"
   $PY benchmarks/baselines.py --out "$RES/confirm-gpu" --formula "found=$found" "${common[@]}" "${ew[@]}" \
     --eval wikitext2,c4 --rows dense,wanda:u:seq,found:u:seq,ria:u:seq,wanda:2:4:seq,found:2:4:seq,ria:2:4:seq,wanda:4:8:seq,found:4:8:seq,ria:4:8:seq
@@ -82,9 +83,20 @@ stage_confirm() {
   done
 }
 
+stage_structural() {
+  # the selected formula seeds the forward-only policy-gradient structural pruner (KV groups + MLP channels)
+  local found; found=$($PY -c "from prunerzero.report import chosen_formula; print(chosen_formula('$RES/selection-gpu.json'))")
+  $PY benchmarks/structural_table.py --metric "$found" --sparsities 0.2,0.3 --inits metric,const,oneshot \
+    --steps 300 --lr 0.02 --device "$DEVICE" --batch-size 16 --out "$RES/structural-gpu"
+}
+
+[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_results.sh STAGE... (warm baselines search select confirm bench structural)" >&2; exit 2; }
+for stage in "$@"; do
+  declare -F "stage_$stage" >/dev/null || { echo "unknown stage '$stage': use warm baselines search select confirm bench structural" >&2; exit 2; }
+done
 for stage in "$@"; do
   echo "=== $stage ($(date -u +%H:%M:%S))"
   t0=$(date +%s)
-  "stage_$stage" 2>&1 | tee "$RES/gpu-logs/$stage.log"
+  "stage_$stage" 2>&1 | tee "$RES/gpu-logs/$stage.log" || { echo "=== $stage FAILED (see $RES/gpu-logs/$stage.log)"; exit 1; }
   echo "=== $stage done in $(( $(date +%s) - t0 )) s"
 done

@@ -85,3 +85,14 @@ def test_selection_prefers_a_formula_that_beats_the_reference_at_every_pattern()
     chosen, beats = select_formula.choose([ref, a], ["u", "2:4"], "wanda")
     assert chosen is a and not beats                                   # none beats it everywhere: best ratio
     assert select_formula.choose([{**ref, "ppl": {}}, b], ["u", "2:4"], "wanda") == (None, False)
+
+
+@pytest.mark.parametrize("table", ["structural-gpu", "structural-cpu"])
+def test_structural_tables_show_the_numbers_of_their_row_files(table):
+    names = {"oneshot": "one-shot (metric scores)", "const": "policy gradient from const",
+             "metric": "policy gradient from metric"}
+    md = (RESULTS / f"{table}.md").read_text().splitlines()
+    for name, r in rows(table).items():
+        start = "| 0 | dense |" if r["init"] == "dense" else f"| {r['sparsity']:.0%} | {names[r['init']]} |"
+        line = next(l for l in md if l.startswith(start))
+        assert all(f"| {v:.2f} |" in line for v in r["ppl"].values()), (name, line)
