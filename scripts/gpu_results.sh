@@ -54,14 +54,16 @@ stage_bench() {
 
 stage_search() {
   # the paper's space and the extended one, side by side on the one GPU (each is mostly launch-bound)
-  local s; for s in prunerzero extended; do
+  local s pids=(); for s in prunerzero extended; do
     local out="$RES/search-gpu-$s" args=(--resume "$RES/search-gpu-$s")
     [ -f "$out/checkpoint.json" ] || args=(--space "search_spaces/$s.yaml" --out "$out" --population "$POP"
                                            "${common[@]}" "${ew[@]}")
     $PY -m prunerzero.cli search "${args[@]}" --max-minutes "$SEARCH_MIN" --quiet > "$RES/gpu-logs/search-$s.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  local failed=0 pid; for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   tail -n 14 "$RES"/gpu-logs/search-*.log
+  return $failed
 }
 
 stage_select() {
