@@ -79,7 +79,8 @@ def main():
     seqlens = [int(s) for s in args.seqlens.split(",")]
     total = args.eval_tokens or 10**9
     cuda = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
-    hw = torch.cuda.get_device_name() if cuda else f"{platform.machine()}, {args.threads or torch.get_num_threads()} threads"
+    threads = args.threads or torch.get_num_threads()
+    hw = torch.cuda.get_device_name() if cuda else f"{platform.machine()}, {threads} threads"
     meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "nsamples": args.nsamples,
             "calib_seqlen": args.calib_seqlen, "steps": args.steps, "samples": args.samples, "lr": args.lr,
             "pg_batch": args.pg_batch_size, "seqlens": seqlens, "eval_tokens": args.eval_tokens or "all",

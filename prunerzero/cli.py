@@ -81,8 +81,9 @@ def cmd_prune(args) -> None:
         raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
     lm = _load(args)
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
-    payload = {"command": "prunerzero " + shlex.join(sys.argv[1:]), "model": args.model, "metric": args.metric, "pattern": str(pattern),
-               "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed, "seqlen": lm.seqlen}
+    payload = {"command": "prunerzero " + shlex.join(sys.argv[1:]), "model": args.model, "metric": args.metric,
+               "pattern": str(pattern), "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed,
+               "seqlen": lm.seqlen}
     if not args.skip_dense:
         payload["dense"] = _evaluate(lm, args)
         print(f"dense   {_ppl_line(payload['dense'])}", flush=True)

@@ -5,6 +5,7 @@ masks on a model with its calibration statistics.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -184,7 +185,5 @@ def run_exists(run_dir) -> bool:
 
 def chosen_formula(selection_json) -> str | None:
     """The formula ``benchmarks/select_formula.py`` chose (validation split only), or None if it chose none."""
-    import json
-
     chosen = json.loads(Path(selection_json).read_text()).get("chosen")
     return chosen["formula"] if chosen else None
