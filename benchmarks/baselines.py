@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from prunerzero.evaluate import ppl_on
+from prunerzero.fsutil import atomic_write_text
 from prunerzero.models import all_prunable, load_model
 from prunerzero.pipeline import CalibConfig, default_group, prune
 from prunerzero.prune.masks import WeightSnapshot, parse_pattern
@@ -76,7 +77,7 @@ def render(out: Path, meta: dict) -> None:
     missing = [r for r in meta["rows"] if not (out / "rows" / f"{r.replace(':', '_')}.json").exists()]
     if missing:
         lines += ["", f"Not yet run: {', '.join(missing)} (rerun the command to fill them in)."]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -143,7 +144,7 @@ def main() -> None:
         if path.exists():
             continue
         if row == "dense":
-            path.write_text(json.dumps({"method": "dense", "row": "dense", **evaluate()}, indent=2))
+            atomic_write_text(path, json.dumps({"method": "dense", "row": "dense", **evaluate()}, indent=2))
             render(out, meta)
             continue
         method, pat, seq = parse_row(row)
@@ -152,9 +153,9 @@ def main() -> None:
         t0 = time.time()
         pr = prune(lm, spec, pattern, cfg, sequential=seq)
         res = evaluate()
-        path.write_text(json.dumps({"row": row, "method": method, "formula": spec, "pattern": str(pattern), "sequential": seq,
-                                    "sparsity": pr.sparsity, "prune_seconds": pr.seconds,
-                                    "total_seconds": time.time() - t0, **res}, indent=2))
+        atomic_write_text(path, json.dumps({"row": row, "method": method, "formula": spec, "pattern": str(pattern),
+                                            "sequential": seq, "sparsity": pr.sparsity, "prune_seconds": pr.seconds,
+                                            "total_seconds": time.time() - t0, **res}, indent=2))
         snapshot.restore()
         render(out, meta)
         print(f"{row}: ppl {res['ppl']:.3f}", flush=True)

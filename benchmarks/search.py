@@ -16,13 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunerzero.report import cache_table
 from prunerzero.search.engine import Search, read_evaluations
 from prunerzero.search.space import load_space, validate
 from prunerzero.search.workers import InProcess, build_evaluator
-
-KINDS = ["eval", "mask", "key", "text", "error"]
-LABELS = {"eval": "perplexity evaluated", "mask": "mask fingerprint", "key": "canonical key",
-          "text": "same text", "error": "refused (penalty)"}
 
 
 def summarise(run_dir: Path, wall: float | None = None, device: str = "") -> pd.DataFrame:
@@ -31,9 +28,7 @@ def summarise(run_dir: Path, wall: float | None = None, device: str = "") -> pd.
         ck = json.loads((run_dir / "checkpoint.json").read_text())
         wall = ck.get("wall_seconds") or sum(r["seconds"] for r in recs)
     n = len(recs)
-    rows = [{"answered by": LABELS[k], "candidates": sum(r["hit"] == k for r in recs)} for k in KINDS]
-    df = pd.DataFrame(rows)
-    df["share"] = df["candidates"] / max(1, n)
+    df = cache_table(run_dir)
     eval_secs = [r["seconds"] for r in recs if r["hit"] == "eval"]
     print(f"run {run_dir} on {device or 'recorded device'}: {n} candidates in {wall:.0f}s "
           f"-> {60 * n / max(wall, 1e-9):.1f} candidates/min, {60 * len(eval_secs) / max(wall, 1e-9):.1f} "

@@ -41,16 +41,17 @@ PENALTY = 1e5  # fitness given to formulas that failed (search_spaces: fitness.p
 def candidates(runs: list[str], top: int, reference: str, also: list[str]) -> list[dict]:
     """The reference and known metrics, then each run's best ``top`` distinct formulas (by canonical key) that are
     not a known metric (magnitude, Wanda, RIA, ... rediscovered)."""
-    out = [{"name": name, "formula": KNOWN_METRICS[name].formula if name in KNOWN_METRICS else name,
+    out = [{"name": name, "formula": str(resolve_metric(name)[1]),  # refuses an unknown name before any work
             "simplified": "", "search_ppl": None, "run": None} for name in [reference] + also]
-    known = {simplify(m.formula).key: name for name, m in KNOWN_METRICS.items()}
-    keys = set(known)  # a known metric met again is a rediscovery, not a candidate
+    keys = {simplify(m.formula).key for m in KNOWN_METRICS.values()}  # met again: a rediscovery, not a candidate
     for run in runs:
+        taken = 0
         for rank, row in equations(run, None).iterrows():
-            if sum(r["run"] == run for r in out) >= top or not row["ppl"] < PENALTY:
+            if taken >= top or not row["ppl"] < PENALTY:
                 break
             if row["key"] not in keys:
                 keys.add(row["key"])
+                taken += 1
                 out.append({"name": f"{Path(run).name}#{rank}", "formula": row["formula"],
                             "simplified": row["simplified"], "search_ppl": float(row["ppl"]), "run": run})
     return out
@@ -118,8 +119,6 @@ def main() -> None:
     if bad:
         raise SystemExit(f"error: unknown pattern '{bad[0]}': use u, 2:4 or 4:8")
     also = [a.strip() for a in args.also.split(",") if a.strip()]
-    for name in [args.reference] + also:
-        resolve_metric(name)
     rows = candidates(args.run, args.top, args.reference, also)
     out = Path(args.out)
     done = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").is_file() else []

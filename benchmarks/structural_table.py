@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from prunerzero.fsutil import atomic_write_text
 from prunerzero.models import load_model
 from prunerzero.pipeline import CalibConfig, StructuralConfig, eval_at, structural
 from prunerzero.prune.structural import forward_latency
@@ -46,7 +47,7 @@ def render(out: Path, meta: dict) -> None:
         ppl = " | ".join(f"{r['ppl'][str(L)]:.2f}" for L in lens)
         lines.append(f"| {r['sparsity']:.0%} | {names[r['init']]} | {ppl} | {r['params']:,} | "
                      f"{r['removed']:.1%} | {r['latency_ms']:.0f} | {r['seconds']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def main():
@@ -102,9 +103,9 @@ def main():
     dense_path = out / "rows" / "dense.json"
     if not dense_path.exists():
         lm = fresh()
-        dense_path.write_text(json.dumps({"init": "dense", "ppl": measure(lm),
-                                          "params": sum(p.numel() for p in lm.model.parameters()),
-                                          "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen)}))
+        atomic_write_text(dense_path, json.dumps({"init": "dense", "ppl": measure(lm),
+                                                  "params": sum(p.numel() for p in lm.model.parameters()),
+                                                  "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen)}))
         render(out, meta)
     inits = args.inits.split(",")
     for sp in (float(s) for s in args.sparsities.split(",")):
@@ -122,7 +123,7 @@ def main():
                    "params": res["params_after"]["total"], "removed": res["removed_fraction"],
                    "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen), "seconds": res["seconds"],
                    "layer_shapes": res["layer_shapes"], "history": res["history"][-5:]}
-            path.write_text(json.dumps(row, indent=1))
+            atomic_write_text(path, json.dumps(row, indent=1))
             render(out, meta)
             print(f"{sp:.0%} {init}: " + ", ".join(f"ppl@{k} {v:.2f}" for k, v in row["ppl"].items()), flush=True)
     render(out, meta)

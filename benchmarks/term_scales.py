@@ -13,7 +13,6 @@ import argparse
 from collections import defaultdict
 
 import pandas as pd
-import torch
 
 from prunerzero.models import load_model
 from prunerzero.pipeline import CalibConfig, one_shot_stats
@@ -48,5 +47,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(True)
     main()

@@ -9,9 +9,9 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from .errors import UserError
+from .fsutil import atomic_folder, atomic_write_text, require_empty
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
@@ -58,17 +58,18 @@ def _ppl_line(res: dict) -> str:
 
 def save_model(lm, target: str) -> None:
     """save_pretrained into a temporary folder next to ``target``, then rename (no half-written folder)."""
-    from .fsutil import atomic_folder
-
     with atomic_folder(target) as tmp:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
 
 
+def _command() -> str:
+    """The command line as it can be pasted back into a shell (formulas contain spaces and parentheses)."""
+    return "prunerzero " + shlex.join(sys.argv[1:])
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
-        from .fsutil import atomic_write_text
-
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
@@ -77,11 +78,11 @@ def cmd_prune(args) -> None:
     from .prune.masks import parse_pattern
 
     pattern = parse_pattern(args.sparsity, args.pattern, args.group or default_group(args.metric))
-    if args.save and Path(args.save).exists() and any(Path(args.save).iterdir()):
-        raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
+    if args.save:
+        require_empty(args.save, "--save folder")
     lm = _load(args)
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
-    payload = {"command": "prunerzero " + shlex.join(sys.argv[1:]), "model": args.model, "metric": args.metric,
+    payload = {"command": _command(), "model": args.model, "metric": args.metric,
                "pattern": str(pattern), "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed,
                "seqlen": lm.seqlen}
     if not args.skip_dense:
@@ -102,7 +103,7 @@ def cmd_prune(args) -> None:
 
 def cmd_eval(args) -> None:
     lm = _load(args)
-    payload = {"command": "prunerzero " + shlex.join(sys.argv[1:]), "model": args.model, "seqlen": lm.seqlen,
+    payload = {"command": _command(), "model": args.model, "seqlen": lm.seqlen,
                "eval": _evaluate(lm, args)}
     print(_ppl_line(payload["eval"]))
     if "zero_shot" in payload["eval"]:
@@ -137,7 +138,7 @@ def cmd_search(args) -> None:
             if value is not None:
                 raw["fitness"][key] = value
         space = validate(raw, space.path)
-        meta = {"command": "prunerzero " + " ".join(sys.argv[1:]), "space_file": args.space}
+        meta = {"command": _command(), "space_file": args.space}
         out = args.out or f"results/search-{space.name}"
     terminals = space.raw["terminals"]
     if args.workers > 1:
@@ -161,8 +162,8 @@ def cmd_structural(args) -> None:
     from .pipeline import CalibConfig, StructuralConfig, eval_at, structural
     from .prune.structural import forward_latency, save_structural
 
-    if args.save and Path(args.save).exists() and any(Path(args.save).iterdir()):
-        raise UserError(f"{args.save} exists and is not empty: choose another --save folder")
+    if args.save:
+        require_empty(args.save, "--save folder")
     cfg = StructuralConfig(sparsity=args.sparsity, metric=args.metric, init=args.init, steps=args.steps,
                            samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
                            calib_seqlen=args.calib_seqlen, seed=args.seed, attn_score=args.attn_score,
@@ -175,7 +176,7 @@ def cmd_structural(args) -> None:
     lm = _load(args)
     datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
     seqlens = [int(s) for s in args.eval_seqlens.split(",")]
-    payload = {"command": "prunerzero " + " ".join(sys.argv[1:]), "model": args.model, "sparsity": args.sparsity,
+    payload = {"command": _command(), "model": args.model, "sparsity": args.sparsity,
                "init": args.init, "metric": args.metric, "steps": args.steps, "samples": args.samples,
                "lr": args.lr, "nsamples": args.nsamples, "calib_seqlen": args.calib_seqlen,
                "eval_windows": args.eval_windows}

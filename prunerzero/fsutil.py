@@ -10,12 +10,19 @@ from pathlib import Path
 from .errors import UserError
 
 
+def require_empty(target: str | os.PathLike, what: str = "folder") -> None:
+    """Refuse an output folder that already holds files (called early, before slow work, and again on write)."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{target} exists and is not empty: choose another {what}")
+
+
 @contextmanager
 def atomic_folder(target: str | os.PathLike, must_be_empty: bool = True):
     """Yield a temporary folder next to ``target``; on success it is renamed to ``target``."""
     target = Path(target)
-    if must_be_empty and target.exists() and any(target.iterdir()):
-        raise UserError(f"{target} exists and is not empty: choose another folder")
+    if must_be_empty:
+        require_empty(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:

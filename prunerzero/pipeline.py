@@ -70,9 +70,9 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
         name, formula, _ = resolve_metric(method)
         terms = formula.terminals()
     need_g = bool(terms & {"G", "G1", "G2"})
-    grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, progress=progress) if need_g else None
     needs_windows = method == SPARSEGPT or "X" in terms
-    windows = calibration_windows(lm, cfg) if needs_windows else None
+    windows = calibration_windows(lm, cfg) if needs_windows else None  # tokenised once, also for G if not cached
+    grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, windows=windows, progress=progress) if need_g else None
     prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential, batch_size=cfg.batch_size,
                 progress=progress)
     return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0)

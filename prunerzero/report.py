@@ -15,8 +15,8 @@ from .metric.ops import OPS
 from .search.engine import read_evaluations
 from .search.table import cache_counts, equations
 
-HIT_LABELS = {"eval": "evaluated", "mask": "mask fingerprint", "key": "canonical key", "text": "same text",
-              "error": "refused"}
+HIT_LABELS = {"eval": "perplexity evaluated", "mask": "mask fingerprint", "key": "canonical key",
+              "text": "same text", "error": "refused (penalty)"}
 
 
 def load_run(run_dir) -> pd.DataFrame:

@@ -71,10 +71,15 @@ stage_select() {
     --top "$TOP" --also ria,pruner-zero --patterns u,2:4 "${common[@]}" "${ew[@]}" --out "$RES/selection-gpu"
 }
 
-stage_confirm() {
+chosen() {  # the formula the select stage chose, or a one-line error
   local found; found=$($PY -c "from prunerzero.report import chosen_formula; print(chosen_formula('$RES/selection-gpu.json') or '')") \
     || { echo "no selection: run the select stage first" >&2; return 2; }
   [ -n "$found" ] || { echo "the selection chose no formula (all candidates were known metrics or failed): search longer" >&2; return 2; }
+  echo "$found"
+}
+
+stage_confirm() {
+  local found; found=$(chosen) || return 2
   echo "confirming $found"
   $PY benchmarks/baselines.py --out "$RES/confirm-gpu" --formula "found=$found" "${common[@]}" "${ew[@]}" \
     --eval wikitext2,c4 --rows dense,wanda:u:seq,found:u:seq,ria:u:seq,wanda:2:4:seq,found:2:4:seq,ria:2:4:seq,wanda:4:8:seq,found:4:8:seq,ria:4:8:seq
@@ -87,7 +92,7 @@ stage_confirm() {
 
 stage_structural() {
   # the selected formula seeds the forward-only policy-gradient structural pruner (KV groups + MLP channels)
-  local found; found=$($PY -c "from prunerzero.report import chosen_formula; print(chosen_formula('$RES/selection-gpu.json'))")
+  local found; found=$(chosen) || return 2
   $PY benchmarks/structural_table.py --metric "$found" --sparsities 0.2,0.3 --inits metric,const,oneshot \
     --steps 300 --lr 0.02 --device "$DEVICE" --batch-size 16 --out "$RES/structural-gpu"
 }

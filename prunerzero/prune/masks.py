@@ -75,18 +75,17 @@ def check_scores(score: torch.Tensor, weight: torch.Tensor, where: str = "") -> 
 def mask_from_scores(score: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     """Bool mask (True = prune) removing the lowest scores of each comparison group."""
     rows, cols = score.shape
-    mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     if pattern.is_nm:
         if cols % pattern.m:
             raise UserError(f"N:M with M={pattern.m} needs the input size ({cols}) to be a multiple of M")
         grouped = score.reshape(rows, cols // pattern.m, pattern.m)
         idx = torch.sort(grouped, dim=-1, stable=True).indices[..., : pattern.n]
+        mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
         mask.view(rows, cols // pattern.m, pattern.m).scatter_(-1, idx, True)
-    elif pattern.group == "row":
-        mask = lowest_k(score, int(cols * pattern.sparsity))
-    else:
-        mask = lowest_k(score.reshape(1, -1), int(score.numel() * pattern.sparsity)).view(rows, cols)
-    return mask
+        return mask
+    if pattern.group == "row":
+        return lowest_k(score, int(cols * pattern.sparsity))
+    return lowest_k(score.reshape(1, -1), int(score.numel() * pattern.sparsity)).view(rows, cols)
 
 
 def lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
