@@ -219,7 +219,7 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
     """
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     if upcast is None:
-        upcast = half and not getattr(model, "hf_device_map", None) and _fp32_fits(model, stats_device)
+        upcast = gradient_upcast(model, stats_device)
     if half and upcast:
         tensors = [(mod, kind, name, t.dtype) for mod in model.modules()
                    for kind in ("_parameters", "_buffers") for name, t in getattr(mod, kind).items() if t is not None]
@@ -274,6 +274,19 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
     return Stats(out, {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "grad_scale": scale})
 
 
+def gradient_upcast(model: nn.Module, stats_device=None) -> bool:
+    """Whether ``gradient_stats(upcast=None)`` would compute this model's gradients in fp32 instead of its own
+    half precision (decide once and pass ``upcast=`` to make the cache key and the computation agree)."""
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    return bool(half and not getattr(model, "hf_device_map", None) and _fp32_fits(model, stats_device))
+
+
+def gradient_dtype(model: nn.Module, upcast: bool) -> torch.dtype:
+    """The dtype ``gradient_stats(model, ..., upcast=upcast)`` computes the gradients in."""
+    dtype = next(model.parameters()).dtype
+    return torch.float32 if upcast and dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _fp32_fits(model: nn.Module, stats_device) -> bool:
     """Whether casting a half-precision model on one GPU to fp32 (plus the G1/G2 accumulators) fits its memory."""
     dev = next(model.parameters()).device
@@ -290,8 +303,12 @@ def _fp32_fits(model: nn.Module, stats_device) -> bool:
     return False
 
 
-def stats_key(model_id: str, data_id: str, nsamples: int, seqlen: int, seed: int, kind: str) -> str:
-    text = json.dumps([model_id, data_id, nsamples, seqlen, seed, kind])
+def stats_key(model_id: str, data_id: str, nsamples: int, seqlen: int, seed: int, kind: str,
+              windows_sha1: str = "", grad_dtype: str = "") -> str:
+    """Cache key of a statistics file: the model, the data source, the calibration settings, the kind, the
+    sha1 of the calibration token windows actually used (their content, not only file names and sizes) and,
+    for gradients, the dtype they were computed in."""
+    text = json.dumps([model_id, data_id, nsamples, seqlen, seed, kind, windows_sha1, grad_dtype])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -320,4 +337,4 @@ def check_stats(stats: Stats, keys) -> None:
 
 
 __all__ = ["BlockRunner", "InputStats", "Stats", "activation_stats", "gradient_stats", "stats_key",
-           "cached_stats", "needs_of", "GRAD_SCALE"]
+           "cached_stats", "needs_of", "GRAD_SCALE", "gradient_upcast", "gradient_dtype"]

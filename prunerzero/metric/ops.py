@@ -1,13 +1,17 @@
 """The one registry of operations a metric formula may use.
 
-Each operation has its torch implementation (protected as Pruner-Zero defines them), its sympy counterpart, and
-the facts the simplifier needs: its inverse (opposing operation), whether it is order-preserving (strictly
-increasing on the whole score, so that at the root of a formula it changes no mask), and whether its output is
-always non-negative.
+Each operation has its torch implementation (protected as Pruner-Zero defines them), its sympy counterpart (for
+display: exact in real arithmetic, not in float32), and descriptive facts: its inverse (opposing operation) and
+whether it is increasing, both in *exact* arithmetic, and whether its float output is always non-negative. The
+ranking key (``simplify.rank_key``) uses none of the exact-arithmetic facts: in float32 an "increasing" map can
+merge neighbouring scores into ties, and an inverse pair rounds (see ``simplify``'s docstring).
 
 Shapes: ``W`` and ``G`` are [out, in]; ``X`` is [1, in] (one value per input feature, broadcast over rows).
 Whole-tensor operations (``mms``, ``zsn``, the norm in ``div``) reduce over the tensor they are given, after
-broadcasting for ``div`` (as Pruner-Zero's ``torch.broadcast_tensors`` does).
+broadcasting for ``div`` (as Pruner-Zero's ``torch.broadcast_tensors`` does): ``div(x, y)`` divides by
+sqrt(size(broadcast(x, y)) / size(y)) * ||y||_F, so ``div(G, X)`` divides by sqrt(out) * ||X|| but ``div(X, X)`` by
+||X||. The sympy side writes that factor with the positive symbols ``N_OUT`` and ``N_IN`` (``simplify.to_sympy``
+works out the shapes).
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import torch
 LOG_EPS = 1e-3          # log(x) = log(|x| + 1e-3)
 EXP_CLAMP = 80.0        # exp clamps its input at 80 (exp(80) ~ 5.5e34 is finite in fp32; Pruner-Zero's 100 is not)
 TINY = 1e-12            # guards the denominators of mms / zsn / div against exact zeros
+
+N_OUT = sp.Symbol("n_out", positive=True, integer=True)   # rows of W and G (output features)
+N_IN = sp.Symbol("n_in", positive=True, integer=True)     # columns of W and G, entries of X (input features)
 
 
 # --------------------------------------------------------------------------------------------- torch kernels
@@ -95,6 +102,8 @@ class fnorm(sp.Function):
 
     @classmethod
     def eval(cls, x):
+        if x.is_Number:
+            return abs(x)
         c, r = x.as_independent(*x.free_symbols, as_Add=False) if x.free_symbols else (x, 1)
         if c != 1 and _is_constant(c) and r != 1:
             return sp.Abs(c) * cls(r)
@@ -130,8 +139,8 @@ class Op:
     torch: Callable
     sympy: Callable
     inverse: str | None = None     # op that undoes this one where both are defined (the opposing operation)
-    increasing: str = "no"         # "yes": strictly increasing everywhere; "nonneg": on non-negative input; "no"
-    nonneg: bool = False           # output always >= 0
+    increasing: str = "no"         # in exact arithmetic: "yes" strictly increasing; "nonneg" on x >= 0; "no"
+    nonneg: bool = False           # float output always >= 0 (or NaN)
     doc: str = ""
 
 
@@ -139,7 +148,8 @@ OPS: dict[str, Op] = {o.name: o for o in [
     Op("add", 2, torch.add, lambda a, b: a + b, doc="x + y"),
     Op("sub", 2, torch.sub, lambda a, b: a - b, doc="x - y"),
     Op("mul", 2, torch.mul, lambda a, b: a * b, doc="x * y"),
-    Op("div", 2, _div, lambda a, b: a / fnorm(b), doc="x / ||y||_F (protected division)"),
+    Op("div", 2, _div, lambda a, b, factor=1: a / (factor * fnorm(b)),
+       doc="x / ||broadcast(y)||_F (protected division)"),
     Op("abs", 1, torch.abs, sp.Abs, increasing="nonneg", nonneg=True, doc="|x|"),
     Op("neg", 1, torch.neg, lambda a: -a, inverse="neg", doc="-x"),
     Op("sqr", 1, torch.square, lambda a: a ** 2, inverse="sqrt", increasing="nonneg", nonneg=True, doc="x^2"),

@@ -1,20 +1,56 @@
-"""Simplification and canonical keys.
+"""Exact simplification and the canonical ranking key.
 
-Three layers, each true under the protected semantics of ``ops.py``:
+The contract (checked by ``tests/test_rank_key_property.py`` on real SmolLM2 statistics):
 
-1. ``apply_rules`` - the opposing-operation rule (an operation applied to its own inverse is removed, in the form
-   that is exact: ``neg(neg(x)) = x``, ``sqrt(sqr(x)) = abs(x)`` (not x), ``sqr(sqrt(x)) = abs(x)``,
-   ``exp(log(x)) = |x| + 1e-3``) plus the absorptions the protected ops imply (``log``/``sqrt``/``sqr`` ignore the
-   sign of their input, ``abs`` of a non-negative value is that value, ``mms``/``zsn`` swallow each other and
-   positive affine maps, ``mul(x, x) = sqr(x)``, ``identity(x) = x``).
-2. ``to_sympy`` + ``sympy.simplify`` - algebra (collect terms, cancel), with W real and X, G non-negative.
-3. ``rank_key`` - two formulas that rank every weight the same way prune the same weights. At the root we strip
-   what is strictly increasing on the whole score: a positive constant factor (numbers and whole-tensor norms),
-   an added constant, exp, sigmoid, tanh, mms, zsn, a positive power of a non-negative score (sqrt, sqr), and
-   log (log(|s| + eps) ranks like |s|). ``log(exp(x))`` is not ``x``, but at the root it ranks like ``x``.
+    rank_key(a) == rank_key(b)  =>  a and b give elementwise-equal float32 scores (IEEE ``==``, NaN in the
+                                    same places), hence identical masks for every pattern and group, with
+                                    the same stable tie order, and the same NaN/Inf error.
 
-``to_text(sympy)`` turns a simplified expression back into our operations where it can (``FormulaError`` where it
-cannot, e.g. a non-integer power); callers then keep the rule-simplified tree.
+so the search may answer a formula from another one's fitness without computing its masks.
+
+**The key is the canonical form of the float computation itself.** It is built only from rewrites that are
+exact in IEEE float32 with round-to-nearest, for every input (including 0, subnormals, inf and NaN), at any
+tensor shape:
+
+* ``identity(x) = x``; ``G2 = G`` (the same tensor);
+* ``neg(neg(x)) = x``; ``sub(a, b) = add(a, neg(b))`` (IEEE defines a - b as a + (-b));
+  ``neg(add(a, b)) = add(neg(a), neg(b))`` and ``mul(neg(a), b) = neg(mul(a, b))`` (rounding to nearest is
+  symmetric in sign); ``div(neg(a), b) = neg(div(a, b))`` (the denominator is a positive number);
+* ``div(a, neg(b)) = div(a, abs(b)) = div(a, b)`` (the Frobenius norm sees only |b|; b keeps its shape, so the
+  broadcast factor of ``ops._div`` is unchanged);
+* ``abs(abs(x)) = abs(neg(x)) = abs(x)``; ``sqrt``, ``log``, ``sqr`` of ``abs(x)`` or ``neg(x)`` are those of
+  ``x`` (the protected sqrt and log take |x| first; |x|*|x| is bitwise x*x); ``abs(x) = x`` where x is
+  non-negative in float (X, G, G1, abs, sqr, sqrt, exp, sigmoid, mms, sums, products and ``div`` of
+  non-negative values; ``abs(-0.0)`` is ``+0.0``, which compares equal and no operation here tells apart);
+* ``mul(x, x) = sqr(x)`` (``torch.square`` is x*x); commutativity of ``add`` and ``mul`` (operands sorted).
+
+No rule changes the shape of a subtree, so ``div``'s norm (taken over the broadcast of both operands) is
+computed on the same shapes on both sides.
+
+**Not in the key** (each is true in exact arithmetic, or only ranking-equivalent, and fails in float32):
+
+* associativity and distributivity, collecting terms, cancelling (``sympy.simplify``);
+  ``sub(x, x) = 0`` (inf - inf is NaN);
+* the opposing-operation pairs other than neg: ``sqrt(sqr(x))`` is not ``|x|`` (x*x under/overflows: 2158 of
+  885k values differ on a random [576, 1536] tensor), ``exp(log(x))`` is not ``|x| + 1e-3``, ``log(exp(x))``
+  is not x (exp clamps at 80 and rounds); ``mms(mms(x))`` is not ``mms(x)`` when the range is below 1e-12;
+* stripping maps at the root that are increasing in exact arithmetic (tanh, sigmoid, exp, sqrt, sqr of a
+  non-negative score, mms, zsn, log, positive constant factors and norms, added constants, powers of
+  non-negative factors): every one of them is only non-decreasing in float32, it can merge neighbouring
+  scores into ties that the stable lowest-index order then breaks differently (tanh and sigmoid saturate at 1.0
+  for real X scales; sqrt of a real-scale Wanda score maps 882,950 distinct values of a [576, 1536] layer to
+  880,873), and no map of this kind is injective on all of float32. These equivalences are still found, at the
+  cost of computing the masks: the fitness evaluator compares mask fingerprints before any perplexity run
+  (``search.fitness``: the ``mask`` hit).
+* ``div`` as a symbolic ``x / ||y||``: ``||y||`` depends on the broadcast shape (``div(G, X)`` divides by
+  sqrt(out) * ||X||, ``div(X, X)`` by ||X||). ``to_sympy`` now writes that factor out (``n_out``, ``n_in``),
+  but the key never relies on sympy at all.
+
+``Simplified.text`` (what the search writes back into an offspring, and shows) is the canonical form printed
+with ``sub`` and an outer ``neg`` where they make it shorter: every step is one of the exact rewrites above, so
+its scores equal the original's elementwise (bit-identical up to the sign of a zero) and ``rank_key(text) ==
+rank_key(original)``. ``Simplified.sympy`` / ``.latex`` are sympy's algebraic simplification, for display
+only: they are exact in real arithmetic, not in float32, and nothing decides on them.
 """
 from __future__ import annotations
 
@@ -24,71 +60,137 @@ from functools import lru_cache
 import sympy as sp
 
 from .expr import FormulaError, Node, as_node
-from .ops import LOG_EPS, NONNEG_TERMINALS, OPS, coln, fnorm, mms, plog, rown, sigmoid, symbol, zsn
+from .ops import N_IN, N_OUT, NONNEG_TERMINALS, OPS, TERMINALS, coln, fnorm, mms, plog, rown, sigmoid, symbol, zsn
 
 _SIMPLIFY_MAX_OPS = 40  # sympy.simplify is skipped above this many operations (it can take seconds)
+KEY_VERSION = "v2"      # keys of earlier versions (sympy ranking keys) never equal a key of this one
+
+_NONNEG_OPS = {"abs", "sqr", "sqrt", "exp", "sigmoid", "mms"}
 
 
-# ------------------------------------------------------------------------------------------------ layer 1: rules
+# ------------------------------------------------------------------------------------------------ exact rules
 def is_nonneg(n: Node) -> bool:
+    """Whether the float32 value of ``n`` is >= 0 (or NaN) for every input."""
     if n.is_const:
         return n.value >= 0
     if n.is_terminal:
         return n.op in NONNEG_TERMINALS
-    if OPS[n.op].nonneg:
+    if n.op in _NONNEG_OPS:
         return True
     if n.op in ("add", "mul"):
         return all(is_nonneg(c) for c in n.children)
-    if n.op == "div":
+    if n.op in ("div", "rown", "coln", "identity"):
         return is_nonneg(n.children[0])
     return False
 
 
-def _rule(n: Node) -> Node:
-    """One bottom-up rewrite step at node ``n`` (children already simplified)."""
+def _order(a: Node, b: Node) -> tuple[Node, Node]:
+    return (a, b) if str(a) <= str(b) else (b, a)
+
+
+def _canon(n: Node) -> Node:
+    """One bottom-up rewrite at ``n`` (children already canonical); every rewrite is exact in float32."""
     op, ch = n.op, n.children
+    if op == "G2":
+        return Node("G")
+    if not ch:
+        return n
     if op == "identity":
         return ch[0]
-    if op in OPS and len(ch) == 1:
-        a = ch[0]
-        if op == "neg" and a.op == "neg":
+    if op == "sub":
+        return _canon(Node("add", (ch[0], _canon(Node("neg", (ch[1],))))))
+    a = ch[0]
+    if op == "neg":
+        if a.op == "neg":
             return a.children[0]
-        if op == "sqrt" and a.op == "sqr" or op == "sqr" and a.op == "sqrt":
-            return _rule(Node("abs", (a.children[0],)))
-        if op == "exp" and a.op == "log":
-            return Node("add", (_rule(Node("abs", (a.children[0],))), Node.const(LOG_EPS)))
-        if op in ("sqrt", "log", "sqr", "abs") and a.op in ("abs", "neg"):
-            return _rule(Node(op, (a.children[0],)))
-        if op == "abs" and is_nonneg(a):
-            return a
-        if op in ("mms", "zsn") and a.op in ("mms", "zsn"):
-            return _rule(Node(op, (a.children[0],)))
-        if op == "neg" and a.is_const:
+        if a.is_const:
             return Node.const(-a.value)
-    if op == "mul" and ch[0] == ch[1]:
-        return _rule(Node("sqr", (ch[0],)))
-    if op == "sub" and ch[0] == ch[1]:
-        return Node.const(0.0)
+        if a.op == "add":
+            return _canon(Node("add", tuple(_canon(Node("neg", (c,))) for c in a.children)))
+        return n
+    if op == "abs":
+        if a.op in ("abs", "neg"):
+            return _canon(Node("abs", (a.children[0],)))
+        return a if is_nonneg(a) else n
+    if op in ("sqrt", "log", "sqr") and a.op in ("abs", "neg"):
+        return _canon(Node(op, (a.children[0],)))
+    if op == "mul":
+        b = ch[1]
+        negs = (a.op == "neg") + (b.op == "neg")
+        if negs:
+            inner = _canon(Node("mul", tuple(c.children[0] if c.op == "neg" else c for c in (a, b))))
+            return _canon(Node("neg", (inner,))) if negs == 1 else inner
+        if a == b:
+            return _canon(Node("sqr", (a,)))
+        return Node("mul", _order(a, b))
+    if op == "add":
+        return Node("add", _order(a, ch[1]))
+    if op == "div":
+        b = ch[1]
+        if b.op in ("neg", "abs"):
+            return _canon(Node("div", (a, b.children[0])))
+        if a.op == "neg":
+            return _canon(Node("neg", (_canon(Node("div", (a.children[0], b))),)))
     return n
 
 
-def apply_rules(formula: "str | Node") -> Node:
+def canonical(formula: "str | Node") -> Node:
+    """The canonical form of a formula's float computation (the tree its key prints)."""
     node = as_node(formula)
     if not node.children:
-        return node
-    return _rule(Node(node.op, tuple(apply_rules(c) for c in node.children)))
+        return _canon(node)
+    return _canon(Node(node.op, tuple(canonical(c) for c in node.children)))
 
 
-# ------------------------------------------------------------------------------------------------ layer 2: sympy
-def to_sympy(formula: "str | Node") -> sp.Expr:
-    node = as_node(formula)
+def _pretty(n: Node) -> Node:
+    """The canonical form with ``sub`` and an outer ``neg`` where they save nodes (exact rewrites, reversed)."""
+    if not n.children:
+        return n
+    ch = tuple(_pretty(c) for c in n.children)
+    if n.op == "add":
+        a, b = ch
+        if a.op == "neg" and b.op == "neg":
+            return Node("neg", (Node("add", (a.children[0], b.children[0])),))
+        if b.op == "neg":
+            return Node("sub", (a, b.children[0]))
+        if a.op == "neg":
+            return Node("sub", (b, a.children[0]))
+    return Node(n.op, ch)
+
+
+def apply_rules(formula: "str | Node") -> Node:
+    """The exact simplification of a formula as a formula of our operations (scores equal elementwise)."""
+    return _pretty(canonical(formula))
+
+
+# ------------------------------------------------------------------------------------------------ sympy (display)
+_SHAPE_SIZE = {"s": sp.Integer(1), "r": N_IN, "f": N_OUT * N_IN}
+
+
+def _broadcast(*shapes: str) -> str:
+    return "f" if "f" in shapes else "r" if "r" in shapes else "s"
+
+
+def _to_sympy(node: Node) -> tuple[sp.Expr, str]:
+    """Sympy form and shape ('s' scalar, 'r' [1, in], 'f' [out, in]) of a formula."""
     if node.is_const:
         v = node.value
-        return sp.Integer(int(v)) if float(v).is_integer() else sp.nsimplify(v, rational=True) \
+        e = sp.Integer(int(v)) if float(v).is_integer() else sp.nsimplify(v, rational=True) \
             if abs(v) >= 1e-6 else sp.Float(v)
+        return e, "s"
     if node.is_terminal:
-        return symbol("G" if node.op == "G2" else node.op)
-    return OPS[node.op].sympy(*(to_sympy(c) for c in node.children))
+        return symbol("G" if node.op == "G2" else node.op), "r" if node.op == "X" else "f"
+    parts = [_to_sympy(c) for c in node.children]
+    args = [p[0] for p in parts]
+    if node.op == "div":  # x / ||broadcast(y)||_F = x / (sqrt(size(broadcast) / size(y)) * ||y||_F): shape of x
+        (_, sx), (_, sy) = parts
+        factor = sp.sqrt(_SHAPE_SIZE[_broadcast(sx, sy)] / _SHAPE_SIZE[sy])
+        return OPS["div"].sympy(*args, factor=factor), sx
+    return OPS[node.op].sympy(*args), _broadcast(*(p[1] for p in parts))
+
+
+def to_sympy(formula: "str | Node") -> sp.Expr:
+    return _to_sympy(as_node(formula))[0]
 
 
 def simplify_sympy(expr: sp.Expr) -> sp.Expr:
@@ -124,6 +226,8 @@ def _product(parts: list[Node]) -> Node:
 
 def _from_sympy(e: sp.Expr) -> Node:
     if e.is_Symbol:
+        if e.name not in TERMINALS:
+            raise FormulaError(f"{e.name} (a tensor size) has no text form")
         return Node(e.name)
     if e.is_Number:
         if not e.is_finite:
@@ -188,73 +292,14 @@ def to_text(expr: sp.Expr) -> str:
     return str(_from_sympy(expr))
 
 
-# ------------------------------------------------------------------------------------------------ layer 3: ranking
-def _positive_const(e: sp.Expr) -> bool:
-    return all(a.is_Number and a > 0 or isinstance(a, fnorm) or (a.is_Pow and isinstance(a.base, fnorm))
-               for a in sp.Mul.make_args(e))
-
-
-def strip_monotone(e: sp.Expr) -> sp.Expr:
-    """Remove strictly increasing maps at the root (they change no mask)."""
-    while True:
-        if e.is_Mul:
-            const = [a for a in e.args if _positive_const(a)]
-            if const and len(const) < len(e.args):
-                e = sp.Mul(*[a for a in e.args if not _positive_const(a)])
-                continue
-        if e.is_Add:
-            consts = [a for a in e.args if a.is_Number or _positive_const(a) or (-a).is_Number]
-            if consts and len(consts) < len(e.args):
-                e = sp.Add(*[a for a in e.args if a not in consts])
-                continue
-        if isinstance(e, (sp.exp, sp.tanh, sigmoid, mms, zsn)):
-            e = e.args[0]
-            continue
-        if isinstance(e, plog):
-            e = sp.Abs(e.args[0])
-            continue
-        if e.is_Pow and e.exp.is_positive and e.base.is_nonnegative:
-            e = e.base
-            continue
-        if e.is_Pow and e.exp.is_positive and e.exp.is_even:
-            e = sp.Abs(e.base)
-            continue
-        if e.is_Mul:
-            normed = _normalise_powers(e)
-            if normed is not None and normed != e:
-                e = normed
-                continue
-        return e
-
-
-def _normalise_powers(e: sp.Expr) -> sp.Expr | None:
-    """A product of non-negative factors b_i^p_i ranks like its own positive power: scale the exponents so that
-    the first factor (in sympy's sort order) has exponent 1 (``W**2*X`` ranks like ``Abs(W)*sqrt(X)``)."""
-    parts = []
-    for f in sp.Mul.make_args(e):
-        base, p = f.as_base_exp()
-        if not (p.is_Rational and p > 0):
-            return None
-        if not base.is_nonnegative:
-            if p.is_Integer and p % 2 == 0:
-                base = sp.Abs(base)
-            else:
-                return None
-        parts.append((base, p))
-    parts.sort(key=lambda bp: sp.default_sort_key(bp[0]))
-    first = parts[0][1]
-    if first == 1:
-        return None
-    return sp.Mul(*[b ** (p / first) for b, p in parts])
-
-
+# ------------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
 class Simplified:
     original: str
-    rules: str          # after the opposing-operation rules (always a valid formula of our ops)
-    sympy: sp.Expr      # algebraically simplified
-    text: str           # simplified text form (sympy's when it maps back to our ops, else ``rules``)
-    key: str            # canonical ranking key: equal keys => identical masks
+    rules: str          # the exact simplification (``apply_rules``), a formula of our operations
+    sympy: sp.Expr      # algebraically simplified, for display only (exact in real arithmetic, not in float32)
+    text: str           # exact simplified text: ``rules`` where it is no larger than the original, else the original
+    key: str            # canonical key of the float computation: equal keys => equal scores => identical masks
 
     @property
     def latex(self) -> str:
@@ -264,16 +309,13 @@ class Simplified:
 @lru_cache(maxsize=65536)
 def simplify(formula: str) -> Simplified:
     node = as_node(formula)
-    ruled = apply_rules(node)
+    canon = canonical(node)
+    ruled = _pretty(canon)
+    text = str(ruled) if ruled.size <= node.size else str(node)
     expr = simplify_sympy(to_sympy(ruled))
-    try:
-        text_node = _from_sympy(expr)
-        text = str(text_node) if text_node.size <= ruled.size else str(ruled)
-    except FormulaError:
-        text = str(ruled)
-    key = sp.srepr(strip_monotone(expr))
-    return Simplified(str(node), str(ruled), expr, text, key)
+    return Simplified(str(node), str(ruled), expr, text, f"{KEY_VERSION}:{canon}")
 
 
-def rank_key(formula: str) -> str:
+def rank_key(formula: "str | Node") -> str:
+    """Canonical key: formulas with equal keys give elementwise-equal float32 scores (see the module docstring)."""
     return simplify(str(as_node(formula))).key

@@ -6,6 +6,7 @@ This module knows nothing about tensors: fitness comes from ``evaluate_many(form
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -24,6 +25,7 @@ from .space import SearchSpace, validate
 from .toolbox import build_pset, build_toolbox, to_individual
 
 HOF_SIZE = 30
+KEY_AUDIT_EVERY = 10  # about one key hit in this many is also evaluated and its mask fingerprint compared
 
 EvaluateMany = Callable[[list[str]], Iterator[dict]]
 
@@ -49,6 +51,22 @@ class RunFiles:
         return self.root / "summary.json"
 
 
+def audit_selected(text: str, seed: int, every: int) -> bool:
+    """Whether a key hit is audited: a hash of the run seed and the formula text (no RNG state, so resume is
+    exact and DEAP's global ``random`` is untouched)."""
+    if every <= 0:
+        return False
+    digest = hashlib.sha1(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % every == 0
+
+
+def _signature(rec: dict) -> str | None:
+    """What identifies a real evaluation's masks: the mask fingerprint, or the error that stopped it."""
+    if rec["hit"] not in ("eval", "mask", "error") or rec.get("retryable"):
+        return None
+    return rec.get("fingerprint") or f"error:{rec.get('error')}"
+
+
 def read_evaluations(root: str | Path) -> list[dict]:
     path = RunFiles(Path(root)).evaluations
     if not path.is_file():
@@ -71,6 +89,9 @@ class Search:
         self.by_key: dict[str, float] = {}
         self.hof: dict[str, dict] = {}
         self.counts: Counter = Counter()
+        self.by_key_sig: dict[str, str] = {}   # key -> mask fingerprint (or error) of its first real evaluation
+        self.audit: Counter = Counter()         # key hits re-evaluated: checked, mismatch
+        self.key_audit_every = KEY_AUDIT_EVERY
         self.wall = 0.0
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -82,44 +103,96 @@ class Search:
     def _absorb(self, rec: dict) -> None:
         """Count a record and fold it into the caches and the hall of fame (distinct ranking keys)."""
         self.counts[rec["hit"]] += 1
+        if "audit" in rec:
+            self.audit["checked"] += 1
+            self.audit["mismatch"] += not rec["audit"]["match"]
+        if rec.get("retryable"):  # a transient failure (out of memory) is not cached: the formula is tried again
+            return
         self.by_text.setdefault(rec["formula"], rec["ppl"])
         self.by_key.setdefault(rec["key"], rec["ppl"])
+        sig = _signature(rec)
+        if sig is not None:
+            self.by_key_sig.setdefault(rec["key"], sig)
         best = self.hof.get(rec["key"])
         if rec["hit"] != "error" and (best is None or rec["ppl"] < best["ppl"]):
             self.hof[rec["key"]] = {k: rec[k] for k in ("formula", "simplified", "latex", "size", "depth", "ppl",
                                                          "generation", "key")}
 
     def evaluate(self, individuals: list, generation: int) -> None:
+        """Fitness for every individual without one: from the text or key caches, else from ``evaluate_many``.
+
+        A deterministic sample of key hits (``audit_selected``) is evaluated too and its mask fingerprint
+        compared with the one its key's first evaluation gave; a mismatch (an unsound key) is reported, counted,
+        and the real result is kept. Transient failures (``retryable``) give this generation the penalty but are
+        cached nowhere."""
         todo = [ind for ind in individuals if not ind.fitness.valid]
-        pending: list[tuple[str, object]] = []
+        pending: list[tuple[str, dict, bool]] = []   # (text, record base, is an audit of a key hit)
         waiting: dict[str, list] = {}
+        queued: set[str] = set()
+        seed = self.space.gp["seed"]
         for ind in todo:
             text = str(ind)
             simp = simplify(text)
             base = {"generation": generation, "formula": text, "simplified": simp.text, "latex": simp.latex,
                     "key": simp.key, "size": len(ind), "depth": ind.height + 1}
+            known = simp.key in self.by_key or simp.key in waiting
             if text in self.by_text:
                 self._log({**base, "ppl": self.by_text[text], "seconds": 0.0, "hit": "text"})
+            elif known and text not in queued and audit_selected(text, seed, self.key_audit_every):
+                queued.add(text)
+                pending.append((text, base, True))
             elif simp.key in self.by_key:
                 self._log({**base, "ppl": self.by_key[simp.key], "seconds": 0.0, "hit": "key"})
             elif simp.key in waiting:
                 waiting[simp.key].append(base)
             else:
                 waiting[simp.key] = []
-                pending.append((text, base))
-        results = self.evaluate_many([t for t, _ in pending])
-        for (text, base), res in zip(pending, results):
+                queued.add(text)
+                pending.append((text, base, False))
+        results = self.evaluate_many([t for t, _, _ in pending])
+        this_gen: dict[str, float] = {}
+        for (text, base, audit), res in zip(pending, results):
             rec = {**base, "ppl": float(res["ppl"]), "seconds": round(float(res["seconds"]), 3), "hit": res["hit"],
                    "fingerprint": res.get("fingerprint"), "error": res.get("error")}
+            if res.get("retryable"):
+                rec["retryable"] = True
+            if audit:
+                rec = self._audited(rec)
             self._log(rec)
-            for other in waiting.get(base["key"], []):
-                hit = "text" if other["formula"] in self.by_text else "key"
-                self._log({**other, "ppl": rec["ppl"], "seconds": 0.0, "hit": hit})
+            this_gen[text] = rec["ppl"]
+            for other in [] if audit else waiting.get(base["key"], []):
+                if rec.get("retryable"):  # not evaluated either: as transient as the failure it waited on
+                    self._log({**other, "ppl": rec["ppl"], "seconds": 0.0, "hit": "error", "error": rec["error"],
+                               "retryable": True})
+                else:
+                    hit = "text" if other["formula"] in self.by_text else "key"
+                    self._log({**other, "ppl": rec["ppl"], "seconds": 0.0, "hit": hit})
+                this_gen.setdefault(other["formula"], rec["ppl"])
         for ind in todo:
-            ind.fitness.values = (self.by_text[str(ind)],)
+            ind.fitness.values = (self.by_text.get(str(ind), this_gen.get(str(ind))),)
+
+    def _audited(self, rec: dict) -> dict:
+        """An audited key hit: the key's answer if the masks agree, else the real result, reported loudly."""
+        expected = self.by_key_sig.get(rec["key"])
+        got = _signature(rec)
+        if rec.get("retryable") and rec["key"] in self.by_key:  # the audit failed transiently: a plain key hit
+            return {k: v for k, v in rec.items() if k not in ("retryable", "error", "fingerprint")} | \
+                {"ppl": self.by_key[rec["key"]], "hit": "key", "seconds": 0.0}
+        if expected is None or got is None:  # nothing to compare with: the record stands as a real evaluation
+            return rec
+        if got == expected:
+            return {**rec, "ppl": self.by_key[rec["key"]], "hit": "key",
+                    "audit": {"match": True, "checked_hit": rec["hit"], "seconds": rec["seconds"]}}
+        tqdm.write(f"KEY AUDIT MISMATCH: {rec['formula']} shares key {rec['key']} but its masks differ "
+                   f"({got} vs {expected}); keeping its real fitness {rec['ppl']:.4f}, not the key's "
+                   f"{self.by_key[rec['key']]:.4f}")
+        return {**rec, "audit": {"match": False, "expected": expected}}
 
     def _simplify_offspring(self, offspring: Iterable) -> None:
-        """Replace an offspring by its simplified form when that is smaller and expressible in the space."""
+        """Replace an offspring by its simplified form when that is smaller and expressible in the space.
+
+        ``simplify(...).text`` uses exact float32 rewrites only (its scores equal the original's elementwise), so
+        the replaced individual is the formula that gets evaluated, with the fitness the original would get."""
         for ind in offspring:
             if ind.fitness.valid:
                 continue
@@ -206,7 +279,9 @@ class Search:
                 break
         bar.close()
         summary = {"best": self.best(1)[0] if self.hof else None, "hall_of_fame": self.best(HOF_SIZE),
-                   "counts": dict(self.counts), "evaluations": sum(self.counts.values()),
+                   "counts": {**self.counts, "key_audit": {"checked": self.audit["checked"],
+                                                           "mismatch": self.audit["mismatch"]}},
+                   "evaluations": sum(self.counts.values()),
                    "generations_done": last, "complete": last >= gp_cfg["generations"],
                    "wall_seconds": round(self.wall, 1), "meta": self.meta}
         atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")

@@ -3,7 +3,8 @@ touches tensors; the engine sees formulas in, records out.
 
 Cache layers, cheapest first (the engine answers the first two before a formula reaches a worker):
   text  - the same formula text was evaluated before;
-  key   - a formula with the same canonical ranking key was (``metric.simplify``: same masks for sure);
+  key   - a formula with the same canonical key was (``metric.simplify``: the same float computation, so the
+          same masks for sure; a seeded sample of key hits is still sent here and its fingerprint compared);
   mask  - the masks this formula gives on the real layers equal those of an evaluated formula (fingerprint);
   eval  - a real evaluation: prune, perplexity on the fitness windows, restore.
 """
@@ -54,6 +55,7 @@ class FitnessResult:
     seconds: float
     fingerprint: str | None = None
     error: str | None = None
+    retryable: bool = False   # a transient failure (out of memory): not a property of the formula, never cached
 
 
 class FitnessEvaluator:
@@ -78,6 +80,8 @@ class FitnessEvaluator:
             masks = metric_masks(node, self.linears, self.stats, self.pattern)
         except (MetricError, FormulaError, UserError) as exc:
             return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc))
+        except torch.OutOfMemoryError:
+            return self._out_of_memory(formula, t0, None)
         fp = mask_fingerprint(masks)
         if fp in self.by_mask:
             return FitnessResult(formula, self.by_mask[fp], "mask", time.time() - t0, fp)
@@ -87,9 +91,7 @@ class FitnessEvaluator:
             del masks
             ppl = perplexity(self.model, self.windows, self.batch_size)
         except torch.OutOfMemoryError:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory")
+            return self._out_of_memory(formula, t0, fp)
         finally:
             self.snapshot.restore()
         error = None
@@ -98,3 +100,8 @@ class FitnessEvaluator:
         ppl = min(ppl, self.penalty)
         self.by_mask[fp] = ppl
         return FitnessResult(formula, ppl, "eval" if error is None else "error", time.time() - t0, fp, error)
+
+    def _out_of_memory(self, formula: str, t0: float, fp: str | None) -> FitnessResult:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory", retryable=True)
