@@ -2,5 +2,7 @@
 from .expr import FormulaError, Node, evaluate, parse
 from .known import KNOWN_METRICS, resolve_metric
 from .ops import OPS, TERMINALS
+from .simplify import rank_key, simplify
 
-__all__ = ["FormulaError", "Node", "evaluate", "parse", "KNOWN_METRICS", "resolve_metric", "OPS", "TERMINALS"]
+__all__ = ["FormulaError", "Node", "evaluate", "parse", "KNOWN_METRICS", "resolve_metric", "OPS", "TERMINALS",
+           "rank_key", "simplify"]

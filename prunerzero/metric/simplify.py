@@ -309,13 +309,17 @@ class Simplified:
 @lru_cache(maxsize=65536)
 def simplify(formula: str) -> Simplified:
     node = as_node(formula)
-    canon = canonical(node)
-    ruled = _pretty(canon)
+    ruled = apply_rules(node)
     text = str(ruled) if ruled.size <= node.size else str(node)
     expr = simplify_sympy(to_sympy(ruled))
-    return Simplified(str(node), str(ruled), expr, text, f"{KEY_VERSION}:{canon}")
+    return Simplified(str(node), str(ruled), expr, text, _key(node))
 
 
 def rank_key(formula: "str | Node") -> str:
     """Canonical key: formulas with equal keys give elementwise-equal float32 scores (see the module docstring)."""
-    return simplify(str(as_node(formula))).key
+    return _key(as_node(formula))
+
+
+@lru_cache(maxsize=65536)
+def _key(node: Node) -> str:
+    return f"{KEY_VERSION}:{canonical(node)}"
