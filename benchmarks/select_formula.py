@@ -28,7 +28,7 @@ import torch
 from prunerzero.evaluate import ppl_on
 from prunerzero.fsutil import atomic_write_text
 from prunerzero.metric.known import KNOWN_METRICS, resolve_metric
-from prunerzero.metric.simplify import simplify
+from prunerzero.metric.simplify import ranking_class
 from prunerzero.models import all_prunable, load_model
 from prunerzero.pipeline import CalibConfig, default_group, prune
 from prunerzero.prune.masks import WeightSnapshot, parse_pattern
@@ -43,14 +43,15 @@ def candidates(runs: list[str], top: int, reference: str, also: list[str]) -> li
     not a known metric (magnitude, Wanda, RIA, ... rediscovered)."""
     out = [{"name": name, "formula": str(resolve_metric(name)[1]),  # refuses an unknown name before any work
             "simplified": "", "search_ppl": None, "run": None} for name in [reference] + also]
-    keys = {simplify(m.formula).key for m in KNOWN_METRICS.values()}  # met again: a rediscovery, not a candidate
+    # met again (the same ranking in exact arithmetic): a rediscovery, not a candidate
+    keys = {ranking_class(m.formula) for m in KNOWN_METRICS.values()}
     for run in runs:
         taken = 0
         for rank, row in equations(run, None).iterrows():
             if taken >= top or not row["ppl"] < PENALTY:
                 break
-            if row["key"] not in keys:
-                keys.add(row["key"])
+            if ranking_class(row["formula"]) not in keys:
+                keys.add(ranking_class(row["formula"]))
                 taken += 1
                 out.append({"name": f"{Path(run).name}#{rank}", "formula": row["formula"],
                             "simplified": row["simplified"], "search_ppl": float(row["ppl"]), "run": run})

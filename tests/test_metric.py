@@ -235,3 +235,14 @@ def test_known_metrics_parse_and_simplify():
     for m in KNOWN_METRICS.values():
         s = simplify(m.formula)
         assert s.key and s.latex
+
+
+def test_ranking_class_is_the_real_arithmetic_ranking_and_not_the_key():
+    """``ranking_class`` (the old sympy key, now with div's broadcast factor) groups formulas that rank alike in
+    exact arithmetic, for recognising a known metric met again; the mask-safe key keeps them apart."""
+    from prunerzero.metric.simplify import ranking_class
+
+    assert ranking_class("mul(X, sqr(W))") == ranking_class("mul(abs(W), sqrt(X))")
+    assert ranking_class("tanh(mul(abs(W), X))") == ranking_class("mul(abs(W), X)")
+    assert rank_key("mul(X, sqr(W))") != rank_key("mul(abs(W), sqrt(X))")
+    assert ranking_class("add(G, X)") != ranking_class("add(div(G, X), div(X, X))")

@@ -292,6 +292,75 @@ def to_text(expr: sp.Expr) -> str:
     return str(_from_sympy(expr))
 
 
+# ------------------------------------------------------------------------------------------------ real-arithmetic class
+def _positive_const(e: sp.Expr) -> bool:
+    def const(a):
+        return isinstance(a, fnorm) or a in (N_OUT, N_IN)
+    return all(a.is_Number and a > 0 or const(a) or (a.is_Pow and const(a.base)) for a in sp.Mul.make_args(e))
+
+
+def strip_monotone(e: sp.Expr) -> sp.Expr:
+    """Remove strictly increasing maps at the root (they change no mask)."""
+    while True:
+        if e.is_Mul:
+            const = [a for a in e.args if _positive_const(a)]
+            if const and len(const) < len(e.args):
+                e = sp.Mul(*[a for a in e.args if not _positive_const(a)])
+                continue
+        if e.is_Add:
+            consts = [a for a in e.args if a.is_Number or _positive_const(a) or (-a).is_Number]
+            if consts and len(consts) < len(e.args):
+                e = sp.Add(*[a for a in e.args if a not in consts])
+                continue
+        if isinstance(e, (sp.exp, sp.tanh, sigmoid, mms, zsn)):
+            e = e.args[0]
+            continue
+        if isinstance(e, plog):
+            e = sp.Abs(e.args[0])
+            continue
+        if e.is_Pow and e.exp.is_positive and e.base.is_nonnegative:
+            e = e.base
+            continue
+        if e.is_Pow and e.exp.is_positive and e.exp.is_even:
+            e = sp.Abs(e.base)
+            continue
+        if e.is_Mul:
+            normed = _normalise_powers(e)
+            if normed is not None and normed != e:
+                e = normed
+                continue
+        return e
+
+
+def _normalise_powers(e: sp.Expr) -> sp.Expr | None:
+    """A product of non-negative factors b_i^p_i ranks like its own positive power: scale the exponents so that
+    the first factor (in sympy's sort order) has exponent 1 (``W**2*X`` ranks like ``Abs(W)*sqrt(X)``)."""
+    parts = []
+    for f in sp.Mul.make_args(e):
+        base, p = f.as_base_exp()
+        if not (p.is_Rational and p > 0):
+            return None
+        if not base.is_nonnegative:
+            if p.is_Integer and p % 2 == 0:
+                base = sp.Abs(base)
+            else:
+                return None
+        parts.append((base, p))
+    parts.sort(key=lambda bp: sp.default_sort_key(bp[0]))
+    first = parts[0][1]
+    if first == 1:
+        return None
+    return sp.Mul(*[b ** (p / first) for b, p in parts])
+
+
+def ranking_class(formula: "str | Node") -> str:
+    """The old sympy ranking key: formulas that rank weights alike in EXACT arithmetic (root maps increasing in
+    real numbers stripped, powers of non-negative factors normalised). NOT a mask guarantee in float32 (see the
+    module docstring) and never used for fitness: only to recognise a known metric met again (``mul(X, sqr(W))``
+    is Wanda's ``|W| sqrt(X)`` in this sense) when choosing candidates."""
+    return sp.srepr(strip_monotone(simplify(str(as_node(formula))).sympy))
+
+
 # ------------------------------------------------------------------------------------------------ results
 @dataclass(frozen=True)
 class Simplified:
