@@ -106,8 +106,12 @@ def extreme_env(seed=0, rows=16, cols=24):
 
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Elementwise IEEE equality with NaN in the same places (what the key promises)."""
+    if a.shape != b.shape:
+        return False
+    if torch.equal(a.view(torch.int32), b.view(torch.int32)):  # bitwise identical (the usual case)
+        return True
     nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    return bool(torch.equal(nan_a, nan_b) and torch.equal(a[~nan_a], b[~nan_b]))
+    return bool(torch.equal(nan_a, nan_b) and ((a == b) | nan_a).all())
 
 
 def envs():

@@ -139,8 +139,12 @@ def formula_set(seed: int = 0) -> tuple[list[str], list[tuple[str, str]]]:
 
 # --------------------------------------------------------------------------------------------- checks
 def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
-    na, nb = torch.isnan(a), torch.isnan(b)
-    return bool(torch.equal(na, nb) and torch.equal(a[~na], b[~nb]))
+    if a.shape != b.shape:
+        return False
+    if torch.equal(a.view(torch.int32), b.view(torch.int32)):  # bitwise identical (the usual case)
+        return True
+    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
+    return bool(torch.equal(nan_a, nan_b) and ((a == b) | nan_a).all())
 
 
 def _bitwise(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -196,8 +200,8 @@ def test_equal_keys_give_identical_masks_on_real_statistics(real_layers, groups)
         for group in multi.values():
             masked += _check_group(group, part, f"{name} rows 0-31")
     t1 = time.time()
-    whole = [g for g in multi.values() if any(op in g[0] for op in ("mms", "zsn", "div", "rown", "coln"))][:3]
-    assert len(whole) == 3
+    whole = [g for g in multi.values() if any(op in g[0] for op in ("mms", "zsn", "div", "rown", "coln"))][:10]
+    assert len(whole) == 10
     for name, env in real_layers[1::2]:
         for group in whole:
             masked += _check_group(group, env, name)
