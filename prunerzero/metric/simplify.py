@@ -42,9 +42,9 @@ computed on the same shapes on both sides.
   the Wanda score |W| sqrt(X) has 833,641 distinct values; sqrt of it 824,741, mms 831,870, exp 831,495, tanh
   653,370 (tanh(|W| X): 110,168 of 835,439; exp(W^2 mms(G)): 70,643 of 879,771). Masks then change: exp, sigmoid,
   zsn, log and tanh of Wanda's, the found formula's or Pruner-Zero's score change from 2 to 1,402 mask entries on
-  real layers; sqrt, sqr, mms and norm factors changed none there, but nothing proves they never do. These equivalences are still found, at the
-  cost of computing the masks: the fitness evaluator compares mask fingerprints before any perplexity run
-  (``search.fitness``: the ``mask`` hit).
+  real layers; sqrt, sqr, mms and norm factors changed none there, but nothing proves they never do. These
+  equivalences are still found, at the cost of computing the masks: the fitness evaluator compares mask
+  fingerprints before any perplexity run (``search.fitness``: the ``mask`` hit).
 * ``div`` as a symbolic ``x / ||y||``: ``||y||`` depends on the broadcast shape (``div(G, X)`` divides by
   sqrt(out) * ||X||, ``div(X, X)`` by ||X||). ``to_sympy`` now writes that factor out (``n_out``, ``n_in``),
   but the key never relies on sympy at all.
@@ -53,7 +53,9 @@ computed on the same shapes on both sides.
 with ``sub`` and an outer ``neg`` where they make it shorter: every step is one of the exact rewrites above, so
 its scores equal the original's elementwise (bit-identical up to the sign of a zero) and ``rank_key(text) ==
 rank_key(original)``. ``Simplified.sympy`` / ``.latex`` are sympy's algebraic simplification, for display
-only: they are exact in real arithmetic, not in float32, and nothing decides on them.
+only: they are exact in real arithmetic, not in float32, and nothing decides on them. ``ranking_class`` is the
+former sympy ranking key (root maps stripped in exact arithmetic): it says which formulas rank alike in real
+numbers (``mul(X, sqr(W))`` is Wanda's), for recognising a known metric met again, never for fitness.
 """
 from __future__ import annotations
 
