@@ -31,6 +31,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .fsutil import current_umask
 from .models import all_prunable, block_device, decoder_layers, prunable_linears
 
 GRAD_SCALE = 100.0
@@ -175,6 +176,7 @@ class Stats:
         os.close(fd)
         try:
             save_file(flat, tmp, metadata={"prunerzero": json.dumps(self.meta, sort_keys=True)})
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; use the user's umask like open() does
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
