@@ -146,6 +146,12 @@ def _command() -> str:
     return "prunerzero " + shlex.join(sys.argv[1:])
 
 
+def _provenance(lm) -> dict:
+    from .provenance import provenance
+
+    return {**provenance(lm.device, _command()), "dtype": str(lm.model.dtype).replace("torch.", "")}
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
@@ -181,7 +187,7 @@ def cmd_prune(args) -> None:
     _check_model_args(args, calibration=True)
     lm = _load(args)
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
-    payload = {"command": _command(), "model": args.model, "metric": args.metric,
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "metric": args.metric,
                "pattern": str(pattern), "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed,
                "seqlen": lm.seqlen}
     if not args.skip_dense:
@@ -203,7 +209,7 @@ def cmd_prune(args) -> None:
 def cmd_eval(args) -> None:
     _check_model_args(args, calibration=False)
     lm = _load(args)
-    payload = {"command": _command(), "model": args.model, "seqlen": lm.seqlen,
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "seqlen": lm.seqlen,
                "eval": _evaluate(lm, args)}
     print(_ppl_line(payload["eval"]))
     if "zero_shot" in payload["eval"]:
@@ -274,7 +280,10 @@ def _new_space(args):
         where = "stopped before its first checkpoint" if state == "unstarted" else "has checkpoints"
         raise UserError(f"{out} already holds a search that {where}: continue it with --resume {out}, "
                         "or choose a new --out")
-    return space, {"command": _command(), "space_file": str(space.path)}, out
+    from .provenance import provenance
+
+    return space, {"command": _command(), "space_file": str(space.path),
+                   "provenance": provenance(space.fitness.get("device"), _command())}, out
 
 
 def cmd_search(args) -> None:
@@ -313,6 +322,30 @@ def cmd_show(args) -> None:
     print(format_table(args.run, args.top))
 
 
+def cmd_bench(args) -> None:
+    from .experiments import load_grid, read_rows, run_grid, write_table
+
+    grid = load_grid(args.grid).with_protocol(device=checks.device(args.device), seqlen=args.seqlen,
+                                              nsamples=args.nsamples, eval_windows=args.eval_windows,
+                                              batch_size=args.batch_size)
+    formulas = {}
+    for item in args.formula:
+        name, _, text = item.partition("=")
+        if not name or not text:
+            raise UserError(f"--formula '{item}' is not NAME=FORMULA")
+        formulas[name] = text
+    grid = grid.with_formulas(formulas)
+    out = Path(args.out or f"results/{grid.name}")
+    checks.folder(out, "--out")
+    checks.folder(args.cache_dir, "--cache-dir")
+    if not args.render_only:
+        run_grid(grid, out, args.data_dir, args.cache_dir, _command(), progress=not args.quiet)
+    md = write_table(grid, out)
+    rows = read_rows(out / "rows.jsonl")
+    print(md.read_text())
+    print(f"{len(rows)} rows in {out / 'rows.jsonl'}; table {md}")
+
+
 STRUCTURAL_INITS = ("metric", "const", "random", "oneshot")
 
 
@@ -333,7 +366,7 @@ def cmd_structural(args) -> None:
     _check_model_args(args, calibration=True)
     lm = _load(args)
     datasets = args.eval_sets
-    payload = {"command": _command(), "model": args.model, "sparsity": args.sparsity,
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "sparsity": args.sparsity,
                "init": args.init, "metric": args.metric, "steps": args.steps, "samples": args.samples,
                "lr": args.lr, "nsamples": args.nsamples, "calib_seqlen": args.calib_seqlen,
                "eval_windows": args.eval_windows}
@@ -459,6 +492,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
     p.add_argument("--save", default=None, help="write the sliced model to this new folder (default: not saved)")
     p.set_defaults(func=cmd_structural)
+
+    p = command("bench", "run an experiment grid (models x methods x patterns x seeds) into rows; render its tables")
+    p.add_argument("grid", help="grid YAML (see grids/): protocol, models, methods, patterns, seeds")
+    p.add_argument("--out", default=None,
+                   help="results folder: rows in OUT/rows.jsonl, tables in OUT.md (default: results/<grid name>)")
+    p.add_argument("--render-only", action="store_true", help="re-render OUT.md from the rows, run nothing")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the grid's, else cuda if available)")
+    p.add_argument("--formula", action="append", default=[],
+                   help="NAME=FORMULA: the formula behind the grid's method NAME (repeatable; default: the grid's)")
+    p.add_argument("--seqlen", type=_at_least(2), default=None, help="override protocol.seqlen (a reduced protocol)")
+    p.add_argument("--nsamples", type=_at_least(1), default=None, help="override protocol.nsamples")
+    p.add_argument("--eval-windows", type=_at_least(1), default=None, help="override protocol.eval_windows")
+    p.add_argument("--batch-size", type=_at_least(1), default=None, help="override protocol.batch_size")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
+    p.add_argument("--cache-dir", default=None,
+                   help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
 
     p = command("eval", "perplexity (and optional zero-shot accuracy) of a model")
     _common_model_args(p)

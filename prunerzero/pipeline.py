@@ -84,12 +84,12 @@ def default_group(method: str) -> str:
 
 
 def evaluate_all(lm: LoadedModel, datasets: list[str], max_windows: int | None, batch_size: int,
-                 data_dir=None, progress: bool = True) -> dict[str, dict]:
+                 data_dir=None, progress: bool = True, split: str = "test") -> dict[str, dict]:
     out = {}
     for ds in datasets:
         if ds not in data.EVAL_DATASETS:
             raise UserError(f"unknown evaluation dataset '{ds}': use {', '.join(data.EVAL_DATASETS)}")
-        out[ds] = ppl_on(lm, ds, "test", max_windows, batch_size, data_dir, progress)
+        out[ds] = ppl_on(lm, ds, split, max_windows, batch_size, data_dir, progress)
     return out
 
 

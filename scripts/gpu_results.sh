@@ -43,7 +43,7 @@ EOF
 }
 
 stage_baselines() {
-  $PY benchmarks/baselines.py --out "$RES/baselines" "${common[@]}" "${ew[@]}" --eval wikitext2,c4
+  $PY -m prunerzero.cli bench grids/baselines.yaml --out "$RES/baselines" "${common[@]}" "${ew[@]}"
 }
 
 stage_bench() {
@@ -81,8 +81,8 @@ chosen() {  # the formula the select stage chose, or a one-line error
 stage_confirm() {
   local found; found=$(chosen) || return 2
   echo "confirming $found"
-  $PY benchmarks/baselines.py --out "$RES/confirm-gpu" --formula "found=$found" "${common[@]}" "${ew[@]}" \
-    --eval wikitext2,c4 --rows dense,wanda:u:seq,found:u:seq,ria:u:seq,wanda:2:4:seq,found:2:4:seq,ria:2:4:seq,wanda:4:8:seq,found:4:8:seq,ria:4:8:seq
+  $PY -m prunerzero.cli bench grids/confirm-gpu.yaml --out "$RES/confirm-gpu" --formula "found=$found" \
+    "${common[@]}" "${ew[@]}"
   local pat tag; for pat in "" 2:4; do
     tag=${pat:-u}; tag=${tag/:/of}
     $PY -m prunerzero.cli prune --metric "$found" --sparsity 0.5 ${pat:+--pattern $pat} --sequential --skip-dense \

@@ -306,3 +306,35 @@ def test_console_script_prints_no_traceback(tmp_path):
                              cwd=tmp_path, timeout=120)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------------ experiment grids
+@pytest.mark.parametrize("grid,names", [
+    ({"methods": []}, "no methods"),
+    ({"methods": ["frobnicate"]}, "unknown metric 'frobnicate'"),
+    ({"methods": [{"name": "f", "formula": "mul(W"}]}, "unbalanced parentheses"),
+    ({"methods": [{"name": "wanda", "mode": "twice"}]}, "methods[0].mode"),
+    ({"methods": ["wanda", "wanda"]}, "repeat"),
+    ({"methods": ["wanda"], "patterns": [1.5]}, "patterns[0]"),
+    ({"methods": ["wanda"], "patterns": ["4:2"]}, "1 <= N < M"),
+    ({"methods": ["wanda"], "seeds": [0, 0]}, "repeat"),
+    ({"methods": ["wanda"], "protocol": {"seqlen": 0}}, "protocol.seqlen"),
+    ({"methods": ["wanda"], "protocol": {"eval_split": "Test"}}, "protocol.eval_split"),
+    ({"methods": ["wanda"], "protocol": {"eval_datasets": ["ptb"]}}, "protocol.eval_datasets"),
+    ({"methods": ["wanda"], "protocol": {"nsamples": "many"}}, "protocol.nsamples"),
+    ({"methods": ["wanda"], "protocol": {"colour": 1}}, "protocol.colour"),
+    ({"methods": ["wanda"], "colour": 1}, "colour"),
+])
+def test_bad_grid_refused_before_loading(tmp_path, grid, names, capsys):
+    import yaml
+
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert names in refused(["bench", str(path), "--out", str(tmp_path / "out"), "--quiet"], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_formula_override_names_a_method(capsys):
+    line = refused(["bench", str(REPO / "grids" / "confirm-gpu.yaml"), "--formula", "nope=abs(W)", "--quiet"], capsys)
+    assert "no method 'nope'" in line
+    assert "NAME=FORMULA" in refused(["bench", str(REPO / "grids" / "confirm-gpu.yaml"), "--formula", "x"], capsys)
