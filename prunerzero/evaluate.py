@@ -41,16 +41,18 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, pro
 
 
 def ppl_on(lm, dataset: str = "wikitext2", split: str = "test", max_windows: int | None = None,
-           batch_size: int = 1, data_dir=None, progress: bool = False) -> dict:
-    """Evaluate a LoadedModel on a dataset; returns ppl, windows, tokens and seconds."""
+           batch_size: int = 1, data_dir=None, progress: bool = False, seqlen: int | None = None) -> dict:
+    """Evaluate a LoadedModel on a dataset with windows of ``seqlen`` tokens (default ``lm.seqlen``); returns ppl,
+    windows, tokens and seconds."""
     from .data import eval_tokens, eval_windows
 
-    tokens = eval_tokens(lm.tokenizer, dataset, split, data_dir, lm.seqlen)
-    windows = eval_windows(tokens, lm.seqlen, max_windows)
+    seqlen = seqlen or lm.seqlen
+    tokens = eval_tokens(lm.tokenizer, dataset, split, data_dir, seqlen)
+    windows = eval_windows(tokens, seqlen, max_windows)
     t0 = time.time()
     value = perplexity(lm.model, windows, batch_size, progress)
     return {"dataset": dataset, "split": split, "ppl": value, "windows": int(windows.shape[0]),
-            "tokens": int(tokens.numel()), "seqlen": lm.seqlen, "seconds": time.time() - t0}
+            "tokens": int(tokens.numel()), "seqlen": seqlen, "seconds": time.time() - t0}
 
 
 def zero_shot(lm, tasks: list[str], batch_size: int = 1) -> dict:

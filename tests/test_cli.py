@@ -51,7 +51,7 @@ def test_prune_save_loads_with_plain_transformers(tiny_model_dir, tmp_path, caps
     assert "dense" in printed and "pruned" in printed and "sparsity 0.5000" in printed
     model = AutoModelForCausalLM.from_pretrained(out)
     for lin in all_prunable(model).values():
-        assert ((lin.weight == 0).view(lin.out_features, -1, 4).sum(-1) >= 2).all()
+        assert ((lin.weight == 0).view(lin.out_features, -1, 4).sum(-1) == 2).all()  # random weights: no zeros of their own
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["pruned"]["wikitext2"]["windows"] == 2 and res["sparsity"] == 0.5
     assert torch.isfinite(torch.tensor(res["pruned"]["wikitext2"]["ppl"]))
