@@ -1,4 +1,4 @@
-"""The same checks for every decoder family, on tiny random configs built offline (fp32, 4 layers, windows of 32
+"""The same checks for every decoder family, on tiny random configs built offline (fp32, 3 layers, windows of 32
 tokens, sliding windows of 8): blocks run one by one reproduce the model's own forward; pruning is exact on every
 discovered Linear; evaluation and save/reload work; structural pruning runs or refuses in one line. Mixtures of
 experts (fused 3-D experts in transformers 5) are refused everywhere, from the config or GGUF header first."""
@@ -23,7 +23,7 @@ DENSE = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi
 MOE = ["mixtral", "qwen3_moe"]
 STRUCTURAL = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"}
 LINEARS_PER_BLOCK = {"phi3": 4}  # qkv_proj, o_proj, gate_up_proj, down_proj; the others 7
-LAYERS = 4
+LAYERS = 3  # sliding, global, sliding for Gemma 2/3
 WANDA = parse("mul(abs(W), sqrt(X))")
 TOL = dict(rtol=1e-4, atol=1e-5)  # fp32, block by block in batches of 2 vs one batch of 6
 
@@ -106,7 +106,7 @@ def _linears_besides_head(model):
 
 @pytest.mark.parametrize("arch", DENSE + MOE)
 @pytest.mark.parametrize("method,sequential,pattern", [
-    ("wanda", False, "0.5"), ("wanda", False, "2:4"), (SPARSEGPT, True, "0.5"), (SPARSEGPT, True, "2:4")])
+    ("wanda", False, "0.5"), ("wanda", True, "2:4"), (SPARSEGPT, True, "0.5")])
 def test_prune_is_exact_on_every_linear(arch, method, sequential, pattern, windows):
     model = tiny(arch)
     pat = parse_pattern(0.5) if pattern == "0.5" else parse_pattern(pattern=pattern)
