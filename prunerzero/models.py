@@ -55,8 +55,7 @@ class Family:
 _FUSED = "fuses q/k/v into qkv_proj and gate/up into gate_up_proj; structural pruning needs them separate"
 _MOE = "is a mixture of experts; prunerzero has no structures for experts"
 FAMILIES = {
-    **{t: Family() for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3",
-                             "olmo", "granite", "cohere")},
+    **{t: Family() for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
     "olmo2": Family(structural="normalises q and k over all heads at once (q_norm, k_norm), so removing a head "
                                "changes the others"),
     "phi3": Family(structural=_FUSED),
@@ -208,9 +207,14 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
 
 
 def family(model_or_config) -> Family:
-    """The adapter entry of a model's family (a LLaMA-shaped default for unknown model types)."""
+    """The adapter entry of a model's family. Unknown families prune like any other (their Linears are found),
+    but structural pruning refuses them: its structures were checked only on the families in the table."""
     cfg = getattr(model_or_config, "config", model_or_config)
-    return FAMILIES.get(getattr(cfg, "model_type", None), Family())
+    kind = getattr(cfg, "model_type", None)
+    if kind in FAMILIES:
+        return FAMILIES[kind]
+    tested = ", ".join(k for k, f in FAMILIES.items() if f.structural is None)
+    return Family(structural=f"is not among the families it was tested on (model_type {kind}; tested: {tested})")
 
 
 def _arch_name(cfg) -> str:
