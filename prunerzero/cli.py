@@ -15,7 +15,8 @@ from .fsutil import atomic_folder, atomic_write_text, require_empty
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file, a save_pretrained folder or a hub id of any dense decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, OLMo 2, ...; MoE refused)")
+    p.add_argument("--model", default="smollm2", help="'smollm2', a .gguf, a save_pretrained folder or hub id: any "
+                   "dense decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", help="fp32 | fp16 | bf16 | auto (fp32 on CPU, fp16 on GPU)")
     p.add_argument("--device-map", default=None, help="'auto' spreads a large model over all GPUs (accelerate)")
