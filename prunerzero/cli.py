@@ -68,7 +68,8 @@ _FRACTION = _number(0.0, 1.0)
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="smollm2",
-                   help="'smollm2' (built in, offline), a .gguf file, a save_pretrained folder or a hub id")
+                   help="'smollm2' (built in, offline), a .gguf file, a save_pretrained folder or a hub id: any dense "
+                        "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
                                                   "else cpu)")
     p.add_argument("--dtype", default="auto", choices=checks.DTYPES,
