@@ -207,6 +207,22 @@ def cmd_structural(args) -> None:
     _write_json(args.json, payload)
 
 
+def cmd_export(args) -> None:
+    from .export import check_export_args, decompress_folder, export_compressed
+
+    check_export_args(args.pruned_dir, args.out, args.format, args.compressor)
+    if args.format == "dense":
+        res = decompress_folder(args.pruned_dir, args.out)
+        print(f"wrote {args.out}: dense, {res['bytes'] / 1e6:.1f} MB (compressed {res['compressed_bytes'] / 1e6:.1f} MB, "
+              f"{res['from']})")
+        return
+    res = export_compressed(args.pruned_dir, args.out, args.compressor)
+    print(f"wrote {args.out}: compressed-tensors {res['format']}, {res['layers']} of {res['linears']} Linear layers "
+          f"compressed, global sparsity {res['global_sparsity']:.4f}")
+    print(f"size on disk {res['bytes'] / 1e6:.1f} MB vs dense save {res['dense_bytes'] / 1e6:.1f} MB "
+          f"({res['bytes'] / res['dense_bytes']:.1%})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunerzero", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-dense", action="store_true")
     p.add_argument("--save", default=None, help="write the sliced model here")
     p.set_defaults(func=cmd_structural)
+
+    p = sub.add_parser("export", help="write a pruned folder in the compressed-tensors sparse format (or back)")
+    p.add_argument("pruned_dir", help="folder written by prunerzero prune --save (or an export, with --format dense)")
+    p.add_argument("--format", default="compressed-tensors", help="compressed-tensors | dense (decompress an export)")
+    p.add_argument("--out", required=True, help="new folder to write")
+    p.add_argument("--compressor", default="auto",
+                   help="auto (sparse-24-bitmask if every sparse Linear is 2:4) | sparse-bitmask | sparse-24-bitmask")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="perplexity (and optional zero-shot) of a model")
     _common_model_args(p)
