@@ -26,6 +26,7 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only (default: all)")
     p.add_argument("--eval", default="wikitext2", help="comma-separated: wikitext2,c4")
     p.add_argument("--tasks", default=None, help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval])")
+    p.add_argument("--tasks-dir", default=None, help="folder of local lm-eval task YAMLs for --tasks (no download)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -35,10 +36,19 @@ def _load(args):
     from .models import load_model
 
     resolve_data_dir(args.data_dir)  # fail before the (slow) model load
+    if args.tasks or args.tasks_dir:
+        from .evaluate import check_zero_shot
+        check_zero_shot(_task_list(args), args.tasks_dir)
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     return load_model(args.model, device=args.device, dtype=args.dtype, cache=args.cache_dir,
                       device_map=args.device_map, seqlen=args.seqlen)
+
+
+def _task_list(args) -> list[str]:
+    if args.tasks_dir and not args.tasks:
+        raise UserError("--tasks-dir needs --tasks naming the tasks to run")
+    return [t.strip() for t in args.tasks.split(",")]
 
 
 def _evaluate(lm, args) -> dict:
@@ -48,7 +58,7 @@ def _evaluate(lm, args) -> dict:
     datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
     out = evaluate_all(lm, datasets, args.eval_windows, args.batch_size, args.data_dir, not args.quiet)
     if args.tasks:
-        out["zero_shot"] = zero_shot(lm, [t.strip() for t in args.tasks.split(",")], args.batch_size)
+        out["zero_shot"] = zero_shot(lm, _task_list(args), args.batch_size, args.tasks_dir)
     return out
 
 
