@@ -1,5 +1,6 @@
 """Sparse export to the compressed-tensors format: layout, 2:4 detection, CLI checks and an exact round trip."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -30,6 +31,16 @@ def test_bitmask_layout():
     from compressed_tensors.utils import pack_bitmasks, unpack_bitmasks
     assert torch.equal(pack_bitmasks(w != 0), pack_bits(w != 0))
     assert torch.equal(unpack_bitmasks(parts["bitmask"], [2, 10]), _bits(w) != 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fmt", [BITMASK, SPARSE24])
+def test_half_precision_round_trip(dtype, fmt):
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
+    w.view(16, 8, 4)[..., ::2] = 0
+    parts = compress_weight(w, fmt)
+    assert parts["compressed"].dtype == dtype and parts["compressed"].numel() == w.numel() // 2
+    assert torch.equal(_bits(decompress_weight(parts)), _bits(w))
 
 
 def test_24_layout_and_detection():
@@ -128,3 +139,10 @@ def test_export_refuses_nonempty_out(tiny_model_dir, tmp_path, capsys):
     assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"]
+
+
+def test_missing_package_is_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "compressed_tensors", None)  # import fails as if not installed
+    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: the compressed-tensors format needs the package: pip install 'prunerzero[deploy]'"

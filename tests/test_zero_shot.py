@@ -32,7 +32,7 @@ def _acc(path):
     return res["acc,none"], res["acc_norm,none"]
 
 
-def test_zero_shot_local_task_offline_and_changes_when_pruned(tiny_model_dir, tmp_path, monkeypatch):
+def test_zero_shot_local_task_offline_and_changes_when_pruned(tiny_model_dir, tmp_path):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "HF_DATASETS_CACHE": str(tmp_path / "hf-datasets")}  # nothing cached before: the JSONL is really read
@@ -46,7 +46,6 @@ def test_zero_shot_local_task_offline_and_changes_when_pruned(tiny_model_dir, tm
     assert main(["prune", "--model", str(tiny_model_dir), "--metric", "magnitude", "--sparsity", "0.95",
                  "--seqlen", "64", "--eval-windows", "1", "--skip-dense", "--save", str(pruned), "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
     assert main(_eval_args(pruned, tmp_path / "p.json")) == 0
     assert _acc(tmp_path / "p.json") != dense
 
