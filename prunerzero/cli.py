@@ -223,8 +223,8 @@ def cmd_export(args) -> None:
     check_export_args(args.pruned_dir, args.out, args.format, args.compressor)
     if args.format == "dense":
         res = decompress_folder(args.pruned_dir, args.out)
-        print(f"wrote {args.out}: dense, {res['bytes'] / 1e6:.1f} MB (compressed {res['compressed_bytes'] / 1e6:.1f} MB, "
-              f"{res['from']})")
+        print(f"wrote {args.out}: dense, {res['bytes'] / 1e6:.1f} MB "
+              f"(compressed {res['compressed_bytes'] / 1e6:.1f} MB, {res['from']})")
         return
     res = export_compressed(args.pruned_dir, args.out, args.compressor)
     print(f"wrote {args.out}: compressed-tensors {res['format']}, {res['layers']} of {res['linears']} Linear layers "
