@@ -88,6 +88,8 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", default="wikitext2", help="comma-separated evaluation datasets: wikitext2, c4")
     p.add_argument("--tasks", default=None,
                    help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval]; default: none)")
+    p.add_argument("--tasks-dir", default=None,
+                   help="folder of local lm-eval task YAMLs for --tasks, read offline (default: lm-eval's own tasks)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file (default: no file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -108,8 +110,13 @@ def _check_model_args(args, calibration: bool) -> None:
     checks.folder(args.cache_dir, "--cache-dir")
     args.eval_sets = checks.name_list(args.eval, "--eval", EVAL_DATASETS)
     args.task_list = checks.name_list(args.tasks, "--tasks") if args.tasks is not None else []
+    if args.tasks_dir and not args.task_list:
+        raise UserError("--tasks-dir needs --tasks naming the tasks to run")
     if args.task_list:
+        from .evaluate import check_zero_shot
+
         checks.module_available("lm_eval", "--tasks", "pip install 'prunerzero[eval]'")
+        check_zero_shot(args.task_list, args.tasks_dir)
     _check_json(args.json)
     require_data(args.data_dir, tuple(args.eval_sets), ("test",), calibration)
 
@@ -127,7 +134,7 @@ def _evaluate(lm, args) -> dict:
 
     out = evaluate_all(lm, args.eval_sets, args.eval_windows, args.batch_size, args.data_dir, not args.quiet)
     if args.task_list:
-        out["zero_shot"] = zero_shot(lm, args.task_list, args.batch_size)
+        out["zero_shot"] = zero_shot(lm, args.task_list, args.batch_size, args.tasks_dir)
     return out
 
 
@@ -167,9 +174,9 @@ def _prune_pattern(args):
     group = default_group(args.metric)  # also validates the metric name or formula
     if args.pattern not in (None, "", "unstructured"):
         pattern = parse_pattern(0.5, args.pattern)
-        if args.sparsity is not None:
-            raise UserError(f"--sparsity does not apply with --pattern {args.pattern} (N:M prunes {pattern.n} of "
-                            f"every {pattern.m}): drop one of the two")
+        if args.sparsity is not None and args.sparsity != pattern.sparsity:
+            raise UserError(f"--sparsity {args.sparsity:g} does not apply with --pattern {args.pattern} (N:M prunes "
+                            f"{pattern.n} of every {pattern.m}): drop one of the two")
         if args.group is not None:
             raise UserError(f"--group applies to unstructured sparsity only: drop it with --pattern {args.pattern}")
         return pattern
@@ -398,6 +405,22 @@ def cmd_structural(args) -> None:
     _write_json(args.json, payload)
 
 
+def cmd_export(args) -> None:
+    from .export import check_export_args, decompress_folder, export_compressed
+
+    check_export_args(args.pruned_dir, args.out, args.format, args.compressor)
+    if args.format == "dense":
+        res = decompress_folder(args.pruned_dir, args.out)
+        print(f"wrote {args.out}: dense, {res['bytes'] / 1e6:.1f} MB "
+              f"(compressed {res['compressed_bytes'] / 1e6:.1f} MB, {res['from']})")
+        return
+    res = export_compressed(args.pruned_dir, args.out, args.compressor)
+    print(f"wrote {args.out}: compressed-tensors {res['format']}, {res['layers']} of {res['linears']} Linear layers "
+          f"compressed, global sparsity {res['global_sparsity']:.4f}")
+    print(f"size on disk {res['bytes'] / 1e6:.1f} MB vs dense save {res['dense_bytes'] / 1e6:.1f} MB "
+          f"({res['bytes'] / res['dense_bytes']:.1%})")
+
+
 MODEL_HELP = ("Models: smollm2 (built in), any .gguf file, a save_pretrained folder or a hub id of a decoder-only "
               "causal LM.")
 
@@ -512,6 +535,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
+
+    p = command("export", "write a pruned folder in the compressed-tensors sparse format (or back to dense)")
+    p.add_argument("pruned_dir", help="folder written by prunerzero prune --save (or an export, with --format dense)")
+    p.add_argument("--format", default="compressed-tensors",
+                   help="compressed-tensors, or dense to decompress an export")
+    p.add_argument("--out", required=True, help="new folder to write")
+    p.add_argument("--compressor", default="auto",
+                   help="auto (sparse-24-bitmask if every sparse Linear is 2:4, else sparse-bitmask), sparse-bitmask "
+                        "or sparse-24-bitmask")
+    p.set_defaults(func=cmd_export)
 
     p = command("eval", "perplexity (and optional zero-shot accuracy) of a model")
     _common_model_args(p)

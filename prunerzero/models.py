@@ -168,6 +168,11 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json: pass a folder written by save_pretrained")
+        from .export import sparsity_config_of
+
+        if sparsity_config_of(path) is not None:  # transformers would load it with random Linear weights
+            raise UserError(f"{path} is a compressed-tensors sparse export: decompress it first "
+                            f"(prunerzero export {path} --format dense --out DENSE_DIR)")
         return str(path)
     if name.count("/") == 1 and not path.exists():
         return name  # a Hugging Face hub id

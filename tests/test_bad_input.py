@@ -25,11 +25,13 @@ def no_model_loading(monkeypatch):
     import transformers
 
     import prunerzero.models as models
+    import prunerzero.search.workers as workers  # imported here, so its own load_model binding is the real one
 
     def refuse(*_a, **_k):
         raise ModelLoaded("a model was loaded before the bad input was refused")
 
     monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(workers, "load_model", refuse)
     monkeypatch.setattr(models, "resolve_model_source", refuse)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
 
