@@ -5,8 +5,9 @@ Nothing is re-measured: each number is copied, and the row's provenance says whe
 hardware recorded in the old table, the commit that added the old row file, and ``migrated_from``. Library versions
 were not recorded then and stay null.
 
-    python benchmarks/migrate_rows.py baselines confirm-gpu confirm-cpu
+    python benchmarks/migrate_rows.py baselines confirm-gpu confirm-cpu selection-gpu
     prunerzero bench grids/baselines.yaml --out results/baselines --render-only
+    python benchmarks/select_formula.py --out results/selection-gpu --render-only
 """
 from __future__ import annotations
 
@@ -74,6 +75,49 @@ def migrate(name: str) -> Path:
     return target
 
 
+
+
+def migrate_selection(name: str = "selection-gpu") -> Path:
+    """``results/<name>.json`` as the old select_formula.py wrote it -> ``<name>/grid.yaml`` + ``<name>/rows.jsonl``
+    + the new ``<name>.json``; then ``select_formula.py --out results/<name> --render-only`` renders the table."""
+    import argparse
+
+    import select_formula as sf
+
+    old = json.loads((REPO / "results" / f"{name}.json").read_text())
+    if "candidates" in old:
+        raise SystemExit(f"error: results/{name}.json is already in the new layout")
+    meta = old["meta"]
+    cands = [{k: r[k] for k in ("name", "formula", "simplified", "search_ppl", "run")} for r in old["rows"]]
+    args = argparse.Namespace(model=meta["model"], dtype="auto", device=None, seqlen=meta["seqlen"],
+                              nsamples=meta["nsamples"], eval_windows=meta["eval_windows"], batch_size=8)
+    out = REPO / "results" / name
+    grid = sf.build_grid(name, cands, meta["patterns"], [meta["seed"]], args)
+    atomic_write_text(out / "grid.yaml", sf._grid_yaml(grid))
+    grid = load_grid(out / "grid.yaml")
+    command = meta["command"]
+    commit = _added_in(REPO / "results" / f"{name}.json")
+    rows = []
+    for c, m, r in zip(cands, grid.methods, old["rows"]):
+        for p in meta["patterns"]:
+            cell = grid.cell(meta["model"], m, sf.PATTERNS[p], meta["seed"])
+            rows.append({"id": cell.id, "grid": grid.name, "model": meta["model"], "method": m.name,
+                         "formula": c["formula"], "key": None, "mode": m.mode, "pattern": cell.pattern,
+                         "seed": meta["seed"], "pattern_text": None, "sparsity": None, "prune_seconds": None,
+                         "ppl": {"wikitext2": r["ppl"][p]}, "windows": {"wikitext2": None}, "eval_seconds": None,
+                         "seconds": None,
+                         "protocol": {**grid.protocol.as_dict(), "dtype": "float16", "device": "cuda"},
+                         "provenance": {"commit": commit, "dirty": None, "versions": None,
+                                        "device": meta["hardware"], "command": command, "time": None,
+                                        "migrated_from": f"results/{name}.json (rows[].ppl)"}})
+    atomic_write_text(out / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(REPO / "results" / f"{name}.json", json.dumps(
+        {"meta": {"reference": meta["reference"], "patterns": meta["patterns"]}, "candidates": cands},
+        indent=2) + "\n")
+    return out
+
+
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "benchmarks"))
     for name in sys.argv[1:]:
-        print(migrate(name))
+        print(migrate_selection(name) if name.startswith("selection") else migrate(name))

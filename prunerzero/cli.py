@@ -343,6 +343,8 @@ def cmd_bench(args) -> None:
             raise UserError(f"--formula '{item}' is not NAME=FORMULA")
         formulas[name] = text
     grid = grid.with_formulas(formulas)
+    if args.seeds is not None:
+        grid = grid.with_seeds(checks.int_list(args.seeds, "--seeds", 0))
     out = Path(args.out or f"results/{grid.name}")
     checks.folder(out, "--out")
     checks.folder(args.cache_dir, "--cache-dir")
@@ -525,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the grid's, else cuda if available)")
     p.add_argument("--formula", action="append", default=[],
                    help="NAME=FORMULA: the formula behind the grid's method NAME (repeatable; default: the grid's)")
+    p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the grid's seeds)")
     p.add_argument("--seqlen", type=_at_least(2), default=None, help="override protocol.seqlen (a reduced protocol)")
     p.add_argument("--nsamples", type=_at_least(1), default=None, help="override protocol.nsamples")
     p.add_argument("--eval-windows", type=_at_least(1), default=None, help="override protocol.eval_windows")

@@ -108,6 +108,9 @@ class Grid:
         changes = {k: v for k, v in changes.items() if v is not None}
         return replace(self, protocol=self.protocol.with_(**changes)) if changes else self
 
+    def with_seeds(self, seeds: list[int]) -> "Grid":
+        return replace(self, seeds=tuple(seeds))
+
     def with_formulas(self, formulas: dict[str, str]) -> "Grid":
         """Set the formula behind method labels (``found=mul(...)``), e.g. the one a selection chose."""
         names = {m.name for m in self.methods}

@@ -178,3 +178,28 @@ def test_structural_tables_show_the_numbers_of_their_row_files(table):
         start = "| 0 | dense |" if r["init"] == "dense" else f"| {r['sparsity']:.0%} | {names[r['init']]} |"
         line = next(l for l in md if l.startswith(start))
         assert all(f"| {v:.2f} |" in line for v in r["ppl"].values()), (name, line)
+
+
+def test_selection_table_re_renders_from_its_rows():
+    """results/selection-gpu.md from its grid, rows and candidates (what --render-only does), and the choice in the
+    JSON is the one the rows give."""
+    from prunerzero.experiments import load_grid, read_rows
+
+    out = RESULTS / "selection-gpu"
+    saved = json.loads((RESULTS / "selection-gpu.json").read_text())
+    grid, rows = load_grid(out / "grid.yaml"), read_rows(out / "rows.jsonl")
+    cands = [{k: c[k] for k in ("name", "formula", "simplified", "search_ppl", "run")} for c in saved["candidates"]]
+    scored = select_formula.collect(grid, rows, cands)
+    chosen, beats = select_formula.choose(scored, saved["meta"]["patterns"], saved["meta"]["reference"])
+    assert chosen["formula"] == saved["chosen"]["formula"] and beats == saved["beats_reference"]
+    md = select_formula.render_selection(grid, rows, scored, saved["meta"]["patterns"], saved["meta"]["reference"],
+                                         chosen, beats)
+    assert md == (RESULTS / "selection-gpu.md").read_text()
+
+
+def test_selection_with_seeds_needs_more_than_the_spreads():
+    ref = {"name": "wanda", "run": None, "ppl": {"u": [50.0, 50.5, 49.5]}}
+    close = {"name": "a", "run": "r", "ppl": {"u": [49.6, 50.1, 49.1]}}    # lower mean, inside the spreads
+    clear = {"name": "b", "run": "r", "ppl": {"u": [47.0, 47.2, 46.8]}}
+    assert select_formula.choose([ref, close], ["u"], "wanda") == (close, False)
+    assert select_formula.choose([ref, close, clear], ["u"], "wanda") == (clear, True)
