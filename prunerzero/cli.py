@@ -14,6 +14,9 @@ from pathlib import Path
 
 from . import checks
 from .errors import UserError
+from .protocol import Protocol
+
+_P = Protocol()  # the defaults of every protocol option live in prunerzero/protocol.py
 from .fsutil import atomic_folder, atomic_write_text, require_empty
 
 
@@ -67,25 +70,26 @@ _FRACTION = _number(0.0, 1.0)
 
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2",
+    p.add_argument("--model", default=_P.model,
                    help="'smollm2' (built in, offline), a .gguf file, a save_pretrained folder or a hub id: any dense "
                         "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
                                                   "else cpu)")
-    p.add_argument("--dtype", default="auto", choices=checks.DTYPES,
+    p.add_argument("--dtype", default=_P.dtype, choices=checks.DTYPES,
                    help="weights' precision; auto = fp32 on CPU, fp16 on GPU")
     p.add_argument("--device-map", default=None, choices=checks.DEVICE_MAPS,
                    help="spread a large model over all GPUs with accelerate (default: the whole model on --device)")
-    p.add_argument("--seqlen", type=_at_least(2), default=2048,
+    p.add_argument("--seqlen", type=_at_least(2), default=_P.seqlen,
                    help="tokens per window, for calibration and evaluation (capped at the model's context)")
     p.add_argument("--data-dir", default=None,
                    help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
     p.add_argument("--cache-dir", default=None,
                    help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
-    p.add_argument("--batch-size", type=_at_least(1), default=1, help="windows per forward pass")
+    p.add_argument("--batch-size", type=_at_least(1), default=_P.batch_size, help="windows per forward pass")
     p.add_argument("--eval-windows", type=_at_least(1), default=None,
                    help="evaluate the first N windows of each dataset only (default: all of them)")
-    p.add_argument("--eval", default="wikitext2", help="comma-separated evaluation datasets: wikitext2, c4")
+    p.add_argument("--eval", default=",".join(_P.eval_datasets),
+                   help="comma-separated evaluation datasets: wikitext2, c4")
     p.add_argument("--tasks", default=None,
                    help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval]; default: none)")
     p.add_argument("--tasks-dir", default=None,
@@ -448,8 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured comparison group (default: the metric's paper: layer for magnitude, else row)")
     p.add_argument("--sequential", action="store_true",
                    help="Wanda's layer-by-layer calibration through the already pruned blocks (else one-shot)")
-    p.add_argument("--nsamples", type=_at_least(1), default=128, help="calibration windows from C4 train")
-    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the calibration sampler")
+    p.add_argument("--nsamples", type=_at_least(1), default=_P.nsamples, help="calibration windows from C4 train")
+    p.add_argument("--seed", type=_at_least(0), default=_P.seed, help="seed of the calibration sampler")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
     p.add_argument("--save", default=None,
                    help="write the pruned model to this new folder (plain transformers loads it; default: not saved)")

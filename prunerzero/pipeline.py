@@ -13,14 +13,15 @@ from .evaluate import ppl_on
 from .metric.known import resolve_metric
 from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
 from .prune.masks import Pattern, sparsity_of
+from .protocol import Protocol
 from .prune.run import SPARSEGPT, prune_model
 
 
 @dataclass
 class CalibConfig:
-    nsamples: int = 128
-    seed: int = 0
-    batch_size: int = 1
+    nsamples: int = Protocol.nsamples    # defaults: the one Protocol
+    seed: int = Protocol.seed
+    batch_size: int = Protocol.batch_size
     data_dir: str | None = None
     cache: str | None = None
 

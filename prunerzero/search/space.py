@@ -17,6 +17,9 @@ from ..errors import UserError
 from ..metric.expr import parse
 from ..metric.known import KNOWN_METRICS
 from ..metric.ops import OPS, TERMINALS, canonical_op
+from ..protocol import Protocol
+
+_P = Protocol()
 
 DEFAULTS = {
     "name": "unnamed",
@@ -28,10 +31,11 @@ DEFAULTS = {
     "limits": {"max_depth": 8, "max_size": 32},
     "gp": {"population": 30, "generations": 20, "tournament": 3, "cxpb": 0.7, "mutpb": 0.3, "elites": 2,
            "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2}},
-    "fitness": {"model": "smollm2", "sparsity": 0.5, "pattern": "unstructured", "group": "row",
-                "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": 2048,
-                "nsamples": 128, "calib_seed": 0, "batch_size": 1, "dtype": "auto", "device": None,
-                "penalty": 100000.0},
+    # the protocol's defaults (prunerzero/protocol.py) except what fitness needs of its own: validation, 8 windows
+    "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
+                "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
+                "nsamples": _P.nsamples, "calib_seed": _P.seed, "batch_size": _P.batch_size, "dtype": _P.dtype,
+                "device": _P.device, "penalty": 100000.0},
     "seed_population": [],
 }
 
