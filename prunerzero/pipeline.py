@@ -15,20 +15,21 @@ from .evaluate import ppl_on
 from .metric.known import resolve_metric
 from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
 from .prune.masks import Pattern, sparsity_of
+from .protocol import Protocol
 from .prune.run import SPARSEGPT, prune_model
 
 
 @dataclass
 class CalibConfig:
-    nsamples: int = 128
-    seed: int = 0
-    batch_size: int = 1
+    nsamples: int = Protocol.nsamples    # defaults: the one Protocol
+    seed: int = Protocol.seed
+    batch_size: int = Protocol.batch_size
     data_dir: str | None = None
     cache: str | None = None
 
 
-def calibration_windows(lm: LoadedModel, cfg: CalibConfig) -> torch.Tensor:
-    return data.calibration_windows(lm.tokenizer, cfg.nsamples, lm.seqlen, cfg.seed, cfg.data_dir)
+def calibration_windows(lm: LoadedModel, cfg: CalibConfig, seqlen: int | None = None) -> torch.Tensor:
+    return data.calibration_windows(lm.tokenizer, cfg.nsamples, seqlen or lm.seqlen, cfg.seed, cfg.data_dir)
 
 
 def windows_sha1(windows: torch.Tensor) -> str:
@@ -46,14 +47,15 @@ def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int, windows_dige
 
 
 def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_g: bool = True,
-                   windows: torch.Tensor | None = None, progress: bool = True) -> Stats:
-    """X and/or G of the dense model, each cached as safetensors under the cache dir.
+                   windows: torch.Tensor | None = None, progress: bool = True, seqlen: int | None = None) -> Stats:
+    """X and/or G of the dense model, each cached as safetensors under the cache dir (calibration windows of
+    ``seqlen`` tokens, default ``lm.seqlen``, unless ``windows`` are given).
 
     The cache key holds the sha1 of the calibration windows (tokenised here even on a cache hit, about 2 s for
     128 x 2048 tokens) and, for G, the dtype the gradients are computed in (fp32 for an upcast half model)."""
     stats = Stats()
     if windows is None:
-        windows = calibration_windows(lm, cfg)
+        windows = calibration_windows(lm, cfg, seqlen)
     seqlen = int(windows.shape[1])  # the key names the windows really used
     digest = windows_sha1(windows)
 
@@ -82,11 +84,13 @@ class PruneResult:
     sparsity: float
     seconds: float
     ppl: dict = field(default_factory=dict)
+    pruned: dict = field(default_factory=dict)     # weights the mask removed, per layer (exactly the pattern's)
 
 
 def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequential: bool = True,
-          progress: bool = True) -> PruneResult:
-    """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt'."""
+          progress: bool = True, seqlen: int | None = None) -> PruneResult:
+    """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt' (calibration windows of
+    ``seqlen`` tokens, default ``lm.seqlen``)."""
     t0 = time.time()
     if method == SPARSEGPT:
         name, formula, terms = SPARSEGPT, SPARSEGPT, set()
@@ -95,11 +99,14 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
         terms = formula.terminals()
     need_g = bool(terms & {"G", "G1", "G2"})
     needs_windows = method == SPARSEGPT or "X" in terms
-    windows = calibration_windows(lm, cfg) if needs_windows else None  # tokenised once, also for G if not cached
-    grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, windows=windows, progress=progress) if need_g else None
-    prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential, batch_size=cfg.batch_size,
-                progress=progress)
-    return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0)
+    # tokenised once, also for G if not cached
+    windows = calibration_windows(lm, cfg, seqlen) if needs_windows else None
+    grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, windows=windows, progress=progress,
+                           seqlen=seqlen) if need_g else None
+    counts = prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential,
+                         batch_size=cfg.batch_size, progress=progress)
+    return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0,
+                       pruned=counts)
 
 
 def default_group(method: str) -> str:
@@ -108,12 +115,13 @@ def default_group(method: str) -> str:
 
 
 def evaluate_all(lm: LoadedModel, datasets: list[str], max_windows: int | None, batch_size: int,
-                 data_dir=None, progress: bool = True) -> dict[str, dict]:
+                 data_dir=None, progress: bool = True, split: str = "test",
+                 seqlen: int | None = None) -> dict[str, dict]:
     out = {}
     for ds in datasets:
         if ds not in data.EVAL_DATASETS:
             raise UserError(f"unknown evaluation dataset '{ds}': use {', '.join(data.EVAL_DATASETS)}")
-        out[ds] = ppl_on(lm, ds, "test", max_windows, batch_size, data_dir, progress)
+        out[ds] = ppl_on(lm, ds, split, max_windows, batch_size, data_dir, progress, seqlen)
     return out
 
 
@@ -137,12 +145,7 @@ class StructuralConfig:
 def eval_at(lm: LoadedModel, seqlen: int, datasets: list[str], max_windows: int | None, batch_size: int,
             data_dir=None, progress: bool = True) -> dict:
     """Perplexity with windows of ``seqlen`` tokens (structural papers report seqlen 128)."""
-    old = lm.seqlen
-    lm.seqlen = seqlen
-    try:
-        return evaluate_all(lm, datasets, max_windows, batch_size, data_dir, progress)
-    finally:
-        lm.seqlen = old
+    return evaluate_all(lm, datasets, max_windows, batch_size, data_dir, progress, seqlen=seqlen)
 
 
 def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progress: bool = True) -> dict:
@@ -154,12 +157,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         raise UserError(f"structural sparsity {cfg.sparsity} is outside (0, 1): use e.g. 0.2")
     keep = 1.0 - cfg.sparsity
     layout = st.Layout.of(lm.model)
-    old = lm.seqlen
-    lm.seqlen = min(cfg.calib_seqlen, old)
-    try:
-        windows = calibration_windows(lm, calib)
-    finally:
-        lm.seqlen = old
+    windows = calibration_windows(lm, calib, seqlen=min(cfg.calib_seqlen, lm.seqlen))
     t0 = time.time()
     scores = None
     if cfg.init in ("metric", "oneshot"):

@@ -21,6 +21,7 @@ EVALW=${EVALW:-}                 # empty: every window (the protocol)
 SEARCH_MIN=${SEARCH_MIN:-5.5}    # wall-time budget of each search in minutes (resumable)
 POP=${POP:-40}
 TOP=${TOP:-5}
+SEEDS=${SEEDS:-0,1,2}             # calibration seeds of the select and confirm stages (>= 3: spreads)
 mkdir -p "$RES/gpu-logs"
 ew=(); [ -n "$EVALW" ] && ew=(--eval-windows "$EVALW")
 common=(--device "$DEVICE" --seqlen "$SEQLEN" --nsamples "$NSAMPLES" --batch-size "$BATCH")
@@ -43,7 +44,7 @@ EOF
 }
 
 stage_baselines() {
-  $PY benchmarks/baselines.py --out "$RES/baselines" "${common[@]}" "${ew[@]}" --eval wikitext2,c4
+  $PY -m prunerzero.cli bench grids/baselines.yaml --out "$RES/baselines" "${common[@]}" "${ew[@]}"
 }
 
 stage_bench() {
@@ -68,7 +69,8 @@ stage_search() {
 
 stage_select() {
   $PY benchmarks/select_formula.py --run "$RES/search-gpu-prunerzero" --run "$RES/search-gpu-extended" \
-    --top "$TOP" --also ria,pruner-zero --patterns u,2:4 "${common[@]}" "${ew[@]}" --out "$RES/selection-gpu"
+    --top "$TOP" --also ria,pruner-zero --patterns u,2:4 --seeds "$SEEDS" "${common[@]}" "${ew[@]}" \
+    --out "$RES/selection-gpu"
 }
 
 chosen() {  # the formula the select stage chose, or a one-line error
@@ -81,8 +83,8 @@ chosen() {  # the formula the select stage chose, or a one-line error
 stage_confirm() {
   local found; found=$(chosen) || return 2
   echo "confirming $found"
-  $PY benchmarks/baselines.py --out "$RES/confirm-gpu" --formula "found=$found" "${common[@]}" "${ew[@]}" \
-    --eval wikitext2,c4 --rows dense,wanda:u:seq,found:u:seq,ria:u:seq,wanda:2:4:seq,found:2:4:seq,ria:2:4:seq,wanda:4:8:seq,found:4:8:seq,ria:4:8:seq
+  $PY -m prunerzero.cli bench grids/confirm-gpu.yaml --out "$RES/confirm-gpu" --formula "found=$found" \
+    --seeds "$SEEDS" "${common[@]}" "${ew[@]}"
   local pat tag; for pat in "" 2:4; do
     tag=${pat:-u}; tag=${tag/:/of}
     $PY -m prunerzero.cli prune --metric "$found" --sparsity 0.5 ${pat:+--pattern $pat} --sequential --skip-dense \

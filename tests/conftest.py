@@ -16,13 +16,31 @@ def data_dir() -> Path:
 
 
 def tiny_config(arch: str = "llama", layers: int = 2, vocab: int = 256):
+    """A tiny random config of a family (hidden 64, 4 heads, 2 KV heads); sliding windows of 8 tokens, so a test
+    with longer windows really exercises both attention types of Gemma 2/3."""
     import transformers
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
-           "qwen2": transformers.Qwen2Config, "gemma": transformers.GemmaConfig}[arch]
-    extra = {"head_dim": 16} if arch == "gemma" else {}
+    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    alternating = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)
+    table = {
+        "llama": (transformers.LlamaConfig, {}),
+        "mistral": (transformers.MistralConfig, {"sliding_window": 8}),
+        "qwen2": (transformers.Qwen2Config, {}),
+        "qwen3": (transformers.Qwen3Config, {"head_dim": 16, **ids}),
+        "gemma": (transformers.GemmaConfig, {"head_dim": 16}),
+        "gemma2": (transformers.Gemma2Config, {"head_dim": 16, "sliding_window": 8, "layer_types": alternating,
+                                               **ids}),
+        "gemma3": (transformers.Gemma3TextConfig, {"head_dim": 16, "sliding_window": 8,
+                                                   "layer_types": alternating, **ids}),
+        "phi3": (transformers.Phi3Config, ids),
+        "olmo2": (transformers.Olmo2Config, ids),
+        "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        "qwen3_moe": (transformers.Qwen3MoeConfig, {"num_experts": 4, "num_experts_per_tok": 2,
+                                                    "moe_intermediate_size": 32, "head_dim": 16, **ids}),
+    }
+    cls, extra = table[arch]
     return cls(**common, **extra)
 
 

@@ -29,9 +29,20 @@ def test_notebook_runs_headless(name, tiny_run, tiny_model_dir, monkeypatch):
     nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert all(c.get("execution_count") for c in code)
+    if name == "inspect_search":  # its outputs come from this run, not from the committed one
+        from prunerzero.search.table import equations
+
+        best = equations(tiny_run, 1).iloc[0]
+        assert f"{best.formula}  ppl {best.ppl:.3f}" in _text(nb)
+
+
+def _text(nb) -> str:
+    return "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
 def test_committed_notebooks_carry_real_outputs():
@@ -53,5 +64,7 @@ def test_inspect_notebook_on_the_committed_run(monkeypatch):
     nb = nbformat.read(REPO / "notebooks" / "inspect_search.ipynb", as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
-    text = "".join(str(o.get("text", "")) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "best formula in both: mul(add(abs(log(X)), sqrt(X)), abs(W))  ppl 50.579" in text
+    from prunerzero.search.table import equations
+
+    best = equations(run, 1).iloc[0]  # what `prunerzero show` puts first
+    assert f"best formula in both: {best.formula}  ppl {best.ppl:.3f}" in _text(nb)

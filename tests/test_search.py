@@ -1,5 +1,6 @@
 """The GP search on a tiny random LLaMA: deterministic for a seed, resumable, validated spaces."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from prunerzero.search.space import load_space, validate
 from prunerzero.search.table import cache_counts, equations, format_table
 from prunerzero.search.workers import InProcess
 
-SPACE = "search_spaces/tiny.yaml"
+REPO = Path(__file__).resolve().parents[1]
+SPACE = REPO / "search_spaces" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,7 @@ def test_mask_fingerprint_detects_equal_and_different_masks():
     ({"unary": ["frob"]}, "unknown operation 'frob'"),
     ({"binary": ["abs"]}, "is not binary"),
     ({"terminals": ["Q"]}, "unknown terminal 'Q'"),
-    ({"gp": {"population": 0}}, "positive integer"),
+    ({"gp": {"population": 0}}, "gp.population must be >= 1"),
     ({"gp": {"popsize": 3}}, "unknown key 'gp.popsize'"),
     ({"colour": "red"}, "unknown key 'colour'"),
     ({"fitness": {"eval_split": "test"}}, "use validation"),
@@ -138,6 +140,49 @@ def test_space_validation(raw, msg):
 
 
 def test_shipped_spaces_load():
-    import glob
-    for path in glob.glob("search_spaces/*.yaml"):
-        load_space(path)
+    from prunerzero.search.space import PACKAGED, packaged_spaces
+
+    names = packaged_spaces()
+    assert {"prunerzero", "cpu", "quick", "tiny", "extended"} <= set(names)
+    assert sorted(p.stem for p in (REPO / "search_spaces").glob("*.yaml")) == names  # the checkout's link
+    for name in names:
+        assert load_space(name).path == str(PACKAGED / f"{name}.yaml")
+
+
+def test_resume_before_the_first_checkpoint_restarts_and_matches(tmp_path, evaluator_factory, capsys):
+    """Killed inside generation 0 (no checkpoint yet): --resume restarts it from its recorded settings, says so,
+    and ends exactly as an uninterrupted run."""
+    from prunerzero.search.engine import load_run_space, run_state
+
+    full = run(tmp_path / "full", evaluator_factory, generations=2)
+    space = load_space(SPACE)
+    space.raw["gp"]["generations"] = 2
+    inner = evaluator_factory()
+    calls = {"n": 0}
+
+    def dying(formulas):
+        for res in inner(formulas):
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise Killed()
+            yield res
+
+    with pytest.raises(Killed):
+        Search(space, tmp_path / "cut", dying, progress=False).run()
+    assert run_state(tmp_path / "cut") == "unstarted" and read_evaluations(tmp_path / "cut")
+    recorded, meta = load_run_space(tmp_path / "cut")
+    ev = evaluator_factory()
+    Search(recorded, tmp_path / "cut", ev, meta, progress=False, on_resume=ev.preload).run(resume=True)
+    assert "restarting it from generation 0" in capsys.readouterr().err
+    assert [(r["generation"], r["formula"], r["ppl"]) for r in read_evaluations(tmp_path / "cut")] == full
+
+
+def test_resume_after_a_torn_last_line_matches(tmp_path, evaluator_factory, capsys):
+    full = run(tmp_path / "full", evaluator_factory, generations=2)
+    run(tmp_path / "cut", evaluator_factory, generations=1)
+    log = tmp_path / "cut" / "evaluations.jsonl"
+    with log.open("a") as f:
+        f.write('{"generation": 2, "formula": "mul(W, ')  # killed mid-write in generation 2
+    resumed = run(tmp_path / "cut", evaluator_factory, resume=True, generations=2)
+    assert resumed == full
+    assert "torn last line" in capsys.readouterr().err

@@ -24,8 +24,17 @@ MAX_TEXT = 20_000
 MAX_DEPTH = 64
 MAX_NODES = 4_096
 
-_TOKEN = re.compile(r"\s*(?:(?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
-                    r"|(?P<punct>[(),]))")
+# ASCII only: Unicode digits such as '\u0663' must not read as numbers, nor Unicode spaces as blanks.
+_TOKEN = re.compile(r"[ \t\r\n]*(?:(?P<num>[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?)"
+                    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[(),]))", re.ASCII)
+F32_MAX = 3.4028234663852886e38      # largest finite float32
+F32_TINY = 1.1754943508222875e-38    # smallest normal float32
+
+
+def shown(text: str, limit: int = 20) -> str:
+    """A piece of user text safe to print on one line: control and non-ASCII characters escaped."""
+    text = text[:limit]
+    return "".join(ch if " " <= ch <= "~" else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 class FormulaError(UserError):
@@ -80,11 +89,11 @@ class Node:
 
 def _tokens(text: str) -> list[tuple[str, str, int]]:
     out, pos = [], 0
-    text = text.rstrip()
+    text = text.rstrip(" \t\r\n")
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            bad = text[pos:].strip()[:20]
+            bad = shown(text[pos:].strip(" \t\r\n"))
             raise FormulaError(f"cannot read formula at character {pos + 1} ('{bad}'): "
                                "write operations as name(arg, ...) over W, X, G and numbers")
         kind = m.lastgroup
@@ -114,10 +123,22 @@ def parse(text: str) -> Node:
         raise FormulaError("empty formula: write one such as mul(abs(W), sqrt(X))")
     node, pos = _parse_at(toks, 0)
     if pos != len(toks):
-        raise FormulaError(f"unexpected '{toks[pos][1]}' after a complete formula: remove it")
+        raise FormulaError(f"unexpected '{shown(toks[pos][1])}' after a complete formula: remove it")
     if node.size > MAX_NODES:
         raise FormulaError(f"formula has {node.size} nodes (limit {MAX_NODES}): simplify it")
     return node
+
+
+def _constant(tok: str) -> float:
+    """A numeric literal that float32 scores can hold exactly in range (no overflow, no flush to zero)."""
+    value = float(tok)
+    mantissa = re.split(r"[eE]", tok)[0]
+    if not math.isfinite(value) or abs(value) > F32_MAX:
+        raise FormulaError(f"constant {shown(tok)} overflows float32 (largest {F32_MAX:.4g}): use a smaller one")
+    if value == 0.0 and re.search(r"[1-9]", mantissa) or 0.0 < abs(value) < F32_TINY:
+        raise FormulaError(f"constant {shown(tok)} underflows float32 (smallest normal {F32_TINY:.4g}): "
+                           "use 0 or a larger one")
+    return value
 
 
 def _parse_at(toks, pos) -> tuple[Node, int]:
@@ -125,10 +146,7 @@ def _parse_at(toks, pos) -> tuple[Node, int]:
         raise FormulaError("formula ends too early: an argument is missing")
     kind, tok, _ = toks[pos]
     if kind == "num":
-        value = float(tok)
-        if not math.isfinite(value):
-            raise FormulaError(f"constant {tok} is not finite")
-        return Node.const(value), pos + 1
+        return Node.const(_constant(tok)), pos + 1
     if kind == "punct":
         raise FormulaError(f"expected a name or number, found '{tok}'")
     has_args = pos + 1 < len(toks) and toks[pos + 1][1] == "("
@@ -138,7 +156,7 @@ def _parse_at(toks, pos) -> tuple[Node, int]:
         return Node(tok), pos + 1
     name = canonical_op(tok)
     if name not in OPS:
-        raise FormulaError(f"unknown operation or terminal '{tok}': use one of "
+        raise FormulaError(f"unknown operation or terminal '{shown(tok)}': use one of "
                            f"{', '.join(sorted(OPS))} over {', '.join(TERMINALS)}")
     op = OPS[name]
     if not has_args:
@@ -156,7 +174,7 @@ def _parse_at(toks, pos) -> tuple[Node, int]:
         if toks[pos][1] == ")":
             pos += 1
             break
-        raise FormulaError(f"expected ',' or ')' in '{tok}(...)', found '{toks[pos][1]}'")
+        raise FormulaError(f"expected ',' or ')' in '{tok}(...)', found '{shown(toks[pos][1])}'")
     if len(args) != op.arity:
         raise FormulaError(f"'{tok}' takes {op.arity} argument(s), got {len(args)}")
     return Node(name, tuple(args)), pos

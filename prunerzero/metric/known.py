@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UserError
-from .expr import Node, parse
+from .expr import Node, parse, shown
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def resolve_metric(name_or_formula: str) -> tuple[str, Node, str]:
         m = KNOWN_METRICS[name_or_formula]
         return m.name, parse(m.formula), m.group
     if "(" not in name_or_formula and name_or_formula not in ("W", "X", "G", "G1", "G2"):
-        raise UserError(f"unknown metric '{name_or_formula}': use one of {', '.join(KNOWN_METRICS)}, "
+        raise UserError(f"unknown metric '{shown(name_or_formula, 40)}': use one of {', '.join(KNOWN_METRICS)}, "
                         "sparsegpt, or a formula such as mul(abs(W), sqrt(X))")
     node = parse(name_or_formula)
     return str(node), node, "row"

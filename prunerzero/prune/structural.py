@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ..calibration import Stats
 from ..errors import UserError
 from ..metric.expr import Node, evaluate
-from ..models import decoder_layers
+from ..models import decoder_layers, role, set_role, structural_roles
 
 ATTN, MLP = "attn", "mlp"
 REMOTE_CODE = Path(__file__).with_name("modeling_pruned_llama.py")
@@ -55,6 +55,7 @@ class Layout:
 
     @staticmethod
     def of(model: nn.Module) -> "Layout":
+        structural_roles(model)  # a one-line UserError for families structural pruning does not know
         cfg = model.config
         heads = cfg.num_attention_heads
         kv = getattr(cfg, "num_key_value_heads", None) or heads
@@ -89,9 +90,10 @@ class StructureMasks:
         self.attn: torch.Tensor | None = None
         self.mlp: torch.Tensor | None = None
         self.handles = []
+        fam = structural_roles(model)
         for i, layer in enumerate(decoder_layers(model)):
-            self.handles.append(layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i, ATTN)))
-            self.handles.append(layer.mlp.down_proj.register_forward_pre_hook(self._hook(i, MLP)))
+            self.handles.append(role(layer, fam, ATTN, 3).register_forward_pre_hook(self._hook(i, ATTN)))
+            self.handles.append(role(layer, fam, MLP, 2).register_forward_pre_hook(self._hook(i, MLP)))
 
     def _hook(self, i: int, kind: str):
         lay = self.layout
@@ -137,20 +139,22 @@ def structure_scores(model: nn.Module, formula: Node, stats: Stats, attn_from: s
     if attn_from not in ATTN_SCORES or mlp_from not in MLP_SCORES:
         raise UserError(f"structure scores come from attn {ATTN_SCORES} and mlp {MLP_SCORES}")
     lay = Layout.of(model)
-    attn_parts = {"kv": ("k_proj", "v_proj"), "out": ("o_proj",), "qkv": ("q_proj", "k_proj", "v_proj"),
-                  "all": ("q_proj", "k_proj", "v_proj", "o_proj")}[attn_from]
-    mlp_parts = {"out": ("down_proj",), "in": ("gate_proj", "up_proj"),
-                 "all": ("gate_proj", "up_proj", "down_proj")}[mlp_from]
+    fam = structural_roles(model)
+    attn_parts = {"kv": (1, 2), "out": (3,), "qkv": (0, 1, 2), "all": (0, 1, 2, 3)}[attn_from]  # q k v o
+    mlp_parts = {"out": (2,), "in": (0, 1), "all": (0, 1, 2)}[mlp_from]                       # gate up down
+    layers = decoder_layers(model)
 
-    def score(i, parent, name):
-        lin = getattr(getattr(decoder_layers(model)[i], parent), name)
-        s = evaluate(formula, stats.env(f"layers.{i}.{parent}.{name}", lin.weight))
-        return (s.sum(0) if name in ("o_proj", "down_proj") else s.sum(1)).double().cpu()
+    def score(i, kind, index):
+        parent, names = fam.attn if kind == ATTN else fam.mlp
+        lin = role(layers[i], fam, kind, index)
+        s = evaluate(formula, stats.env(f"layers.{i}.{parent}.{names[index]}", lin.weight))
+        output_side = (kind, index) in ((ATTN, 3), (MLP, 2))  # o_proj / down_proj: a structure owns columns
+        return (s.sum(0) if output_side else s.sum(1)).double().cpu()
 
     attn, mlp = [], []
     for i in range(lay.layers):
-        attn.append(sum(score(i, "self_attn", n).view(lay.kv_heads, -1).sum(1) for n in attn_parts))
-        mlp.append(sum(score(i, "mlp", n) for n in mlp_parts))
+        attn.append(sum(score(i, ATTN, n).view(lay.kv_heads, -1).sum(1) for n in attn_parts))
+        mlp.append(sum(score(i, MLP, n) for n in mlp_parts))
     out = {ATTN: torch.stack(attn), MLP: torch.stack(mlp)}
     for k, v in out.items():
         if not torch.isfinite(v).all():
@@ -354,24 +358,27 @@ def _cols(lin: nn.Linear, keep: torch.Tensor) -> nn.Linear:
 def slice_model(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[dict]:
     """Physically remove pruned KV groups and MLP channels; returns the per-layer widths (also in the config)."""
     lay = Layout.of(model)
+    fam = structural_roles(model)
     shapes = []
+
+    def cut(layer, kind, index, idx, rows):
+        lin = role(layer, fam, kind, index)
+        set_role(layer, fam, kind, index, (_rows if rows else _cols)(lin, idx.to(lin.weight.device)))
+
     for i, layer in enumerate(decoder_layers(model)):
-        attn, mlp = layer.self_attn, layer.mlp
+        attn, mlp = getattr(layer, fam.attn[0]), getattr(layer, fam.mlp[0])
         groups = torch.nonzero(masks[ATTN][i]).flatten()
         kv_idx = (groups[:, None] * lay.head_dim + torch.arange(lay.head_dim)).flatten()
         q_heads = (groups[:, None] * lay.q_per_kv + torch.arange(lay.q_per_kv)).flatten()
         q_idx = (q_heads[:, None] * lay.head_dim + torch.arange(lay.head_dim)).flatten()
-        attn.q_proj = _rows(attn.q_proj, q_idx.to(attn.q_proj.weight.device))
-        attn.k_proj = _rows(attn.k_proj, kv_idx.to(attn.k_proj.weight.device))
-        attn.v_proj = _rows(attn.v_proj, kv_idx.to(attn.v_proj.weight.device))
-        attn.o_proj = _cols(attn.o_proj, q_idx.to(attn.o_proj.weight.device))
+        for index, idx, rows in ((0, q_idx, True), (1, kv_idx, True), (2, kv_idx, True), (3, q_idx, False)):
+            cut(layer, ATTN, index, idx, rows)
         for name in ("num_heads", "num_key_value_heads"):
             if hasattr(attn, name):
                 setattr(attn, name, len(q_heads) if name == "num_heads" else len(groups))
         ch = torch.nonzero(masks[MLP][i]).flatten()
-        mlp.gate_proj = _rows(mlp.gate_proj, ch.to(mlp.gate_proj.weight.device))
-        mlp.up_proj = _rows(mlp.up_proj, ch.to(mlp.up_proj.weight.device))
-        mlp.down_proj = _cols(mlp.down_proj, ch.to(mlp.down_proj.weight.device))
+        for index, rows in ((0, True), (1, True), (2, False)):
+            cut(layer, MLP, index, ch, rows)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(ch)
         shapes.append({"num_attention_heads": len(q_heads), "num_key_value_heads": len(groups),
@@ -401,9 +408,9 @@ def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> None:
 
 def count_params(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
-    prunable = sum(m.weight.numel() for layer in decoder_layers(model)
-                   for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                             layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj))
+    fam = structural_roles(model)
+    prunable = sum(role(layer, fam, kind, j).weight.numel() for layer in decoder_layers(model)
+                   for kind, n in ((ATTN, 4), (MLP, 3)) for j in range(n))
     return {"total": total, "prunable": prunable}
 
 

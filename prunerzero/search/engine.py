@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -67,11 +68,47 @@ def _signature(rec: dict) -> str | None:
     return rec.get("fingerprint") or f"error:{rec.get('error')}"
 
 
-def read_evaluations(root: str | Path) -> list[dict]:
+
+RECORD_KEYS = ("generation", "formula", "simplified", "latex", "key", "size", "depth", "ppl", "hit")
+
+
+def read_evaluations(root: str | Path, quiet: bool = False) -> list[dict]:
+    """The run's log, one record per line. A torn *last* line (the run was killed mid-write) is dropped with a
+    note; any other unreadable line is refused with its line number."""
     path = RunFiles(Path(root)).evaluations
     if not path.is_file():
         raise UserError(f"{root} holds no evaluations.jsonl: pass a search run directory")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS) \
+                    or not isinstance(rec["ppl"], (int, float)) or not isinstance(rec["generation"], int):
+                raise ValueError("not an evaluation record")
+        except ValueError:
+            if i == len(lines):
+                if not quiet:
+                    tqdm.write(f"note: dropped the torn last line {i} of {path} (the run stopped mid-write)",
+                               file=sys.stderr)
+                break
+            raise UserError(f"{path} line {i} is not an evaluation record: the log is corrupt; "
+                            "restore it from a copy or start a new run") from None
+        out.append(rec)
+    return out
+
+
+def run_state(root: str | Path) -> str:
+    """'empty' (no run here), 'unstarted' (settings written, no checkpoint yet) or 'checkpointed'."""
+    files = RunFiles(Path(root))
+    if files.checkpoint.is_file():
+        return "checkpointed"
+    has_log = files.evaluations.is_file() and files.evaluations.stat().st_size > 0
+    return "unstarted" if files.config.is_file() or has_log else "empty"
 
 
 class Search:
@@ -149,7 +186,8 @@ class Search:
                 waiting[simp.key] = []
                 queued.add(text)
                 pending.append((text, base, False))
-        results = self.evaluate_many([t for t, _, _ in pending])
+        results = tqdm(self.evaluate_many([t for t, _, _ in pending]), total=len(pending), leave=False,
+                       position=1, desc=f"generation {generation}: candidates", disable=not self.progress)
         this_gen: dict[str, float] = {}
         for (text, base, audit), res in zip(pending, results):
             rec = {**base, "ppl": float(res["ppl"]), "seconds": round(float(res["seconds"]), 3), "hit": res["hit"],
@@ -213,7 +251,10 @@ class Search:
     def _restore(self) -> tuple[int, list]:
         if not self.files.checkpoint.is_file():
             raise UserError(f"{self.files.root} has no checkpoint.json: start a new search instead of --resume")
-        state = json.loads(self.files.checkpoint.read_text())
+        try:
+            state = json.loads(self.files.checkpoint.read_text())
+        except ValueError:
+            raise UserError(f"{self.files.checkpoint} is not valid JSON: restore it or start a new run") from None
         gen = state["generation"]
         kept = [r for r in read_evaluations(self.files.root) if r["generation"] <= gen]
         atomic_write_text(self.files.evaluations, "".join(json.dumps(r) + "\n" for r in kept))
@@ -237,11 +278,19 @@ class Search:
     # ------------------------------------------------------------------------------------------ loop
     def run(self, resume: bool = False, max_seconds: float | None = None) -> list[dict]:
         """Evolve to ``gp.generations``; with ``max_seconds``, stop after the first generation that ends past that
-        wall time (checkpointed: ``--resume`` continues it exactly as if it had never stopped)."""
+        wall time (checkpointed: ``--resume`` continues it exactly as if it had never stopped).
+
+        ``resume`` on a run that stopped before its first checkpoint restarts it from generation 0 with its
+        recorded settings (the partial log is discarded; the result is that of an uninterrupted run)."""
         gp_cfg = self.space.gp
         started = time.time()
         last = gp_cfg["generations"]
         self.files.root.mkdir(parents=True, exist_ok=True)
+        if resume and run_state(self.files.root) == "unstarted":
+            tqdm.write(f"note: {self.files.root} stopped before its first checkpoint: restarting it from "
+                       "generation 0 with its recorded settings", file=sys.stderr)
+            self.files.evaluations.write_text("")
+            resume = False
         if resume:
             start, pop = self._restore()
             start += 1
@@ -292,5 +341,9 @@ def load_run_space(run_dir: str | Path) -> tuple[SearchSpace, dict]:
     files = RunFiles(Path(run_dir))
     if not files.config.is_file():
         raise UserError(f"{run_dir} has no config.json: pass a search run directory")
-    cfg = json.loads(files.config.read_text())
-    return validate(cfg["space"], str(files.config)), cfg.get("meta", {})
+    try:
+        cfg = json.loads(files.config.read_text())
+        raw, meta = cfg["space"], cfg.get("meta", {})
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{files.config} is not a run's settings file: restore it, or start a new run") from None
+    return validate(raw, str(files.config)), meta

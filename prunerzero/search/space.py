@@ -12,10 +12,14 @@ from pathlib import Path
 
 import yaml
 
+from .. import checks
 from ..errors import UserError
 from ..metric.expr import parse
 from ..metric.known import KNOWN_METRICS
 from ..metric.ops import OPS, TERMINALS, canonical_op
+from ..protocol import Protocol
+
+_P = Protocol()
 
 DEFAULTS = {
     "name": "unnamed",
@@ -27,10 +31,11 @@ DEFAULTS = {
     "limits": {"max_depth": 8, "max_size": 32},
     "gp": {"population": 30, "generations": 20, "tournament": 3, "cxpb": 0.7, "mutpb": 0.3, "elites": 2,
            "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2}},
-    "fitness": {"model": "smollm2", "sparsity": 0.5, "pattern": "unstructured", "group": "row",
-                "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": 2048,
-                "nsamples": 128, "calib_seed": 0, "batch_size": 1, "dtype": "auto", "device": None,
-                "penalty": 100000.0},
+    # the protocol's defaults (prunerzero/protocol.py) except what fitness needs of its own: validation, 8 windows
+    "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
+                "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
+                "nsamples": _P.nsamples, "calib_seed": _P.seed, "batch_size": _P.batch_size, "dtype": _P.dtype,
+                "device": _P.device, "penalty": 100000.0},
     "seed_population": [],
 }
 
@@ -81,8 +86,51 @@ class SearchSpace:
         return hashlib.sha1(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _check_fitness(fit: dict, given: dict) -> None:
+    """Every fitness key, before any model is loaded (``given`` = the keys the YAML itself set)."""
+    from ..data import EVAL_DATASETS
+    from ..prune.masks import parse_pattern
+
+    if not isinstance(fit["model"], str) or not fit["model"].strip():
+        raise UserError("fitness.model must name a model: smollm2, a .gguf file, a folder or a hub id")
+    checks.fraction(fit["sparsity"], "fitness.sparsity")
+    pattern = parse_pattern(fit["sparsity"], fit["pattern"], fit["group"])
+    if pattern.is_nm:  # N:M fixes both; a YAML that says otherwise is refused, then they are recorded as used
+        if "sparsity" in given and float(given["sparsity"]) != pattern.sparsity:
+            raise UserError(f"fitness.sparsity does not apply to the N:M pattern {fit['pattern']} (it prunes "
+                            f"{pattern.n} of every {pattern.m}): remove fitness.sparsity")
+        if "group" in given and given["group"] != "row":
+            raise UserError(f"fitness.group applies to unstructured sparsity only: remove it for {fit['pattern']}")
+        fit["sparsity"], fit["group"] = pattern.sparsity, "row"
+    if fit["eval_dataset"] not in EVAL_DATASETS:
+        raise UserError(f"fitness.eval_dataset '{fit['eval_dataset']}' is unknown: use {', '.join(EVAL_DATASETS)}")
+    if fit["eval_split"] == "test":
+        raise UserError("fitness.eval_split 'test' would select formulas on the split results are reported on: "
+                        "use validation")
+    if fit["eval_split"] not in ("validation", "valid"):
+        raise UserError(f"fitness.eval_split '{fit['eval_split']}' is unknown: use validation")
+    if fit["eval_dataset"] == "c4" and fit["eval_split"] in ("validation", "valid"):
+        raise UserError("fitness.eval_dataset c4 has one evaluation split, which results are reported on: "
+                        "use wikitext2 (validation) for fitness")
+    checks.optional_integer(fit["eval_windows"], "fitness.eval_windows", 1)
+    checks.integer(fit["seqlen"], "fitness.seqlen", 2)
+    checks.integer(fit["nsamples"], "fitness.nsamples", 1)
+    checks.integer(fit["calib_seed"], "fitness.calib_seed", 0)
+    checks.integer(fit["batch_size"], "fitness.batch_size", 1)
+    checks.dtype(fit["dtype"], "fitness.dtype")
+    if fit["device"] is not None and not isinstance(fit["device"], str):
+        raise UserError(f"fitness.device must be a device name such as cpu or cuda, got {fit['device']!r}")
+    checks.real(fit["penalty"], "fitness.penalty", 0.0, open_low=True)
+
+
 def validate(raw: dict, path: str | None = None) -> SearchSpace:
     cfg = _merge(DEFAULTS, raw or {}, "")
+    for k in ("terminals", "unary", "binary", "seed_population"):
+        if not isinstance(cfg[k], list) or not all(isinstance(x, str) for x in cfg[k]):
+            raise UserError(f"'{k}' must be a list of names, e.g. [{', '.join(DEFAULTS['terminals'])}]")
+    for k in ("name", "description"):
+        if not isinstance(cfg[k], str):
+            raise UserError(f"'{k}' must be a text")
     for t in cfg["terminals"]:
         if t not in TERMINALS:
             raise UserError(f"unknown terminal '{t}' in search space: use {', '.join(TERMINALS)}")
@@ -99,22 +147,23 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
     if not cfg["binary"] and not cfg["unary"]:
         raise UserError("search space has no operations: list some under unary/binary")
     ini, lim, gp = cfg["init"], cfg["limits"], cfg["gp"]
+    for where, d in (("init", ini), ("limits", lim)):
+        for k, v in d.items():
+            checks.integer(v, f"{where}.{k}", 1)
     if not (1 <= ini["min_depth"] <= ini["max_depth"] <= lim["max_depth"]):
         raise UserError("need 1 <= init.min_depth <= init.max_depth <= limits.max_depth")
     for k in ("population", "generations", "tournament"):
-        if not isinstance(gp[k], int) or gp[k] < 1:
-            raise UserError(f"gp.{k} must be a positive integer")
-    if not (0 <= gp["elites"] < gp["population"]):
+        checks.integer(gp[k], f"gp.{k}", 1)
+    checks.integer(gp["seed"], "gp.seed", 0)
+    if not (0 <= checks.integer(gp["elites"], "gp.elites", 0) < gp["population"]):
         raise UserError("gp.elites must be in [0, population)")
     for k in ("cxpb", "mutpb"):
-        if not (0.0 <= float(gp[k]) <= 1.0):
-            raise UserError(f"gp.{k} must be a probability in [0, 1]")
-    if sum(gp["mutation"].values()) <= 0 or any(v < 0 for v in gp["mutation"].values()):
+        checks.real(gp[k], f"gp.{k}", 0.0, 1.0)
+    for k, v in gp["mutation"].items():
+        checks.real(v, f"gp.mutation.{k}", 0.0)
+    if sum(gp["mutation"].values()) <= 0:
         raise UserError("gp.mutation weights must be >= 0 and not all 0")
-    fit = cfg["fitness"]
-    if fit["eval_split"] == "test":
-        raise UserError("fitness.eval_split 'test' would select formulas on the split results are reported on: "
-                        "use validation")
+    _check_fitness(cfg["fitness"], (raw or {}).get("fitness") or {})
     space = SearchSpace(cfg, path)
     for s in cfg["seed_population"]:
         node = parse(KNOWN_METRICS[s].formula if s in KNOWN_METRICS else s)
@@ -124,10 +173,27 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
     return space
 
 
+PACKAGED = Path(__file__).resolve().parents[1] / "spaces"   # search_spaces/ in a checkout links here
+
+
+def packaged_spaces() -> list[str]:
+    return sorted(p.stem for p in PACKAGED.glob("*.yaml"))
+
+
+def resolve_space(name: str | Path) -> Path:
+    """A YAML path as given, else a packaged space by name (``quick``) or by its checkout path
+    (``search_spaces/quick.yaml``), so the defaults work from any directory."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if (path.parent == Path(".") or path.parent.name == "search_spaces") and (PACKAGED / f"{stem}.yaml").is_file():
+        return PACKAGED / f"{stem}.yaml"
+    raise UserError(f"search space '{name}' not found: pass a YAML file or one of {', '.join(packaged_spaces())}")
+
+
 def load_space(path: str | Path) -> SearchSpace:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"search space {path} not found: see search_spaces/*.yaml")
+    path = resolve_space(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

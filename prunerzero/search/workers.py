@@ -2,7 +2,12 @@
 
 Either way the engine calls ``evaluate_many(formulas)`` and gets result dicts back in order (DEAP's
 ``toolbox.map`` contract), so the search loop is the same code. Each Ray worker loads the model and the cached
-statistics once; the statistics are computed (and cached on disk) by the driver before the workers start.
+statistics once; the statistics are computed (and cached on disk) before the workers start, by a one-off Ray task
+whose process exits afterwards, so the driver never holds the model (nor GPU memory).
+
+The mask cache is shared through the driver: results come back in order, a mask already answered elsewhere is
+logged as a ``mask`` hit with the first answer (exactly what one process would have logged), and every worker
+learns the new masks before the next batch. The evaluations log is then the same for any number of workers.
 """
 from __future__ import annotations
 
@@ -15,6 +20,15 @@ from ..models import load_model
 from ..pipeline import CalibConfig, one_shot_stats
 from ..prune.masks import parse_pattern
 from .fitness import FitnessEvaluator
+
+
+def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=None, progress: bool = False) -> None:
+    """Compute the one-shot statistics a space needs into the on-disk cache, then drop the model."""
+    lm = load_model(fitness["model"], device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
+                    seqlen=fitness["seqlen"])
+    calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
+    need_x, need_g = needs_of(set(terminals))
+    one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress)
 
 
 def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=None,
@@ -48,7 +62,7 @@ class InProcess:
 
 
 class RayPool:
-    """``workers`` Ray actors, one GPU each (``pip install 'prunerzero[ray]'``)."""
+    """``workers`` Ray actors, one GPU each (none with ``device: cpu``); ``pip install 'prunerzero[ray]'``."""
 
     def __init__(self, fitness: dict, terminals: list[str], workers: int, data_dir=None, cache=None):
         try:
@@ -56,9 +70,15 @@ class RayPool:
             from ray.util import ActorPool
         except ImportError:
             raise UserError("--workers needs Ray: pip install 'prunerzero[ray]'") from None
-        build_evaluator(fitness, terminals, data_dir, cache)  # fill the statistics cache once, here
+        gpus = 1 if fitness.get("device") != "cpu" else 0
+        if not ray.is_initialized():
+            ray.init()
+        # statistics into the disk cache in a process of its own that exits afterwards (max_calls=1): the driver
+        # neither loads the model nor keeps GPU memory while the workers evaluate
+        fill = ray.remote(num_gpus=gpus, max_calls=1)(fill_stats_cache)
+        ray.get(fill.remote(fitness, terminals, data_dir, cache))
 
-        @ray.remote(num_gpus=1 if fitness.get("device") != "cpu" else 0)
+        @ray.remote(num_gpus=gpus)
         class Worker:
             def __init__(self):
                 self.local = InProcess(build_evaluator(fitness, terminals, data_dir, cache, progress=False))
@@ -66,17 +86,40 @@ class RayPool:
             def evaluate(self, formula):
                 return next(self.local([formula]))
 
-            def preload(self, records):
-                self.local.preload(records)
+            def learn(self, by_mask):
+                for fp, ppl in by_mask.items():
+                    self.local.evaluator.by_mask.setdefault(fp, ppl)
 
-        if not ray.is_initialized():
-            ray.init()
         self.actors = [Worker.remote() for _ in range(workers)]
         self.pool = ActorPool(self.actors)
         self._ray = ray
+        self.by_mask: dict[str, float] = {}   # every mask answered so far, by any worker
+        self._unsent: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self._unsent:
+            self._ray.get([a.learn.remote(self._unsent) for a in self.actors])
+            self._unsent = {}
+
+    def _remember(self, fp: str, ppl: float) -> None:
+        self.by_mask[fp] = ppl
+        self._unsent[fp] = ppl
 
     def __call__(self, formulas: list[str]):
-        return self.pool.map(lambda actor, f: actor.evaluate.remote(f), formulas)
+        self._sync()
+        for res in self.pool.map(lambda actor, f: actor.evaluate.remote(f), formulas):
+            fp = res.get("fingerprint")
+            if fp and res.get("error") != "out of memory":   # what FitnessEvaluator caches
+                if fp in self.by_mask:
+                    if res["hit"] != "mask":   # answered by another worker first: what one process logs
+                        res = {**res, "ppl": self.by_mask[fp], "hit": "mask", "error": None}
+                else:
+                    self._remember(fp, res["ppl"])
+            yield res
 
     def preload(self, records: list[dict]) -> None:
-        self._ray.get([a.preload.remote(records) for a in self.actors])
+        """Resume: masks already evaluated answer from the cache again (as ``InProcess.preload``)."""
+        for r in records:
+            if r.get("fingerprint") and r["hit"] == "eval" and r["fingerprint"] not in self.by_mask:
+                self._remember(r["fingerprint"], r["ppl"])
+        self._sync()
