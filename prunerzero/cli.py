@@ -88,7 +88,12 @@ def cmd_prune(args) -> None:
     if not args.skip_dense:
         payload["dense"] = _evaluate(lm, args)
         print(f"dense   {_ppl_line(payload['dense'])}", flush=True)
-    res = prune(lm, args.metric, pattern, cfg, sequential=args.sequential, progress=not args.quiet)
+    payload.update(update=args.update, allocation=args.allocation, permute=args.permute)
+    if args.allocation == "owl":
+        payload.update(owl_lambda=args.owl_lambda, owl_m=args.owl_m)
+    res = prune(lm, args.metric, pattern, cfg, sequential=args.sequential, progress=not args.quiet,
+                update=args.update, allocation=args.allocation, owl_lambda=args.owl_lambda, owl_m=args.owl_m,
+                permute=args.permute)
     payload.update(sparsity=res.sparsity, prune_seconds=res.seconds)
     t0 = time.time()
     payload["pruned"] = _evaluate(lm, args)
@@ -220,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", default=None, choices=["row", "layer"],
                    help="unstructured comparison group (default: the metric's paper: layer for magnitude, else row)")
     p.add_argument("--sequential", action="store_true", help="Wanda's layer-by-layer calibration (else one-shot)")
+    p.add_argument("--update", default="none", choices=["none", "obs"],
+                   help="obs: after the metric's mask, reconstruct the kept weights (SparseGPT's OBS update)")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "owl"],
+                   help="layer-wise sparsity: uniform, or OWL (outlier-weighted; unstructured only)")
+    p.add_argument("--owl-lambda", type=float, default=0.08, help="OWL: block sparsities spread over 2*lambda")
+    p.add_argument("--owl-m", type=float, default=5.0, help="OWL: outlier = Wanda score above M x block mean")
+    p.add_argument("--permute", action="store_true",
+                   help="N:M: permute o_proj/down_proj input channels (and their producers) to keep more score")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")

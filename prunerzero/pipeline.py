@@ -35,11 +35,17 @@ def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int) -> str:
 
 
 def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_g: bool = True,
-                   windows: torch.Tensor | None = None, progress: bool = True) -> Stats:
-    """X and/or G of the dense model, each cached as safetensors under the cache dir."""
+                   windows: torch.Tensor | None = None, progress: bool = True, need_h: bool = False) -> Stats:
+    """X and/or G (and with ``need_h`` the Hessian terminal Hd, beside X) of the dense model, each cached as
+    safetensors under the cache dir."""
     stats = Stats()
     seqlen = int(windows.shape[1]) if windows is not None else lm.seqlen  # the key names the windows really used
     get_windows = (lambda: windows) if windows is not None else (lambda: calibration_windows(lm, cfg))
+    if need_h:  # X and Hd in one file (one pass); percdamp 0.01 as SparseGPT
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X+Hd:0.01", seqlen),
+                                          lambda: activation_stats(lm.model, get_windows(), cfg.batch_size,
+                                                                   progress, hessian=True)))
+        need_x = False
     if need_x:
         stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X", seqlen),
                                           lambda: activation_stats(lm.model, get_windows(), cfg.batch_size,
@@ -61,20 +67,36 @@ class PruneResult:
 
 
 def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequential: bool = True,
-          progress: bool = True) -> PruneResult:
-    """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt'."""
+          progress: bool = True, update: str = "none", allocation: str = "uniform", owl_lambda: float = 0.08,
+          owl_m: float = 5.0, permute: bool = False) -> PruneResult:
+    """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt'.
+
+    ``update="obs"`` reconstructs the kept weights after the metric's mask (OBS, the layer Hessian of the same
+    pass); ``allocation="owl"`` spreads the sparsity over blocks by OWL (dense one-shot X, cached); ``permute``
+    reorders input channels for N:M (see ``prune.permute``).
+    """
+    from .prune.allocation import Allocation, allocate
+
     t0 = time.time()
     if method == SPARSEGPT:
         name, formula, terms = SPARSEGPT, SPARSEGPT, set()
     else:
         name, formula, _ = resolve_metric(method)
         terms = formula.terminals()
+    alloc = Allocation(allocation, lam=owl_lambda, m=owl_m)
     need_g = bool(terms & {"G", "G1", "G2"})
-    needs_windows = method == SPARSEGPT or "X" in terms
+    needs_windows = method == SPARSEGPT or bool(terms & {"X", "Hd"}) or update == "obs" or alloc.kind == "owl"
     windows = calibration_windows(lm, cfg) if needs_windows else None  # tokenised once, also for G if not cached
     grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, windows=windows, progress=progress) if need_g else None
+    counts = None
+    if not alloc.is_uniform:
+        if method == SPARSEGPT or pattern.is_nm:
+            raise UserError("--allocation applies to metrics with unstructured sparsity (not sparsegpt, not N:M)")
+        dense = one_shot_stats(lm, cfg, need_x=alloc.kind == "owl", need_g=False, windows=windows,
+                               progress=progress) if alloc.kind == "owl" else Stats()
+        counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])
     prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential, batch_size=cfg.batch_size,
-                progress=progress)
+                progress=progress, update=update, counts=counts, permute=permute)
     return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0)
 
 
