@@ -255,3 +255,19 @@ def test_cli_prune_with_update_owl_and_permute(tiny_model_dir, tmp_path, capsys)
     assert "sparsity 0.5000" in capsys.readouterr().out
     assert main(common + ["--metric", "sparsegpt", "--update", "obs"]) == 2
     assert "sparsegpt" in capsys.readouterr().err
+
+
+def test_search_fitness_reads_the_hessian_terminal(tiny_model_dir, tmp_path):
+    """A space with Hd gets it from the one-shot statistics (X and Hd cached in one safetensors file)."""
+    import math
+
+    from prunerzero.search.space import validate
+    from prunerzero.search.workers import build_evaluator
+
+    space = validate({"terminals": ["W", "X", "Hd"], "fitness": {"model": str(tiny_model_dir), "seqlen": 64,
+                                                                 "nsamples": 2, "eval_windows": 1, "device": "cpu"}})
+    ev = build_evaluator(space.fitness, space.raw["terminals"], cache=tmp_path / "cache", progress=False)
+    assert ev.stats.terms() == {"X", "Hd"}
+    obs, wanda = ev("mul(sqr(W), Hd)"), ev("mul(abs(W), sqrt(X))")
+    assert obs.hit == wanda.hit == "eval" and math.isfinite(obs.ppl) and obs.fingerprint != wanda.fingerprint
+    assert list((tmp_path / "cache" / "stats").glob("*.safetensors"))
