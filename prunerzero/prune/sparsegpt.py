@@ -17,8 +17,14 @@ Dead inputs (diag(H) = 0: the input was zero on every calibration token) have th
 as the reference does; they do not change the layer's output on the calibration data.
 
 ``obs_diag`` is the Hessian-aware terminal ``Hd`` = 1 / diag(H_damped^-1), one value per input feature: the OBS
-saliency of removing w_ij alone is w_ij^2 / [H^-1]_jj = ``mul(sqr(W), Hd)``. (For uncorrelated inputs
-H is diagonal, H_jj = 2 X_j, and Hd = 2 X + damp: Hd generalises Wanda's X.)
+saliency of removing w_ij alone is w_ij^2 / [H^-1]_jj = ``mul(sqr(W), Hd)``, whose ranking key is that of
+``mul(abs(W), sqrt(Hd))``: Wanda's form with X replaced by Hd. (For uncorrelated inputs H is diagonal,
+H_jj = 2 X_j, and Hd = 2 X + damp: Hd generalises Wanda's X.) SparseGPT's own score differs in two ways a static
+metric cannot follow: it reads the weights already updated by the earlier columns, and its denominator
+U_jj^2 = [(H_{j:,j:})^-1]_jj is the inverse of the Hessian restricted to the columns not yet processed (equal to
+[H^-1]_jj only for the first column). ``mul(sqr(W), Hd)`` with ``--update obs`` therefore approximates
+``--metric sparsegpt`` (and ranks per row, where SparseGPT ranks per 128-column block); a fixed mask equal to the
+one SparseGPT chose reproduces it exactly.
 """
 from __future__ import annotations
 
