@@ -257,18 +257,29 @@ class Stats:
         return Stats(tensors, meta)
 
 
-def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> Stats:
-    """One-shot X for every prunable layer from the dense model, block by block (bounded memory)."""
+def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = True,
+                     hessian: bool = False, percdamp: float = 0.01) -> Stats:
+    """One-shot X for every prunable layer from the dense model, block by block (bounded memory).
+
+    ``hessian=True`` also gives the Hessian-aware terminal Hd = 1 / diag(H_damped^-1), stored as [1, in]
+    (``prune.sparsegpt.obs_diag``); the Hessian itself is freed as soon as each layer is done.
+    """
+    from .prune.sparsegpt import obs_diag
+
     runner = BlockRunner(model, windows, batch_size)
     out: dict[str, dict[str, torch.Tensor]] = {}
     for i, block in enumerate(tqdm(decoder_layers(model), desc="activation stats", disable=not progress)):
-        hooks = {n: InputStats(lin) for n, lin in prunable_linears(block).items()}
+        hooks = {n: InputStats(lin, hessian=hessian) for n, lin in prunable_linears(block).items()}
         outs = runner.run(block)
         for n, h in hooks.items():
             h.remove()
             out[f"layers.{i}.{n}"] = {"X": h.X.cpu()}
+            if hessian:
+                out[f"layers.{i}.{n}"]["Hd"] = obs_diag(h.H, percdamp).cpu()
+                h.H = None
         runner.advance(outs)
-    return Stats(out, {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1])})
+    meta = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1])}
+    return Stats(out, {**meta, "percdamp": percdamp} if hessian else meta)
 
 
 def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_SCALE,

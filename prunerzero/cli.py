@@ -176,6 +176,10 @@ def _prune_pattern(args):
     from .prune.run import SPARSEGPT
 
     group = default_group(args.metric)  # also validates the metric name or formula
+    if args.metric == SPARSEGPT and (args.update != "none" or args.permute):
+        raise UserError("sparsegpt already reconstructs (OBS) and has no metric to permute by: drop --update/--permute")
+    if (args.owl_lambda is not None or args.owl_m is not None) and args.allocation != "owl":
+        raise UserError("--owl-lambda/--owl-m set the OWL allocation: add --allocation owl, or drop them")
     if args.pattern not in (None, "", "unstructured"):
         pattern = parse_pattern(0.5, args.pattern)
         if args.sparsity is not None and args.sparsity != pattern.sparsity:
@@ -183,10 +187,17 @@ def _prune_pattern(args):
                             f"{pattern.n} of every {pattern.m}): drop one of the two")
         if args.group is not None:
             raise UserError(f"--group applies to unstructured sparsity only: drop it with --pattern {args.pattern}")
+        if args.allocation != "uniform":
+            raise UserError(f"--allocation {args.allocation} applies to unstructured sparsity only: drop it with "
+                            f"--pattern {args.pattern}")
         return pattern
     if args.group is not None and args.metric == SPARSEGPT:
         raise UserError("--group does not apply to sparsegpt (it selects within blocks of 128 columns per row): "
                         "drop --group")
+    if args.permute:
+        raise UserError("--permute applies to N:M patterns only: add e.g. --pattern 2:4, or drop --permute")
+    if args.allocation == "owl" and args.metric == SPARSEGPT:
+        raise UserError("--allocation owl applies to metrics, not sparsegpt: use e.g. --metric wanda --update obs")
     return parse_pattern(0.5 if args.sparsity is None else args.sparsity, None, args.group or group)
 
 
@@ -205,7 +216,14 @@ def cmd_prune(args) -> None:
     if not args.skip_dense:
         payload["dense"] = _evaluate(lm, args)
         print(f"dense   {_ppl_line(payload['dense'])}", flush=True)
-    res = prune(lm, args.metric, pattern, cfg, sequential=args.sequential, progress=not args.quiet)
+    payload.update(update=args.update, allocation=args.allocation, permute=args.permute)
+    owl_lambda = 0.08 if args.owl_lambda is None else args.owl_lambda
+    owl_m = 5.0 if args.owl_m is None else args.owl_m
+    if args.allocation == "owl":
+        payload.update(owl_lambda=owl_lambda, owl_m=owl_m)
+    res = prune(lm, args.metric, pattern, cfg, sequential=args.sequential, progress=not args.quiet,
+                update=args.update, allocation=args.allocation, owl_lambda=owl_lambda, owl_m=owl_m,
+                permute=args.permute)
     payload.update(sparsity=res.sparsity, prune_seconds=res.seconds)
     t0 = time.time()
     payload["pruned"] = _evaluate(lm, args)
@@ -452,6 +470,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured comparison group (default: the metric's paper: layer for magnitude, else row)")
     p.add_argument("--sequential", action="store_true",
                    help="Wanda's layer-by-layer calibration through the already pruned blocks (else one-shot)")
+    p.add_argument("--update", default="none", choices=["none", "obs"],
+                   help="obs: after the metric's mask, reconstruct the kept weights (SparseGPT's OBS update)")
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "owl"],
+                   help="layer-wise sparsity: uniform, or OWL (outlier-weighted; unstructured metrics only)")
+    p.add_argument("--owl-lambda", type=_number(0.0, 0.5), default=None,
+                   help="OWL: block sparsities spread over 2*lambda (default: 0.08)")
+    p.add_argument("--owl-m", type=_number(0.0), default=None,
+                   help="OWL: an outlier is a Wanda score above M x the block mean (default: 5)")
+    p.add_argument("--permute", action="store_true",
+                   help="N:M only: permute o_proj/down_proj input channels (and their producers) to keep more score")
     p.add_argument("--nsamples", type=_at_least(1), default=_P.nsamples, help="calibration windows from C4 train")
     p.add_argument("--seed", type=_at_least(0), default=_P.seed, help="seed of the calibration sampler")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")

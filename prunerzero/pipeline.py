@@ -47,9 +47,11 @@ def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int, windows_dige
 
 
 def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_g: bool = True,
-                   windows: torch.Tensor | None = None, progress: bool = True, seqlen: int | None = None) -> Stats:
-    """X and/or G of the dense model, each cached as safetensors under the cache dir (calibration windows of
-    ``seqlen`` tokens, default ``lm.seqlen``, unless ``windows`` are given).
+                   windows: torch.Tensor | None = None, progress: bool = True, seqlen: int | None = None,
+                   need_h: bool = False) -> Stats:
+    """X and/or G (and with ``need_h`` the Hessian terminal Hd, beside X) of the dense model, each cached as
+    safetensors under the cache dir (calibration windows of ``seqlen`` tokens, default ``lm.seqlen``, unless
+    ``windows`` are given).
 
     The cache key holds the sha1 of the calibration windows (tokenised here even on a cache hit, about 2 s for
     128 x 2048 tokens) and, for G, the dtype the gradients are computed in (fp32 for an upcast half model)."""
@@ -62,6 +64,11 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
     def provenance(s: Stats, **extra) -> Stats:
         return Stats(s.tensors, {**s.meta, "windows_sha1": digest, **extra})
 
+    if need_h:  # X and Hd in one file (one pass); percdamp 0.01 as SparseGPT
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X+Hd:0.01", seqlen, digest),
+                                          lambda: provenance(activation_stats(lm.model, windows, cfg.batch_size,
+                                                                              progress, hessian=True))))
+        need_x = False
     if need_x:
         stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X", seqlen, digest),
                                           lambda: provenance(activation_stats(lm.model, windows, cfg.batch_size,
@@ -88,25 +95,40 @@ class PruneResult:
 
 
 def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequential: bool = True,
-          progress: bool = True, seqlen: int | None = None) -> PruneResult:
+          progress: bool = True, seqlen: int | None = None, update: str = "none", allocation: str = "uniform",
+          owl_lambda: float = 0.08, owl_m: float = 5.0, permute: bool = False) -> PruneResult:
     """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt' (calibration windows of
-    ``seqlen`` tokens, default ``lm.seqlen``)."""
+    ``seqlen`` tokens, default ``lm.seqlen``).
+
+    ``update="obs"`` reconstructs the kept weights after the metric's mask (OBS, the layer Hessian of the same
+    pass); ``allocation="owl"`` spreads the sparsity over blocks by OWL (dense one-shot X, cached); ``permute``
+    reorders input channels for N:M (see ``prune.permute``).
+    """
+    from .prune.allocation import Allocation, allocate
     t0 = time.time()
     if method == SPARSEGPT:
         name, formula, terms = SPARSEGPT, SPARSEGPT, set()
     else:
         name, formula, _ = resolve_metric(method)
         terms = formula.terminals()
+    alloc = Allocation(allocation, lam=owl_lambda, m=owl_m)
     need_g = bool(terms & {"G", "G1", "G2"})
-    needs_windows = method == SPARSEGPT or "X" in terms
+    needs_windows = method == SPARSEGPT or bool(terms & {"X", "Hd"}) or update == "obs" or alloc.kind == "owl"
     # tokenised once, also for G if not cached
     windows = calibration_windows(lm, cfg, seqlen) if needs_windows else None
     grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, windows=windows, progress=progress,
                            seqlen=seqlen) if need_g else None
-    counts = prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential,
-                         batch_size=cfg.batch_size, progress=progress)
+    counts = None
+    if not alloc.is_uniform:
+        if method == SPARSEGPT or pattern.is_nm:
+            raise UserError("--allocation applies to metrics with unstructured sparsity (not sparsegpt, not N:M)")
+        dense = one_shot_stats(lm, cfg, need_x=alloc.kind == "owl", need_g=False, windows=windows,
+                               progress=progress) if alloc.kind == "owl" else Stats()
+        counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])
+    pruned = prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential,
+                         batch_size=cfg.batch_size, progress=progress, update=update, counts=counts, permute=permute)
     return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0,
-                       pruned=counts)
+                       pruned=pruned)
 
 
 def default_group(method: str) -> str:

@@ -178,8 +178,10 @@ TERMINALS = {
     "G": "gradient statistic (l2): sqrt(sum over calibration samples of (100 dL/dW)^2)",
     "G1": "gradient statistic (l1): sum over calibration samples of |100 dL/dW|",
     "G2": "gradient statistic (l2), the same as G",
+    "Hd": "Hessian-aware input statistic: 1 / diag(H^-1) of the damped layer Hessian H = 2/n X X^T (percdamp "
+          "0.01), one value per input feature like X; OBS saliency = mul(sqr(W), Hd)",
 }
-NONNEG_TERMINALS = {"X", "G", "G1", "G2"}
+NONNEG_TERMINALS = {"X", "G", "G1", "G2", "Hd"}
 
 
 def canonical_op(name: str) -> str:

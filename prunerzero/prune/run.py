@@ -21,15 +21,20 @@ from ..errors import UserError
 from ..metric.expr import Node, evaluate
 from ..models import all_prunable, decoder_layers, prunable_linears
 from .masks import Pattern, apply_mask, check_scores, mask_from_scores
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import obs_diag, obs_update, sparsegpt_prune
 
 SPARSEGPT = "sparsegpt"
+UPDATES = ("none", "obs")
+
+
+def metric_score(formula: Node, env: dict, where: str = "") -> torch.Tensor:
+    score = evaluate(formula, env)
+    check_scores(score, env["W"], f" in {where}" if where else "")
+    return score
 
 
 def metric_mask(formula: Node, env: dict, pattern: Pattern, where: str = "") -> torch.Tensor:
-    score = evaluate(formula, env)
-    check_scores(score, env["W"], f" in {where}" if where else "")
-    return mask_from_scores(score, pattern)
+    return mask_from_scores(metric_score(formula, env, where), pattern)
 
 
 @torch.no_grad()
@@ -44,16 +49,44 @@ def _formula_terms(method) -> set[str]:
     return set() if method == SPARSEGPT else method.terminals()
 
 
+def _check_options(method, pattern: Pattern, update: str, counts, permute: bool) -> None:
+    if update not in UPDATES:
+        raise UserError(f"unknown update '{update}': use none or obs")
+    if method == SPARSEGPT and (update != "none" or counts is not None or permute):
+        raise UserError("sparsegpt chooses its own mask and updates the weights itself: --update, --allocation "
+                        "and --permute apply to metrics")
+    if permute and not pattern.is_nm:
+        raise UserError("--permute reorders input channels for N:M patterns: pass --pattern N:M")
+    if counts is not None and pattern.is_nm:
+        raise UserError("a layer-wise sparsity allocation needs unstructured sparsity: N:M fixes every group")
+
+
 @torch.no_grad()
 def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, windows: torch.Tensor | None = None,
                 grads: Stats | None = None, sequential: bool = True, batch_size: int = 1,
-                percdamp: float = 0.01, blocksize: int = 128, progress: bool = True) -> dict[str, int]:
-    """Prune every prunable Linear in place; returns the number of weights pruned per layer."""
+                percdamp: float = 0.01, blocksize: int = 128, progress: bool = True, update: str = "none",
+                counts: dict[str, int] | None = None, permute: bool = False) -> dict[str, int]:
+    """Prune every prunable Linear in place; returns the number of weights pruned per layer.
+
+    ``update="obs"``: after a metric's mask, the kept weights of each row are updated by OBS against the layer's
+    Hessian from the same pass (``sparsegpt.obs_update``; SparseGPT's reconstruction for any mask).
+    ``counts``: per-layer prune counts (per row, or per layer for the per-layer group) from
+    ``allocation.allocate`` instead of the pattern's uniform sparsity. ``permute``: N:M with input-channel
+    permutation applied to o_proj/down_proj and their producers (``permute.py``).
+    """
+    from .allocation import mask_with_count
+    from .permute import permutation_for, permute_rows
+
+    _check_options(method, pattern, update, counts, permute)
     terms = _formula_terms(method)
     if terms & {"G", "G1", "G2"} and grads is None:
         raise UserError("this metric reads gradients (G): compute gradient statistics first")
-    needs_forward = method == SPARSEGPT or "X" in terms
+    hessian = method == SPARSEGPT or update == "obs" or "Hd" in terms
+    needs_forward = hessian or "X" in terms
     pruned: dict[str, int] = {}
+    config = getattr(model, "config", None)
+
+    by_key = all_prunable(model) if permute else {}
 
     def prune_one(key: str, lin: nn.Linear, inp: InputStats | None):
         if method == SPARSEGPT:
@@ -64,8 +97,31 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
         env = grads.env(key, lin.weight) if grads is not None else {"W": lin.weight.detach().float()}
         if inp is not None:
             env["X"] = inp.X.view(1, -1).to(env["W"].device)
-        mask = metric_mask(method, env, pattern, key)
-        apply_mask(lin, mask)
+            if "Hd" in terms:
+                env["Hd"] = obs_diag(inp.H, percdamp).to(env["W"].device)
+        found = perm = None
+        if counts is None and not permute:
+            mask = metric_mask(method, env, pattern, key)
+        else:
+            score = metric_score(method, env, key)
+            found = permutation_for(key.split(".", 2)[2], score, pattern, config) if permute else None
+            if found is not None:
+                perm = found[0].to(score.device)
+                score = score[:, perm]  # choose (and reconstruct) in the order the layer will be stored in
+            mask = mask_from_scores(score, pattern) if counts is None else mask_with_count(score, pattern,
+                                                                                            counts[key])
+        weight = lin.weight if perm is None else lin.weight[:, perm]
+        if update == "obs":
+            H = inp.H if perm is None else inp.H[perm][:, perm]
+            new = obs_update(weight, H, mask, percdamp=percdamp, blocksize=blocksize)
+            lin.weight.copy_(new.to(lin.weight.dtype))
+        elif perm is not None:
+            lin.weight.copy_(weight.masked_fill(mask.to(weight.device), 0))
+        else:
+            apply_mask(lin, mask)
+        if perm is not None:
+            for producer, order in found[1].items():
+                permute_rows(by_key[key.rsplit(".", 2)[0] + "." + producer], order)
         pruned[key] = int(mask.sum())
 
     if not needs_forward:
@@ -77,7 +133,7 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
     runner = BlockRunner(model, windows, batch_size)
     for i, block in enumerate(tqdm(decoder_layers(model), desc="prune (layer by layer)", disable=not progress)):
         linears = prunable_linears(block)
-        hooks = {n: InputStats(lin, hessian=method == SPARSEGPT) for n, lin in linears.items()}
+        hooks = {n: InputStats(lin, hessian=hessian) for n, lin in linears.items()}
         outs = runner.run(block)
         for h in hooks.values():
             h.remove()

@@ -39,7 +39,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     pattern = parse_pattern(fitness["sparsity"], fitness["pattern"], fitness["group"])
     calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
     need_x, need_g = needs_of(set(terminals))
-    stats = one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress)
+    stats = one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress, need_h="Hd" in terminals)
     tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
     windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"])
     return FitnessEvaluator(lm.model, stats.to(lm.device), pattern, windows, fitness["batch_size"],

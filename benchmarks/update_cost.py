@@ -1,0 +1,102 @@
+"""What the OBS update (``prune --update obs``) would cost per search candidate, next to its perplexity evaluation.
+
+SmolLM2-135M, real one-shot Hessians from C4 calibration windows (dense model, as the search's statistics).
+Per layer the upper Cholesky factor U of the damped H^-1 does not depend on the mask, so a search would compute
+it once per run ("factor, once"); each candidate then pays its masks and one fixed-mask OBS sweep per layer
+("update / candidate"), against the perplexity evaluation it pays anyway ("ppl / candidate").
+
+    python benchmarks/update_cost.py                       # CPU, the cpu.yaml fitness shape (4 x 1024 tokens)
+    python benchmarks/update_cost.py --blocks 6 --nsamples 4
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+import torch
+
+from prunerzero import data
+from prunerzero.calibration import BlockRunner, InputStats
+from prunerzero.evaluate import perplexity
+from prunerzero.metric import parse
+from prunerzero.models import decoder_layers, load_model, prunable_linears
+from prunerzero.prune.masks import Pattern, WeightSnapshot
+from prunerzero.prune.run import metric_mask
+from prunerzero.prune.sparsegpt import hinv_factor, obs_sweep
+
+WANDA = "mul(abs(W), sqrt(X))"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--nsamples", type=int, default=8, help="calibration windows for the Hessians")
+    ap.add_argument("--calib-seqlen", type=int, default=1024)
+    ap.add_argument("--windows", type=int, default=4, help="WikiText-2 validation windows per candidate")
+    ap.add_argument("--seqlen", type=int, default=1024)
+    ap.add_argument("--blocks", type=int, default=None, help="update only the first N blocks (default: all)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=1, help="candidates timed (the minimum is reported)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = load_model("smollm2", device=args.device, dtype="fp32", seqlen=args.seqlen)
+    model = lm.model
+    calib = data.calibration_windows(lm.tokenizer, args.nsamples, args.calib_seqlen, 0)
+    tokens = data.eval_tokens(lm.tokenizer, "wikitext2", "validation", None, lm.seqlen)
+    windows = data.eval_windows(tokens, lm.seqlen, args.windows)
+    blocks = list(decoder_layers(model))[: args.blocks]
+    formula, pattern = parse(WANDA), Pattern(0.5, "row")
+
+    t = time.perf_counter()
+    runner = BlockRunner(model, calib)
+    layers = {}  # key -> (linear, X, U, dead)
+    t_factor = 0.0
+    for i, block in enumerate(blocks):
+        linears = prunable_linears(block)
+        hooks = {n: InputStats(lin, hessian=True) for n, lin in linears.items()}
+        outs = runner.run(block)
+        for n, h in hooks.items():
+            h.remove()
+            t0 = time.perf_counter()
+            U, dead = hinv_factor(h.H)
+            t_factor += time.perf_counter() - t0
+            layers[f"layers.{i}.{n}"] = (linears[n], h.X.view(1, -1), U, dead)
+            h.H = None
+        runner.advance(outs)
+    t_stats = time.perf_counter() - t - t_factor
+    print(f"statistics + Hessians {t_stats:.1f}s, factors {t_factor:.1f}s ({len(layers)} layers)", flush=True)
+    factor_mb = sum(u.numel() * u.element_size() for _, _, u, _ in layers.values()) / 2**20
+
+    snap = WeightSnapshot({k: v[0] for k, v in layers.items()})
+    times = {"masks": [], "update": [], "ppl": []}
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        masks = {k: metric_mask(formula, {"W": lin.weight.detach().float(), "X": x}, pattern, k)
+                 for k, (lin, x, _, _) in layers.items()}
+        times["masks"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for k, (lin, _, U, dead) in layers.items():
+                lin.weight.copy_(obs_sweep(lin.weight, U, dead, mask=masks[k])[0])
+        times["update"].append(time.perf_counter() - t0)
+        print(f"masks {times['masks'][-1]:.1f}s, update {times['update'][-1]:.1f}s", flush=True)
+        t0 = time.perf_counter()
+        ppl = perplexity(model, windows, 1)
+        times["ppl"].append(time.perf_counter() - t0)
+        print(f"ppl {ppl:.3f} in {times['ppl'][-1]:.1f}s", flush=True)
+        snap.restore()
+    row = {"device": args.device, "threads": torch.get_num_threads(), "blocks updated": len(blocks),
+           "calib": f"{args.nsamples}x{args.calib_seqlen}", "eval": f"{windows.shape[0]}x{lm.seqlen}",
+           "stats+H s (once)": t_stats, "factor s (once)": t_factor, "factor MB": factor_mb,
+           "masks s": min(times["masks"]), "update s": min(times["update"]), "ppl s": min(times["ppl"])}
+    row["update / ppl"] = row["update s"] / row["ppl s"]
+    row["update / ppl, all 30 blocks (linear in blocks)"] = row["update / ppl"] * 30 / len(blocks)
+    row["ppl (Wanda + update)"] = ppl
+    print("Per-candidate cost of the OBS update (Wanda masks, 50% per row, fixed-mask sweep with cached factors):")
+    print(pd.DataFrame([row]).T.to_string(header=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
