@@ -227,9 +227,9 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
     from .metric.simplify import rank_key
     from .models import all_prunable, load_model
     from .pipeline import CalibConfig, default_group, evaluate_all, prune
+    from .provenance import provenance
     from .prune.masks import WeightSnapshot, parse_pattern
     from .prune.run import SPARSEGPT
-    from .provenance import provenance
 
     out = Path(out)
     rows_path = out / "rows.jsonl"

@@ -8,14 +8,22 @@ from dataclasses import dataclass, field
 import torch
 
 from . import data
-from .calibration import (Stats, activation_stats, cached_stats, gradient_dtype, gradient_stats, gradient_upcast,
-                          stats_key)
+from .calibration import (
+    Stats,
+    activation_stats,
+    cached_stats,
+    gradient_dtype,
+    gradient_stats,
+    gradient_upcast,
+    needs_of,
+    stats_key,
+)
 from .errors import UserError
 from .evaluate import ppl_on
 from .metric.known import resolve_metric
 from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
-from .prune.masks import Pattern, sparsity_of
 from .protocol import Protocol
+from .prune.masks import Pattern, sparsity_of
 from .prune.run import SPARSEGPT, prune_model
 
 
@@ -112,7 +120,7 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
         name, formula, _ = resolve_metric(method)
         terms = formula.terminals()
     alloc = Allocation(allocation, lam=owl_lambda, m=owl_m)
-    need_g = bool(terms & {"G", "G1", "G2"})
+    need_g = needs_of(terms)[1]
     needs_windows = method == SPARSEGPT or bool(terms & {"X", "Hd"}) or update == "obs" or alloc.kind == "owl"
     # tokenised once, also for G if not cached
     windows = calibration_windows(lm, cfg, seqlen) if needs_windows else None
@@ -184,7 +192,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
     scores = None
     if cfg.init in ("metric", "oneshot"):
         _, formula, _ = resolve_metric(cfg.metric)
-        need_x, need_g = "X" in formula.terminals(), bool(formula.terminals() & {"G", "G1", "G2"})
+        need_x, need_g = needs_of(formula.terminals())
         stats = one_shot_stats(lm, calib, need_x, need_g, windows=windows, progress=progress) \
             if (need_x or need_g) else Stats()
         scores = st.structure_scores(lm.model, formula, stats, cfg.attn_score, cfg.mlp_score)

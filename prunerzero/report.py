@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .metric.expr import Node, parse
-from .metric.ops import OPS
+from .metric.ops import OPS, canonical_terminal
 from .search.engine import read_evaluations
 from .search.table import cache_counts, equations
 
@@ -24,7 +24,7 @@ def load_run(run_dir) -> pd.DataFrame:
     df = pd.DataFrame(read_evaluations(run_dir))
     nodes = [parse(f) for f in df["simplified"]]
     for t in ("W", "X", "G"):
-        df[f"has_{t}"] = [t in n.terminals() or (t == "G" and "G2" in n.terminals()) for n in nodes]
+        df[f"has_{t}"] = [t in {canonical_terminal(x) for x in n.terminals()} for n in nodes]
     df["outer"] = [n.op if n.children else "terminal" for n in nodes]
     df["ok"] = df["hit"] != "error"
     return df

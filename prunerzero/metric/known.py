@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from .expr import Node, parse, shown
+from .ops import TERMINALS
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def resolve_metric(name_or_formula: str) -> tuple[str, Node, str]:
     if name_or_formula in KNOWN_METRICS:
         m = KNOWN_METRICS[name_or_formula]
         return m.name, parse(m.formula), m.group
-    if "(" not in name_or_formula and name_or_formula not in ("W", "X", "G", "G1", "G2"):
+    if "(" not in name_or_formula and name_or_formula not in TERMINALS:
         raise UserError(f"unknown metric '{shown(name_or_formula, 40)}': use one of {', '.join(KNOWN_METRICS)}, "
                         "sparsegpt, or a formula such as mul(abs(W), sqrt(X))")
     node = parse(name_or_formula)

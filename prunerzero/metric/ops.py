@@ -183,6 +183,19 @@ TERMINALS = {
 }
 NONNEG_TERMINALS = {"X", "G", "G1", "G2", "Hd"}
 
+# The gradient terminals and their one alias, spelled out here only: G is the l2 statistic G2.
+GRADIENT_TERMINALS = frozenset({"G", "G1", "G2"})
+TERMINAL_ALIASES = {"G2": "G"}
+
+
+def canonical_terminal(name: str) -> str:
+    return TERMINAL_ALIASES.get(name, name)
+
+
+def needs_of(terms) -> tuple[bool, bool]:
+    """(needs activation statistics X, needs gradient statistics) for a set of terminal names."""
+    return "X" in terms, bool(set(terms) & GRADIENT_TERMINALS)
+
 
 def canonical_op(name: str) -> str:
     return ALIASES.get(name, name)

@@ -65,7 +65,22 @@ from functools import lru_cache
 import sympy as sp
 
 from .expr import FormulaError, Node, as_node
-from .ops import N_IN, N_OUT, NONNEG_TERMINALS, OPS, TERMINALS, coln, fnorm, mms, plog, rown, sigmoid, symbol, zsn
+from .ops import (
+    N_IN,
+    N_OUT,
+    NONNEG_TERMINALS,
+    OPS,
+    TERMINALS,
+    canonical_terminal,
+    coln,
+    fnorm,
+    mms,
+    plog,
+    rown,
+    sigmoid,
+    symbol,
+    zsn,
+)
 
 _SIMPLIFY_MAX_OPS = 40  # sympy.simplify is skipped above this many operations (it can take seconds)
 KEY_VERSION = "v2"      # keys of earlier versions (sympy ranking keys) never equal a key of this one
@@ -96,8 +111,8 @@ def _order(a: Node, b: Node) -> tuple[Node, Node]:
 def _canon(n: Node) -> Node:
     """One bottom-up rewrite at ``n`` (children already canonical); every rewrite is exact in float32."""
     op, ch = n.op, n.children
-    if op == "G2":
-        return Node("G")
+    if canonical_terminal(op) != op:
+        return Node(canonical_terminal(op))
     if not ch:
         return n
     if op == "identity":
@@ -184,7 +199,7 @@ def _to_sympy(node: Node) -> tuple[sp.Expr, str]:
             if abs(v) >= 1e-6 else sp.Float(v)
         return e, "s"
     if node.is_terminal:
-        return symbol("G" if node.op == "G2" else node.op), "r" if node.op == "X" else "f"
+        return symbol(canonical_terminal(node.op)), "r" if node.op == "X" else "f"
     parts = [_to_sympy(c) for c in node.children]
     args = [p[0] for p in parts]
     if node.op == "div":  # x / ||broadcast(y)||_F = x / (sqrt(size(broadcast) / size(y)) * ||y||_F): shape of x

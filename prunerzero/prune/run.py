@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..calibration import BlockRunner, InputStats, Stats
+from ..calibration import BlockRunner, InputStats, Stats, needs_of
 from ..errors import UserError
 from ..metric.expr import Node, evaluate
 from ..models import all_prunable, decoder_layers, prunable_linears
@@ -79,7 +79,7 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
 
     _check_options(method, pattern, update, counts, permute)
     terms = _formula_terms(method)
-    if terms & {"G", "G1", "G2"} and grads is None:
+    if needs_of(terms)[1] and grads is None:
         raise UserError("this metric reads gradients (G): compute gradient statistics first")
     hessian = method == SPARSEGPT or update == "obs" or "Hd" in terms
     needs_forward = hessian or "X" in terms

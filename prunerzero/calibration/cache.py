@@ -1,0 +1,106 @@
+"""Per-layer statistics (``Stats``), their safetensors files and the cache keyed by what produced them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..fsutil import current_umask
+from ..metric.ops import TERMINAL_ALIASES
+
+
+class Stats:
+    """Per-layer statistics: ``stats[key][term]`` with key ``layers.{i}.{module}`` and term X, G1 or G2."""
+
+    def __init__(self, tensors: dict[str, dict[str, torch.Tensor]] | None = None, meta: dict | None = None):
+        self.tensors = tensors or {}
+        self.meta = meta or {}
+
+    def terms(self) -> set[str]:
+        return {t for d in self.tensors.values() for t in d}
+
+    def env(self, key: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terminal values a formula sees for one layer, in fp32 on the weight's device."""
+        w = weight.detach().float()
+        env = {"W": w}
+        for term, t in self.tensors.get(key, {}).items():
+            t = t.to(w.device, torch.float32)
+            if term == "X":
+                env["X"] = t.view(1, -1)
+            else:
+                env[term] = t
+        for alias, name in TERMINAL_ALIASES.items():  # G is G2
+            if alias in env:
+                env[name] = env[alias]
+        return env
+
+    def merged(self, other: "Stats") -> "Stats":
+        out = {k: dict(v) for k, v in self.tensors.items()}
+        for k, v in other.tensors.items():
+            out.setdefault(k, {}).update(v)
+        return Stats(out, {**self.meta, **other.meta})
+
+    def to(self, device) -> "Stats":
+        return Stats({k: {t: x.to(device) for t, x in v.items()} for k, v in self.tensors.items()}, self.meta)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        flat = {f"{k}/{t}": x.contiguous().cpu() for k, v in self.tensors.items() for t, x in v.items()}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(flat, tmp, metadata={"prunerzero": json.dumps(self.meta, sort_keys=True)})
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; use the user's umask like open() does
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @staticmethod
+    def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Stats":
+        from safetensors import safe_open
+
+        tensors: dict[str, dict[str, torch.Tensor]] = {}
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = json.loads((f.metadata() or {}).get("prunerzero", "{}"))
+            for name in f.keys():
+                key, term = name.rsplit("/", 1)
+                tensors.setdefault(key, {})[term] = f.get_tensor(name)
+        return Stats(tensors, meta)
+
+
+def stats_key(model_id: str, data_id: str, nsamples: int, seqlen: int, seed: int, kind: str,
+              windows_sha1: str = "", grad_dtype: str = "") -> str:
+    """Cache key of a statistics file: the model, the data source, the calibration settings, the kind, the
+    sha1 of the calibration token windows actually used (their content, not only file names and sizes) and,
+    for gradients, the dtype they were computed in."""
+    text = json.dumps([model_id, data_id, nsamples, seqlen, seed, kind, windows_sha1, grad_dtype])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def cached_stats(cache: Path, key: str, compute) -> Stats:
+    """Load ``cache/stats/<key>.safetensors`` or compute, save and return it."""
+    path = Path(cache) / "stats" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return Stats.load(path)
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file is recomputed, never trusted
+            tqdm.write(f"ignoring unreadable statistics cache {path} ({type(exc).__name__}); recomputing")
+    stats = compute()
+    stats.save(path)
+    return stats
+
+
+def check_stats(stats: Stats, keys) -> None:
+    missing = [k for k in keys if k not in stats.tensors]
+    if missing:
+        raise UserError(f"statistics lack {len(missing)} layers (e.g. {missing[0]}): delete the cache and rerun")
