@@ -50,58 +50,141 @@ def mask_fingerprint(masks: dict[str, torch.Tensor]) -> str:
 @dataclass
 class FitnessResult:
     formula: str
-    ppl: float
+    ppl: float          # geometric mean of ``ppls`` (the single perplexity when there is one part)
     hit: str            # eval | mask | key | text | error
     seconds: float
     fingerprint: str | None = None
     error: str | None = None
     retryable: bool = False   # a transient failure (out of memory): not a property of the formula, never cached
+    ppls: dict | None = None     # part label ("<model>|<pattern slug>") -> perplexity
+    parts: dict | None = None    # part label -> that part's mask fingerprint
+    windows: int | None = None   # the fidelity: fitness windows used (None: all of them)
+
+
+@dataclass
+class Target:
+    """One model's material for fitness: the model, its one-shot statistics and its (full) fitness windows."""
+    name: str
+    model: object
+    stats: Stats
+    windows: torch.Tensor
+
+    def __post_init__(self):
+        self.linears = all_prunable(self.model)
+        self.snapshot = WeightSnapshot(self.linears)
+
+
+def part_label(model: str, pattern: Pattern) -> str:
+    return f"{model}|{pattern.slug}"
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(max(v, 1e-30)) for v in values) / len(values))
 
 
 class FitnessEvaluator:
-    """Prunes the model with a formula, measures perplexity on the fitness windows, restores the weights."""
+    """Prunes each model at each setting with a formula, measures perplexity on the fitness windows (the first
+    ``windows`` of them for a low fidelity), restores the weights.
 
-    def __init__(self, model, stats: Stats, pattern: Pattern, windows: torch.Tensor, batch_size: int = 1,
-                 penalty: float = 1e5):
-        self.model = model
-        self.stats = stats
-        self.pattern = pattern
-        self.windows = windows
+    A part is one (model, setting). Its masks are fingerprinted; ``by_mask[(label, fingerprint, windows)]`` holds
+    its perplexity, so a part whose masks were measured before is not measured again. The candidate is a ``mask``
+    hit when every part is. ``FitnessEvaluator(model, stats, pattern, windows)`` is the one-model, one-setting
+    case; ``patterns`` and ``add_model`` make more parts."""
+
+    def __init__(self, model, stats: Stats, pattern: Pattern | list[Pattern], windows: torch.Tensor,
+                 batch_size: int = 1, penalty: float = 1e5, name: str = "model"):
+        self.patterns = list(pattern) if isinstance(pattern, (list, tuple)) else [pattern]
+        self.targets = [Target(name, model, stats, windows)]
         self.batch_size = batch_size
         self.penalty = penalty
-        self.linears = all_prunable(model)
-        self.snapshot = WeightSnapshot(self.linears)
-        self.by_mask: dict[str, float] = {}
+        self.by_mask: dict[tuple, float] = {}
 
-    def __call__(self, formula: str) -> FitnessResult:
+    # the one-model attributes older callers use
+    @property
+    def model(self):
+        return self.targets[0].model
+
+    @property
+    def linears(self):
+        return self.targets[0].linears
+
+    def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor) -> None:
+        if any(t.name == name for t in self.targets):
+            raise UserError(f"fitness.models names {name} twice: list each model once")
+        self.targets.append(Target(name, model, stats, windows))
+
+    @property
+    def labels(self) -> list[str]:
+        return [part_label(t.name, p) for t in self.targets for p in self.patterns]
+
+    def __call__(self, formula: str, windows: int | None = None) -> FitnessResult:
         t0 = time.time()
         try:
             node = parse(formula)
-            masks = metric_masks(node, self.linears, self.stats, self.pattern)
-        except (MetricError, FormulaError, UserError) as exc:
-            return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc))
-        except torch.OutOfMemoryError:
-            return self._out_of_memory(formula, t0, None)
-        fp = mask_fingerprint(masks)
-        if fp in self.by_mask:
-            return FitnessResult(formula, self.by_mask[fp], "mask", time.time() - t0, fp)
-        try:
-            for key, mask in masks.items():
-                apply_mask(self.linears[key], mask)
-            del masks
-            ppl = perplexity(self.model, self.windows, self.batch_size)
-        except torch.OutOfMemoryError:
-            return self._out_of_memory(formula, t0, fp)
-        finally:
-            self.snapshot.restore()
-        error = None
-        if not math.isfinite(ppl):
-            ppl, error = self.penalty, "perplexity is not finite"
-        ppl = min(ppl, self.penalty)
-        self.by_mask[fp] = ppl
-        return FitnessResult(formula, ppl, "eval" if error is None else "error", time.time() - t0, fp, error)
+        except FormulaError as exc:
+            return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc), windows=windows)
+        ppls, parts, measured, error = {}, {}, False, None
+        for target in self.targets:
+            for pattern in self.patterns:
+                label = part_label(target.name, pattern)
+                try:
+                    masks = metric_masks(node, target.linears, target.stats, pattern)
+                except (MetricError, FormulaError, UserError) as exc:
+                    return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc),
+                                         windows=windows)
+                except torch.OutOfMemoryError:
+                    return self._out_of_memory(formula, t0, None, windows)
+                fp = mask_fingerprint(masks)
+                parts[label] = fp
+                cached = self.by_mask.get((label, fp, windows))
+                if cached is not None:
+                    ppls[label] = cached
+                    continue
+                try:
+                    for key, mask in masks.items():
+                        apply_mask(target.linears[key], mask)
+                    del masks
+                    w = target.windows if windows is None else target.windows[:windows]
+                    ppl = perplexity(target.model, w, self.batch_size)
+                except torch.OutOfMemoryError:
+                    return self._out_of_memory(formula, t0, None, windows)
+                finally:
+                    target.snapshot.restore()
+                if not math.isfinite(ppl):
+                    ppl, error = self.penalty, "perplexity is not finite"
+                ppl = min(ppl, self.penalty)
+                self.by_mask[(label, fp, windows)] = ppl
+                ppls[label] = ppl
+                measured = True
+        fp = parts[self.labels[0]] if len(parts) == 1 else combined_fingerprint(parts)
+        hit = "error" if error else ("eval" if measured else "mask")
+        return FitnessResult(formula, geometric_mean(ppls.values()), hit, time.time() - t0, fp, error,
+                             ppls=ppls, parts=parts, windows=windows)
 
-    def _out_of_memory(self, formula: str, t0: float, fp: str | None) -> FitnessResult:
+    def learn(self, records) -> None:
+        """Parts measured elsewhere (another worker, or the run before a resume) answer from the cache."""
+        for label, fp, windows, ppl in records:
+            self.by_mask.setdefault((label, fp, windows), ppl)
+
+    def _out_of_memory(self, formula: str, t0: float, fp: str | None, windows=None) -> FitnessResult:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory", retryable=True)
+        return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory", retryable=True,
+                             windows=windows)
+
+
+def combined_fingerprint(parts: dict) -> str:
+    import hashlib
+
+    return hashlib.sha1(";".join(f"{k}={parts[k]}" for k in sorted(parts)).encode()).hexdigest()
+
+
+def part_records(rec: dict):
+    """(label, fingerprint, windows, ppl) of every part a log record (or a result) measured without error."""
+    stages = rec.get("stages") or [rec]
+    for st in stages:
+        if st.get("retryable") or not st.get("parts") or not st.get("ppls"):
+            continue
+        for label, fp in st["parts"].items():
+            yield label, fp, st.get("windows"), st["ppls"][label]
