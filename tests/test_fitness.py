@@ -246,3 +246,47 @@ def test_search_model_runs_a_non_llama_family_end_to_end(qwen2_dir, tmp_path, ca
     cfg = json.loads((out / "config.json").read_text())["space"]["fitness"]
     assert cfg["models"] == [str(qwen2_dir)]
     assert "score" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ batched masks
+@pytest.mark.parametrize("pattern", [Pattern(0.5, "row"), Pattern(0.7, "row"), Pattern(n=2, m=4),
+                                     Pattern(0.6, "layer")])
+def test_batched_masks_equal_per_layer_masks_ties_included(pattern):
+    from prunerzero.metric import parse
+    from prunerzero.models import all_prunable
+    from prunerzero.prune.run import metric_masks
+    from prunerzero.search.fitness import batched_masks, mask_fingerprint
+
+    model = make_tiny(layers=2)
+    linears = all_prunable(model)
+    with torch.no_grad():
+        for lin in linears.values():   # coarse weights: many ties at the selection boundary
+            lin.weight.copy_(torch.round(lin.weight * 20) / 20)
+    calib = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    stats = activation_stats(model, calib, progress=False)
+    for text in ("abs(W)", WANDA, "sqr(W)"):
+        node = parse(text)
+        a, b = metric_masks(node, linears, stats, pattern), batched_masks(node, linears, stats, pattern)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert mask_fingerprint(a) == mask_fingerprint(b)
+
+
+# ------------------------------------------------------------------------------------------ older logs
+def test_a_log_of_plain_perplexities_still_shows_and_an_older_run_is_not_resumed(tmp_path):
+    class Plain:   # an evaluator of the one-perplexity kind: no parts, no references
+        def __call__(self, formulas):
+            for f in formulas:
+                yield {"ppl": 20 + 10 * h(f), "seconds": 0.0, "hit": "eval", "fingerprint": f}
+
+    space = load_space("tiny")
+    space.raw["gp"].update(generations=1, population=6)
+    Search(space, tmp_path, Plain(), progress=False).run()
+    recs = read_evaluations(tmp_path)
+    assert all("score" not in r for r in recs) and not (tmp_path / "references.json").exists()
+    df = equations(tmp_path)
+    assert list(df.ppl) == sorted(df.ppl) and "ppl" in format_table(tmp_path).splitlines()[0]
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["space"]["fitness"]["reference"]   # as a run of the one-setting version recorded it
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="older prunerzero"):
+        Search(space, tmp_path, Plain(), progress=False).run(resume=True)

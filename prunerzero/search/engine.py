@@ -2,7 +2,16 @@
 a JSONL line per evaluation, a JSON checkpoint per generation, and resume.
 
 This module knows nothing about tensors: fitness comes from ``evaluate_many(formulas) -> iterator of dicts``
-(in-process or a Ray actor pool, see ``search.workers``), in the order given.
+(in-process or a Ray actor pool, see ``search.workers``), in the order given; with ``fitness.fidelity``,
+``evaluate_many(formulas, windows=N)``.
+
+A record of a scored run (evaluator results with per-part ``ppls``) holds, besides the candidate's formula fields:
+``ppls`` (part label "<model>|<setting slug>" -> perplexity at the fidelity reached), ``ppl`` (their geometric
+mean), ``score`` (``combine_scores`` against the reference), ``fitness`` (what selection minimises: the score plus
+``FIDELITY_GAP`` per fidelity level not reached), ``fidelity`` (windows the score is on; null = all), ``level``
+(index into ``fitness.fidelity.windows``), ``stages`` (multi-fidelity: one entry per fidelity scored, with its
+windows, ppls, per-part mask fingerprints ``parts``, score, hit, seconds) or ``parts`` (one fidelity). Records
+of older runs (``ppl`` only) still read and show; such runs cannot be resumed by this version.
 """
 from __future__ import annotations
 

@@ -1,12 +1,17 @@
-"""Fitness of a formula = perplexity after pruning with it (lower is better). The only search module that
-touches tensors; the engine sees formulas in, records out.
+"""Fitness of a formula: perplexity after pruning with it, per part (one model at one setting), on the first
+``windows`` fitness windows (a fidelity) or all of them. The only search module that touches tensors; the engine
+sees formulas in, records out, and turns the parts' perplexities into a score (``engine.combine_scores``).
 
 Cache layers, cheapest first (the engine answers the first two before a formula reaches a worker):
   text  - the same formula text was evaluated before;
   key   - a formula with the same canonical key was (``metric.simplify``: the same float computation, so the
           same masks for sure; a seeded sample of key hits is still sent here and its fingerprint compared);
-  mask  - the masks this formula gives on the real layers equal those of an evaluated formula (fingerprint);
+  mask  - the masks this formula gives on the real layers equal those of an evaluated formula (fingerprint),
+          per part and fidelity: a part already measured is not measured again;
   eval  - a real evaluation: prune, perplexity on the fitness windows, restore.
+
+Masks come from ``batched_masks`` (one selection per batch of same-shape layers; exactly the per-layer masks) and
+their fingerprint is reduced on the device and read back once.
 """
 from __future__ import annotations
 
@@ -19,21 +24,24 @@ import torch
 from ..calibration import Stats
 from ..errors import UserError
 from ..evaluate import perplexity
-from ..metric.expr import FormulaError, parse
+from ..metric.expr import FormulaError, evaluate, parse
 from ..models import all_prunable
-from ..prune.masks import MetricError, Pattern, WeightSnapshot, apply_mask
-from ..prune.run import metric_masks
+from ..prune.masks import MetricError, Pattern, WeightSnapshot, apply_mask, check_scores, mask_from_scores
+from ..prune.run import metric_masks as per_layer_masks
 
 _K1, _K2 = 0x9E3779B97F4A7C15 - (1 << 64), 0x632BE59BD9B4E019
 
 
 @torch.no_grad()
 def mask_fingerprint(masks: dict[str, torch.Tensor]) -> str:
-    """An on-device hash of every layer's mask (bits packed into int64 words, two weighted sums mod 2^64)."""
+    """An on-device hash of every layer's mask (bits packed into int64 words, two weighted sums mod 2^64).
+
+    The sums stay on the device and come back to the host in one transfer per device (not two per layer)."""
     import hashlib
 
-    h = hashlib.sha1()
-    for key in sorted(masks):
+    keys = sorted(masks)
+    sums: dict = {}
+    for key in keys:
         bits = masks[key].reshape(-1)
         pad = (-bits.numel()) % 64
         if pad:
@@ -41,10 +49,53 @@ def mask_fingerprint(masks: dict[str, torch.Tensor]) -> str:
         shifts = torch.arange(64, device=bits.device, dtype=torch.int64)
         words = (bits.view(-1, 64).to(torch.int64) << shifts).sum(1)
         idx = torch.arange(words.numel(), device=bits.device, dtype=torch.int64)
-        h1 = int((words * (idx * _K1 + _K2 | 1)).sum())
-        h2 = int(((words ^ _K2) * (idx * _K2 + _K1 | 1)).sum())
+        sums.setdefault(bits.device, []).append(torch.stack([(words * (idx * _K1 + _K2 | 1)).sum(),
+                                                             ((words ^ _K2) * (idx * _K2 + _K1 | 1)).sum()]))
+    host = {dev: iter(torch.stack(v).tolist()) for dev, v in sums.items()}
+    h = hashlib.sha1()
+    for key in keys:
+        h1, h2 = next(host[masks[key].device])
         h.update(f"{key}:{tuple(masks[key].shape)}:{h1}:{h2};".encode())
     return h.hexdigest()
+
+
+BATCH_ELEMENTS = 1 << 27   # scores selected in one call: at most this many (512 MB of fp32)
+
+
+@torch.no_grad()
+def batched_masks(formula, linears: dict, stats: Stats, pattern: Pattern) -> dict[str, torch.Tensor]:
+    """``metric_masks`` with the selection batched: the scores of layers of one shape are concatenated row-wise
+    and selected in one call (per-row and N:M selection is row-local, so the masks are exactly those of one call
+    per layer, ties included), and one finiteness check per batch instead of one per layer. A per-layer pattern
+    (``group: layer``) falls back to ``metric_masks``."""
+    if not pattern.is_nm and pattern.group != "row":
+        return per_layer_masks(formula, linears, stats, pattern)
+    groups: dict[tuple, list] = {}
+    for key, lin in linears.items():
+        groups.setdefault((tuple(lin.weight.shape), lin.weight.device), []).append(key)
+    out = {}
+    for (shape, _), keys in groups.items():
+        per = max(1, BATCH_ELEMENTS // max(1, shape[0] * shape[1]))
+        for i in range(0, len(keys), per):
+            chunk = keys[i:i + per]
+            scores = []
+            for key in chunk:
+                w = linears[key].weight
+                score = evaluate(formula, stats.env(key, w) if stats is not None else {"W": w.detach().float()})
+                if score.shape != w.shape:
+                    check_scores(score, w, f" in {key}")   # the shape message
+                scores.append(score)
+            cat = torch.cat(scores) if len(scores) > 1 else scores[0]
+            if not bool(torch.isfinite(cat).all()):
+                for key, score in zip(chunk, scores):
+                    check_scores(score, linears[key].weight, f" in {key}")
+            mask = mask_from_scores(cat, pattern)
+            for key, m in zip(chunk, mask.split(shape[0])):
+                out[key] = m
+    return {key: out[key] for key in linears}
+
+
+metric_masks = batched_masks   # what the evaluator calls
 
 
 @dataclass
