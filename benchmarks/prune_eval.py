@@ -1,8 +1,9 @@
 """What one search candidate costs: metric + masks for all layers, apply + restore, perplexity on N windows.
 
-``masks s`` is the search's path (``search.fitness.batched_masks``: one selection call and one finiteness check
-per batch of same-shape layers); ``masks per layer s`` is ``prune.run.metric_masks`` (one call per layer), for
-comparison. ``overhead / ppl`` = (masks + fingerprint + apply/restore) / perplexity time.
+``masks s`` is ``search.fitness.batched_masks(batch=True)`` (one selection call and one finiteness check per batch
+of same-shape layers: the search's path on accelerators); ``masks per layer s`` is ``prune.run.metric_masks`` (one
+call per layer: the search's path on the CPU). ``overhead / ppl`` = (batched masks + fingerprint + apply/restore)
+/ perplexity time; ``per-layer overhead / ppl`` the same with per-layer masks.
 
 Models: SmolLM2-135M (real weights) and a random-weight LLaMA-2-7B-shaped model (hidden 4096, MLP 11008,
 32 heads, vocab 32000; timing only). On CPU the 7B shape keeps only ``--cpu-7b-layers`` blocks (default 2; the
@@ -83,7 +84,7 @@ def bench(name, model, device, windows, seqlen, batch_size, repeats=2):
         sync(device); times["masks per layer"].append(time.perf_counter() - t)
         del masks
         sync(device); t = time.perf_counter()
-        masks = batched_masks(formula, linears, stats, Pattern(0.5, "row"))
+        masks = batched_masks(formula, linears, stats, Pattern(0.5, "row"), batch=True)
         sync(device); times["masks"].append(time.perf_counter() - t)
         t = time.perf_counter()
         mask_fingerprint(masks)

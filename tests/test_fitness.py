@@ -266,7 +266,7 @@ def test_batched_masks_equal_per_layer_masks_ties_included(pattern):
     stats = activation_stats(model, calib, progress=False)
     for text in ("abs(W)", WANDA, "sqr(W)"):
         node = parse(text)
-        a, b = metric_masks(node, linears, stats, pattern), batched_masks(node, linears, stats, pattern)
+        a, b = metric_masks(node, linears, stats, pattern), batched_masks(node, linears, stats, pattern, batch=True)
         assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
         assert mask_fingerprint(a) == mask_fingerprint(b)
 

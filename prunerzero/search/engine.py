@@ -430,6 +430,15 @@ class Search:
                  "hall_of_fame": self.best(HOF_SIZE), "wall_seconds": round(self.wall, 1)}
         atomic_write_text(self.files.checkpoint, json.dumps(state) + "\n")
 
+    def _refuse_older_run(self) -> None:
+        try:
+            fit = json.loads(self.files.config.read_text())["space"]["fitness"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return   # _restore says what is missing
+        if "reference" not in fit:
+            raise UserError(f"{self.files.root} was written by an older prunerzero (one-setting perplexity fitness): "
+                            "prunerzero show reads it; start a new run to search with this version")
+
     def _restore(self) -> tuple[int, list]:
         if not self.files.checkpoint.is_file():
             raise UserError(f"{self.files.root} has no checkpoint.json: start a new search instead of --resume")
@@ -438,10 +447,6 @@ class Search:
         except ValueError:
             raise UserError(f"{self.files.checkpoint} is not valid JSON: restore it or start a new run") from None
         gen = state["generation"]
-        if self.files.config.is_file() and "reference" not in json.loads(self.files.config.read_text()).get(
-                "space", {}).get("fitness", {"reference": None}):
-            raise UserError(f"{self.files.root} was written by an older prunerzero (one-setting perplexity fitness): "
-                            "prunerzero show reads it; start a new run to search with this version")
         kept = [r for r in read_evaluations(self.files.root) if r["generation"] <= gen]
         atomic_write_text(self.files.evaluations, "".join(json.dumps(r) + "\n" for r in kept))
         for rec in kept:
@@ -479,6 +484,7 @@ class Search:
             self.files.evaluations.write_text("")
             resume = False
         if resume:
+            self._refuse_older_run()
             self._references(reuse=True)
             start, pop = self._restore()
             start += 1

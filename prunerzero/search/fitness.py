@@ -63,12 +63,17 @@ BATCH_ELEMENTS = 1 << 27   # scores selected in one call: at most this many (512
 
 
 @torch.no_grad()
-def batched_masks(formula, linears: dict, stats: Stats, pattern: Pattern) -> dict[str, torch.Tensor]:
+def batched_masks(formula, linears: dict, stats: Stats, pattern: Pattern, batch: bool | None = None
+                  ) -> dict[str, torch.Tensor]:
     """``metric_masks`` with the selection batched: the scores of layers of one shape are concatenated row-wise
     and selected in one call (per-row and N:M selection is row-local, so the masks are exactly those of one call
     per layer, ties included), and one finiteness check per batch instead of one per layer. A per-layer pattern
-    (``group: layer``) falls back to ``metric_masks``."""
-    if not pattern.is_nm and pattern.group != "row":
+    (``group: layer``) falls back to ``metric_masks``. ``batch=None`` batches on accelerators only: there it
+    saves host-device synchronisations (two per layer become two per batch); on the CPU, which has none to save,
+    the concatenation is an extra copy (benchmarks/prune_eval.py measures both)."""
+    if batch is None:
+        batch = next(iter(linears.values())).weight.device.type != "cpu" if linears else False
+    if not batch or (not pattern.is_nm and pattern.group != "row"):
         return per_layer_masks(formula, linears, stats, pattern)
     groups: dict[tuple, list] = {}
     for key, lin in linears.items():
