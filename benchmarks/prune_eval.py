@@ -1,5 +1,10 @@
 """What one search candidate costs: metric + masks for all layers, apply + restore, perplexity on N windows.
 
+``masks s`` is ``search.fitness.batched_masks(batch=True)`` (one selection call and one finiteness check per batch
+of same-shape layers: the search's path on accelerators); ``masks per layer s`` is ``prune.run.metric_masks`` (one
+call per layer: the search's path on the CPU). ``overhead / ppl`` = (batched masks + fingerprint + apply/restore)
+/ perplexity time; ``per-layer overhead / ppl`` the same with per-layer masks.
+
 Models: SmolLM2-135M (real weights) and a random-weight LLaMA-2-7B-shaped model (hidden 4096, MLP 11008,
 32 heads, vocab 32000; timing only). On CPU the 7B shape keeps only ``--cpu-7b-layers`` blocks (default 2; the
 full model needs 27 GB in fp32), and the table says so; per-candidate costs scale with the number of blocks.
@@ -24,7 +29,7 @@ from prunerzero.metric import parse
 from prunerzero.models import all_prunable, load_model
 from prunerzero.prune.masks import Pattern, WeightSnapshot, apply_mask
 from prunerzero.prune.run import metric_masks
-from prunerzero.search.fitness import mask_fingerprint
+from prunerzero.search.fitness import batched_masks, mask_fingerprint
 
 FORMULA = "mul(abs(mul(W, W)), mms(G))"
 
@@ -72,10 +77,14 @@ def bench(name, model, device, windows, seqlen, batch_size, repeats=2):
     formula = parse(FORMULA)
     snap = WeightSnapshot(linears)
     tokens = torch.randint(0, model.config.vocab_size, (windows, seqlen))
-    times = {"masks": [], "fingerprint": [], "apply+restore": [], "ppl": []}
+    times = {"masks per layer": [], "masks": [], "fingerprint": [], "apply+restore": [], "ppl": []}
     for _ in range(repeats):
         sync(device); t = time.perf_counter()
         masks = metric_masks(formula, linears, stats, Pattern(0.5, "row"))
+        sync(device); times["masks per layer"].append(time.perf_counter() - t)
+        del masks
+        sync(device); t = time.perf_counter()
+        masks = batched_masks(formula, linears, stats, Pattern(0.5, "row"), batch=True)
         sync(device); times["masks"].append(time.perf_counter() - t)
         t = time.perf_counter()
         mask_fingerprint(masks)
@@ -93,6 +102,7 @@ def bench(name, model, device, windows, seqlen, batch_size, repeats=2):
     row.update({f"{k} s": min(v) for k, v in times.items()})
     overhead = row["masks s"] + row["fingerprint s"] + row["apply+restore s"]
     row["overhead / ppl"] = overhead / row["ppl s"]
+    row["per-layer overhead / ppl"] = (overhead - row["masks s"] + row["masks per layer s"]) / row["ppl s"]
     row["peak MB"] = peak_mb(device)
     return row
 

@@ -266,6 +266,8 @@ def _resume_space(args):
     space, meta = load_run_space(args.resume)
     recorded = {**{o: space.gp[k] for o, k in _GP_OPTIONS.items()},
                 **{o: space.fitness[k] for o, k in _FITNESS_OPTIONS.items()}}
+    models = space.fitness.get("models") or [space.fitness["model"]]
+    recorded["model"] = models[0] if len(models) == 1 else models   # --model M replaced the models list
     for opt, value in recorded.items():
         given = getattr(args, opt)
         if given is not None and given != value:
@@ -303,6 +305,8 @@ def _new_space(args):
         value = getattr(args, opt)
         if value is not None:
             raw["fitness"][key] = value
+    if args.model is not None:   # --model replaces the space's fitness.models list
+        raw["fitness"]["models"] = None
     space = validate(raw, space.path)
     out = args.out or f"results/search-{space.name}"
     state = run_state(out)
@@ -498,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generations after the initial population (default: the space's gp.generations)")
     p.add_argument("--population", type=_at_least(2), default=None, help="individuals per generation (default: the space's gp.population)")
     p.add_argument("--seed", type=_at_least(0), default=None, help="GP seed (default: the space's gp.seed)")
-    p.add_argument("--model", default=None, help="model to prune for fitness (default: the space's fitness.model)")
+    p.add_argument("--model", default=None,
+                   help="model to prune for fitness, any that loads; replaces the space's fitness.models "
+                        "(default: the space's fitness.models, else fitness.model)")
     p.add_argument("--eval-windows", type=_at_least(1), default=None,
                    help="fitness windows of WikiText-2 validation (default: the space's fitness.eval_windows)")
     p.add_argument("--nsamples", type=_at_least(1), default=None,

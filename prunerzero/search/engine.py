@@ -2,12 +2,22 @@
 a JSONL line per evaluation, a JSON checkpoint per generation, and resume.
 
 This module knows nothing about tensors: fitness comes from ``evaluate_many(formulas) -> iterator of dicts``
-(in-process or a Ray actor pool, see ``search.workers``), in the order given.
+(in-process or a Ray actor pool, see ``search.workers``), in the order given; with ``fitness.fidelity``,
+``evaluate_many(formulas, windows=N)``.
+
+A record of a scored run (evaluator results with per-part ``ppls``) holds, besides the candidate's formula fields:
+``ppls`` (part label "<model>|<setting slug>" -> perplexity at the fidelity reached), ``ppl`` (their geometric
+mean), ``score`` (``combine_scores`` against the reference), ``fitness`` (what selection minimises: the score plus
+``FIDELITY_GAP`` per fidelity level not reached), ``fidelity`` (windows the score is on; null = all), ``level``
+(index into ``fitness.fidelity.windows``), ``stages`` (multi-fidelity: one entry per fidelity scored, with its
+windows, ppls, per-part mask fingerprints ``parts``, score, hit, seconds) or ``parts`` (one fidelity). Records
+of older runs (``ppl`` only) still read and show; such runs cannot be resumed by this version.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import sys
 import time
@@ -22,7 +32,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..fsutil import atomic_write_text
 from ..metric.simplify import simplify
-from .space import SearchSpace, validate
+from .space import SearchSpace, reference_formula, validate
 from .toolbox import build_pset, build_toolbox, to_individual
 
 HOF_SIZE = 30
@@ -50,6 +60,10 @@ class RunFiles:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def references(self) -> Path:
+        return self.root / "references.json"
 
 
 def audit_selected(text: str, seed: int, every: int) -> bool:
@@ -111,7 +125,49 @@ def run_state(root: str | Path) -> str:
     return "unstarted" if files.config.is_file() or has_log else "empty"
 
 
+ANSWER_KEYS = ("ppl", "score", "fitness", "ppls", "fidelity", "level")   # what a cache hit copies of its answer
+FIDELITY_GAP = 1000.0   # per fidelity level a candidate was not promoted to (scores are log ratios, far below it)
+RETRY_FITNESS = 1e5     # a transient failure's (or an unscorable error's) fitness for this generation
+
+
+def fitness_value(rec: dict) -> float:
+    """What selection minimises: ``fitness`` (score plus the fidelity gap) in a scored run, else ``ppl``."""
+    return rec.get("fitness", rec["ppl"])
+
+
+def combine_scores(ppls: dict, refs: dict | None, how: str = "mean") -> float:
+    """log(ppl / reference ppl) of every part (model x setting), combined by their mean or their max (``worst``);
+    without references (``fitness.reference: null``) log(ppl) itself. Lower is better; the reference scores 0."""
+    logs = [math.log(max(p, 1e-30)) - (math.log(refs[label]) if refs else 0.0) for label, p in ppls.items()]
+    return max(logs) if how == "worst" else sum(logs) / len(logs)
+
+
+def fidelity_selected(text: str, seed: int, fraction: float) -> bool:
+    """Whether a candidate is scored at every fidelity whatever its promotions (the fidelity audit): a hash of the
+    run seed and the text, as ``audit_selected``."""
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha1(f"fidelity:{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 1_000_000 < round(fraction * 1_000_000)
+
+
 class Search:
+    """The GP loop. Fitness (``space.fitness``), as the engine scores it:
+
+    * parts: every model of ``fitness.models`` at every setting of ``fitness.settings``; the evaluator returns a
+      perplexity per part (``ppls``);
+    * score: ``combine_scores``: mean (or ``worst``: max) over parts of log(ppl / the reference metric's ppl at
+      the same part and fidelity). The reference (``fitness.reference``, default wanda) is measured once per run
+      at every fidelity and kept in ``references.json``; a resume reuses it;
+    * fidelity (``fitness.fidelity: {windows: [2, 8, null], keep: 0.5}``): each generation's new candidates are
+      scored on the first 2 fitness windows; the best ``keep`` fraction of them (by that score, ties by order) on
+      8; the best ``keep`` of those on all. Selection compares like with like: a candidate's ``fitness`` is its
+      score at the highest level it reached plus ``FIDELITY_GAP`` per level it missed, so every candidate that
+      reached a higher level ranks before every one that did not (it is ranked by its score within its level).
+      A ``fitness.fidelity.audit`` fraction is scored at every level for the record only (benchmarks/fidelity.py);
+    * evaluators that return no ``ppls`` (one plain perplexity) are ranked by ``ppl`` as before.
+    """
+
     def __init__(self, space: SearchSpace, out_dir: str | Path, evaluate_many: EvaluateMany,
                  meta: dict | None = None, progress: bool = True, on_resume: Callable[[list[dict]], None] | None = None):
         self.space = space
@@ -124,12 +180,18 @@ class Search:
         self.toolbox = build_toolbox(space, self.pset)
         self.by_text: dict[str, float] = {}
         self.by_key: dict[str, float] = {}
+        self.answers: dict[str, dict] = {}      # "text:"/"key:" + text/key -> the answer fields a cache hit copies
         self.hof: dict[str, dict] = {}
         self.counts: Counter = Counter()
         self.by_key_sig: dict[str, str] = {}   # key -> mask fingerprint (or error) of its first real evaluation
         self.audit: Counter = Counter()         # key hits re-evaluated: checked, mismatch
         self.key_audit_every = KEY_AUDIT_EVERY
         self.wall = 0.0
+        fit = space.fitness
+        self.fidelity = fit.get("fidelity")
+        self.levels: list = list(self.fidelity["windows"]) if self.fidelity else [None]
+        self.combine = fit.get("combine", "mean")
+        self.references: dict[str, dict] | None = None   # str(level) -> {ppls, parts, windows}
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _log(self, rec: dict) -> None:
@@ -145,25 +207,100 @@ class Search:
             self.audit["mismatch"] += not rec["audit"]["match"]
         if rec.get("retryable"):  # a transient failure (out of memory) is not cached: the formula is tried again
             return
-        self.by_text.setdefault(rec["formula"], rec["ppl"])
-        self.by_key.setdefault(rec["key"], rec["ppl"])
+        value = fitness_value(rec)
+        answer = {k: rec[k] for k in ANSWER_KEYS if k in rec}
+        self.by_text.setdefault(rec["formula"], value)
+        self.by_key.setdefault(rec["key"], value)
+        self.answers.setdefault("text:" + rec["formula"], answer)
+        self.answers.setdefault("key:" + rec["key"], answer)
         sig = _signature(rec)
         if sig is not None:
             self.by_key_sig.setdefault(rec["key"], sig)
         best = self.hof.get(rec["key"])
-        if rec["hit"] != "error" and (best is None or rec["ppl"] < best["ppl"]):
+        if rec["hit"] != "error" and (best is None or value < fitness_value(best)):
             self.hof[rec["key"]] = {k: rec[k] for k in ("formula", "simplified", "latex", "size", "depth", "ppl",
-                                                         "generation", "key")}
+                                                         "generation", "key") + ANSWER_KEYS[1:] if k in rec}
+
+    def _stage(self, texts: list[str], level: int):
+        if self.fidelity is None:   # the evaluate_many(formulas) contract of a one-fidelity run
+            return self.evaluate_many(texts)
+        return self.evaluate_many(texts, windows=self.levels[level])
+
+    def _scored(self, res: dict, level: int) -> dict:
+        """One stage of a candidate: its result at one fidelity, with its score when the result has parts."""
+        st = {"windows": self.levels[level], "ppl": float(res["ppl"]), "hit": res["hit"],
+              "seconds": round(float(res["seconds"]), 3), "fingerprint": res.get("fingerprint"),
+              "error": res.get("error")}
+        if res.get("retryable"):
+            st["retryable"] = True
+        if res.get("ppls"):
+            refs = None
+            if self.references is not None:
+                refs = self.references[str(level)]["ppls"]
+            st.update(ppls=res["ppls"], parts=res.get("parts"), score=combine_scores(res["ppls"], refs, self.combine))
+        return st
+
+    def _record(self, base: dict, stages: list[dict], reached: int) -> dict:
+        """The log record of a candidate from its stages (one per fidelity it was scored at)."""
+        top = stages[reached]
+        errors = [st for st in stages[: reached + 1] if st["hit"] == "error"]
+        rec = {**base, "ppl": top["ppl"], "seconds": round(sum(st["seconds"] for st in stages), 3),
+               "hit": "error" if errors else stages[0]["hit"], "fingerprint": stages[0]["fingerprint"],
+               "error": errors[0]["error"] if errors else None}
+        if any(st.get("retryable") for st in stages):
+            rec["retryable"] = True
+        if "score" in top:
+            rec.update(score=top["score"], fitness=top["score"] + FIDELITY_GAP * (len(self.levels) - 1 - reached),
+                       ppls=top["ppls"], fidelity=top["windows"], level=reached)
+        elif "ppls" in stages[0] or self.references is not None or rec.get("retryable"):
+            rec.update(score=None, fitness=RETRY_FITNESS, fidelity=top["windows"], level=reached)
+        if len(self.levels) > 1:
+            rec["stages"] = stages
+        elif top.get("parts"):
+            rec["parts"] = top["parts"]
+        return rec
+
+    def _promote(self, items: list[dict]) -> None:
+        """Successive halving over this generation's new candidates: the best ``keep`` fraction at each fidelity
+        (score, ties by position) is scored at the next; audited ones at every fidelity, for the record."""
+        if len(self.levels) == 1:
+            return
+        keep = self.fidelity["keep"]
+        frac = self.fidelity.get("audit", 0.0)
+        seed = self.space.gp["seed"]
+
+        def ok(it, level):
+            st = it["stages"][level] if len(it["stages"]) > level else None
+            return st is not None and st["hit"] != "error" and not st.get("retryable") and "score" in st
+
+        pool = [it for it in items if not it["audit"] and ok(it, 0)]
+        extra = [it for it in items if not it["audit"] and fidelity_selected(it["text"], seed, frac) and ok(it, 0)]
+        for level in range(1, len(self.levels)):
+            pool.sort(key=lambda it: (it["stages"][level - 1]["score"], it["index"]))
+            promoted = pool[: max(1, math.ceil(keep * len(pool)))] if pool else []
+            ids = {it["index"] for it in promoted}
+            extra = [it for it in extra if it["index"] not in ids and ok(it, level - 1)]
+            batch = sorted(promoted + extra, key=lambda it: it["index"])
+            if not batch:
+                break
+            results = tqdm(self._stage([it["text"] for it in batch], level), total=len(batch), leave=False,
+                           position=1, desc=f"fidelity {self.levels[level] or 'all'}", disable=not self.progress)
+            for it, res in zip(batch, results):
+                it["stages"].append(self._scored(res, level))
+                if it["index"] in ids:
+                    it["reached"] = level
+            pool = [it for it in promoted if ok(it, level)]
 
     def evaluate(self, individuals: list, generation: int) -> None:
-        """Fitness for every individual without one: from the text or key caches, else from ``evaluate_many``.
+        """Fitness for every individual without one: from the text or key caches, else from ``evaluate_many``
+        (at every fidelity it is promoted to, see the class docstring).
 
-        A deterministic sample of key hits (``audit_selected``) is evaluated too and its mask fingerprint
-        compared with the one its key's first evaluation gave; a mismatch (an unsound key) is reported, counted,
-        and the real result is kept. Transient failures (``retryable``) give this generation the penalty but are
-        cached nowhere."""
+        A deterministic sample of key hits (``audit_selected``) is evaluated too (at the first fidelity) and its
+        mask fingerprint compared with the one its key's first evaluation gave; a mismatch (an unsound key) is
+        reported, counted, and the real result is kept. Transient failures (``retryable``) give this generation
+        the penalty but are cached nowhere."""
         todo = [ind for ind in individuals if not ind.fitness.valid]
-        pending: list[tuple[str, dict, bool]] = []   # (text, record base, is an audit of a key hit)
+        pending: list[dict] = []
         waiting: dict[str, list] = {}
         queued: set[str] = set()
         seed = self.space.gp["seed"]
@@ -174,57 +311,102 @@ class Search:
                     "key": simp.key, "size": len(ind), "depth": ind.height + 1}
             known = simp.key in self.by_key or simp.key in waiting
             if text in self.by_text:
-                self._log({**base, "ppl": self.by_text[text], "seconds": 0.0, "hit": "text"})
+                self._log({**base, **self.answers["text:" + text], "seconds": 0.0, "hit": "text"})
             elif known and text not in queued and audit_selected(text, seed, self.key_audit_every):
                 queued.add(text)
-                pending.append((text, base, True))
+                pending.append({"text": text, "base": base, "audit": True})
             elif simp.key in self.by_key:
-                self._log({**base, "ppl": self.by_key[simp.key], "seconds": 0.0, "hit": "key"})
+                self._log({**base, **self.answers["key:" + simp.key], "seconds": 0.0, "hit": "key"})
             elif simp.key in waiting:
                 waiting[simp.key].append(base)
             else:
                 waiting[simp.key] = []
                 queued.add(text)
-                pending.append((text, base, False))
-        results = tqdm(self.evaluate_many([t for t, _, _ in pending]), total=len(pending), leave=False,
+                pending.append({"text": text, "base": base, "audit": False})
+        for i, it in enumerate(pending):
+            it.update(index=i, stages=[], reached=0)
+        results = tqdm(self._stage([it["text"] for it in pending], 0), total=len(pending), leave=False,
                        position=1, desc=f"generation {generation}: candidates", disable=not self.progress)
         this_gen: dict[str, float] = {}
-        for (text, base, audit), res in zip(pending, results):
-            rec = {**base, "ppl": float(res["ppl"]), "seconds": round(float(res["seconds"]), 3), "hit": res["hit"],
-                   "fingerprint": res.get("fingerprint"), "error": res.get("error")}
-            if res.get("retryable"):
-                rec["retryable"] = True
-            if audit:
-                rec = self._audited(rec)
-            self._log(rec)
-            this_gen[text] = rec["ppl"]
-            for other in [] if audit else waiting.get(base["key"], []):
-                if rec.get("retryable"):  # not evaluated either: as transient as the failure it waited on
-                    self._log({**other, "ppl": rec["ppl"], "seconds": 0.0, "hit": "error", "error": rec["error"],
-                               "retryable": True})
-                else:
-                    hit = "text" if other["formula"] in self.by_text else "key"
-                    self._log({**other, "ppl": rec["ppl"], "seconds": 0.0, "hit": hit})
-                this_gen.setdefault(other["formula"], rec["ppl"])
+        one_level = len(self.levels) == 1
+        for it, res in zip(pending, results):
+            it["stages"].append(self._scored(res, 0))
+            if one_level:   # logged as it arrives
+                self._finish(it, waiting, this_gen)
+        if not one_level:
+            self._promote(pending)
+            for it in pending:
+                self._finish(it, waiting, this_gen)
         for ind in todo:
             ind.fitness.values = (self.by_text.get(str(ind), this_gen.get(str(ind))),)
+
+    def _finish(self, it: dict, waiting: dict, this_gen: dict) -> None:
+        base, audit = it["base"], it["audit"]
+        rec = self._record(base, it["stages"][:1] if audit else it["stages"], 0 if audit else it["reached"])
+        if audit:
+            rec = self._audited(rec)
+        self._log(rec)
+        this_gen[it["text"]] = fitness_value(rec)
+        for other in [] if audit else waiting.get(base["key"], []):
+            if rec.get("retryable"):  # not evaluated either: as transient as the failure it waited on
+                self._log({**other, **{k: rec[k] for k in ANSWER_KEYS if k in rec}, "seconds": 0.0, "hit": "error",
+                           "error": rec["error"], "retryable": True})
+            else:
+                hit = "text" if other["formula"] in self.by_text else "key"
+                self._log({**other, **self.answers["key:" + base["key"]], "seconds": 0.0, "hit": hit})
+            this_gen.setdefault(other["formula"], fitness_value(rec))
 
     def _audited(self, rec: dict) -> dict:
         """An audited key hit: the key's answer if the masks agree, else the real result, reported loudly."""
         expected = self.by_key_sig.get(rec["key"])
         got = _signature(rec)
+        drop = ("retryable", "error", "fingerprint", "stages", "parts")
         if rec.get("retryable") and rec["key"] in self.by_key:  # the audit failed transiently: a plain key hit
-            return {k: v for k, v in rec.items() if k not in ("retryable", "error", "fingerprint")} | \
-                {"ppl": self.by_key[rec["key"]], "hit": "key", "seconds": 0.0}
+            return {k: v for k, v in rec.items() if k not in drop} | self.answers["key:" + rec["key"]] | \
+                {"hit": "key", "seconds": 0.0}
         if expected is None or got is None:  # nothing to compare with: the record stands as a real evaluation
             return rec
         if got == expected:
-            return {**rec, "ppl": self.by_key[rec["key"]], "hit": "key",
-                    "audit": {"match": True, "checked_hit": rec["hit"], "seconds": rec["seconds"]}}
+            return {k: v for k, v in rec.items() if k not in ("stages", "parts")} | self.answers["key:" + rec["key"]] \
+                | {"hit": "key", "audit": {"match": True, "checked_hit": rec["hit"], "seconds": rec["seconds"]}}
         tqdm.write(f"KEY AUDIT MISMATCH: {rec['formula']} shares key {rec['key']} but its masks differ "
-                   f"({got} vs {expected}); keeping its real fitness {rec['ppl']:.4f}, not the key's "
+                   f"({got} vs {expected}); keeping its real fitness {fitness_value(rec):.4f}, not the key's "
                    f"{self.by_key[rec['key']]:.4f}")
         return {**rec, "audit": {"match": False, "expected": expected}}
+
+    # ------------------------------------------------------------------------------------------ references
+    def _references(self, reuse: bool) -> None:
+        """The reference metric's perplexity per part at every fidelity: measured once per run (not logged as
+        candidates) and kept in references.json; a resume reads it back and preloads its masks."""
+        ref = reference_formula(self.space.fitness)
+        path = self.files.references
+        if ref is None:
+            return
+        if reuse and path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                levels = data["levels"]
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path} is unreadable: restore it, or start a new run") from None
+            if data.get("formula") != ref or len(levels) != len(self.levels):
+                raise UserError(f"{path} does not match this run's fitness settings: restore it, or start a new run")
+            self.references = levels
+            if self.on_resume:
+                self.on_resume(list(levels.values()))
+            return
+        out = {}
+        for level in range(len(self.levels)):
+            res = next(iter(self._stage([ref], level)))
+            if not res.get("ppls"):   # an evaluator without parts: plain perplexity ranking, no references
+                return
+            if res["hit"] == "error":
+                raise UserError(f"the reference metric {self.space.fitness['reference']} fails on this fitness "
+                                f"({res.get('error')}): choose another fitness.reference")
+            out[str(level)] = {"windows": self.levels[level], "ppls": res["ppls"], "parts": res.get("parts"),
+                               "hit": "eval", "seconds": round(float(res["seconds"]), 3)}
+        self.references = out
+        atomic_write_text(path, json.dumps({"reference": self.space.fitness["reference"], "formula": ref,
+                                            "combine": self.combine, "levels": out}, indent=2) + "\n")
 
     def _simplify_offspring(self, offspring: Iterable) -> None:
         """Replace an offspring by its simplified form when that is smaller and expressible in the space.
@@ -247,6 +429,15 @@ class Search:
                  "random_state": list(random.getstate()), "counts": dict(self.counts),
                  "hall_of_fame": self.best(HOF_SIZE), "wall_seconds": round(self.wall, 1)}
         atomic_write_text(self.files.checkpoint, json.dumps(state) + "\n")
+
+    def _refuse_older_run(self) -> None:
+        try:
+            fit = json.loads(self.files.config.read_text())["space"]["fitness"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return   # _restore says what is missing
+        if "reference" not in fit:
+            raise UserError(f"{self.files.root} was written by an older prunerzero (one-setting perplexity fitness): "
+                            "prunerzero show reads it; start a new run to search with this version")
 
     def _restore(self) -> tuple[int, list]:
         if not self.files.checkpoint.is_file():
@@ -273,7 +464,7 @@ class Search:
         return gen, pop
 
     def best(self, n: int = 10) -> list[dict]:
-        return sorted(self.hof.values(), key=lambda r: (r["ppl"], r["size"], r["formula"]))[:n]
+        return sorted(self.hof.values(), key=lambda r: (fitness_value(r), r["size"], r["formula"]))[:n]
 
     # ------------------------------------------------------------------------------------------ loop
     def run(self, resume: bool = False, max_seconds: float | None = None) -> list[dict]:
@@ -286,17 +477,21 @@ class Search:
         started = time.time()
         last = gp_cfg["generations"]
         self.files.root.mkdir(parents=True, exist_ok=True)
+        asked = resume
         if resume and run_state(self.files.root) == "unstarted":
             tqdm.write(f"note: {self.files.root} stopped before its first checkpoint: restarting it from "
                        "generation 0 with its recorded settings", file=sys.stderr)
             self.files.evaluations.write_text("")
             resume = False
         if resume:
+            self._refuse_older_run()
+            self._references(reuse=True)
             start, pop = self._restore()
             start += 1
         else:
             if self.files.evaluations.exists() and self.files.evaluations.stat().st_size:
                 raise UserError(f"{self.files.root} already holds a search: pass --resume or a new --out")
+            self._references(reuse=asked)   # a restart of an unstarted run keeps its references
             atomic_write_text(self.files.config, json.dumps({"space": self.space.raw, "meta": self.meta}, indent=2))
             self.files.evaluations.write_text("")
             random.seed(gp_cfg["seed"])
@@ -321,7 +516,8 @@ class Search:
             self._checkpoint(gen, pop)
             top = self.best(1)
             if top:
-                bar.set_postfix_str(f"best ppl {top[0]['ppl']:.3f} {top[0]['simplified']}")
+                score = f"score {top[0]['score']:.4f}, " if top[0].get("score") is not None else ""
+                bar.set_postfix_str(f"best {score}ppl {top[0]['ppl']:.3f} {top[0]['simplified']}")
             last = gen
             if max_seconds is not None and time.time() - started > max_seconds and gen < gp_cfg["generations"]:
                 tqdm.write(f"time budget spent after generation {gen}: continue with --resume {self.files.root}")
@@ -332,7 +528,9 @@ class Search:
                                                            "mismatch": self.audit["mismatch"]}},
                    "evaluations": sum(self.counts.values()),
                    "generations_done": last, "complete": last >= gp_cfg["generations"],
-                   "wall_seconds": round(self.wall, 1), "meta": self.meta}
+                   "wall_seconds": round(self.wall, 1), "meta": self.meta,
+                   "references": None if self.references is None else
+                   {lv: r["ppls"] for lv, r in self.references.items()}}
         atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
         return self.best(HOF_SIZE)
 

@@ -1,12 +1,17 @@
-"""Fitness of a formula = perplexity after pruning with it (lower is better). The only search module that
-touches tensors; the engine sees formulas in, records out.
+"""Fitness of a formula: perplexity after pruning with it, per part (one model at one setting), on the first
+``windows`` fitness windows (a fidelity) or all of them. The only search module that touches tensors; the engine
+sees formulas in, records out, and turns the parts' perplexities into a score (``engine.combine_scores``).
 
 Cache layers, cheapest first (the engine answers the first two before a formula reaches a worker):
   text  - the same formula text was evaluated before;
   key   - a formula with the same canonical key was (``metric.simplify``: the same float computation, so the
           same masks for sure; a seeded sample of key hits is still sent here and its fingerprint compared);
-  mask  - the masks this formula gives on the real layers equal those of an evaluated formula (fingerprint);
+  mask  - the masks this formula gives on the real layers equal those of an evaluated formula (fingerprint),
+          per part and fidelity: a part already measured is not measured again;
   eval  - a real evaluation: prune, perplexity on the fitness windows, restore.
+
+Masks come from ``batched_masks`` (one selection per batch of same-shape layers; exactly the per-layer masks) and
+their fingerprint is reduced on the device and read back once.
 """
 from __future__ import annotations
 
@@ -19,21 +24,24 @@ import torch
 from ..calibration import Stats
 from ..errors import UserError
 from ..evaluate import perplexity
-from ..metric.expr import FormulaError, parse
+from ..metric.expr import FormulaError, evaluate, parse
 from ..models import all_prunable
-from ..prune.masks import MetricError, Pattern, WeightSnapshot, apply_mask
-from ..prune.run import metric_masks
+from ..prune.masks import MetricError, Pattern, WeightSnapshot, apply_mask, check_scores, mask_from_scores
+from ..prune.run import metric_masks as per_layer_masks
 
 _K1, _K2 = 0x9E3779B97F4A7C15 - (1 << 64), 0x632BE59BD9B4E019
 
 
 @torch.no_grad()
 def mask_fingerprint(masks: dict[str, torch.Tensor]) -> str:
-    """An on-device hash of every layer's mask (bits packed into int64 words, two weighted sums mod 2^64)."""
+    """An on-device hash of every layer's mask (bits packed into int64 words, two weighted sums mod 2^64).
+
+    The sums stay on the device and come back to the host in one transfer per device (not two per layer)."""
     import hashlib
 
-    h = hashlib.sha1()
-    for key in sorted(masks):
+    keys = sorted(masks)
+    sums: dict = {}
+    for key in keys:
         bits = masks[key].reshape(-1)
         pad = (-bits.numel()) % 64
         if pad:
@@ -41,67 +49,202 @@ def mask_fingerprint(masks: dict[str, torch.Tensor]) -> str:
         shifts = torch.arange(64, device=bits.device, dtype=torch.int64)
         words = (bits.view(-1, 64).to(torch.int64) << shifts).sum(1)
         idx = torch.arange(words.numel(), device=bits.device, dtype=torch.int64)
-        h1 = int((words * (idx * _K1 + _K2 | 1)).sum())
-        h2 = int(((words ^ _K2) * (idx * _K2 + _K1 | 1)).sum())
+        sums.setdefault(bits.device, []).append(torch.stack([(words * (idx * _K1 + _K2 | 1)).sum(),
+                                                             ((words ^ _K2) * (idx * _K2 + _K1 | 1)).sum()]))
+    host = {dev: iter(torch.stack(v).tolist()) for dev, v in sums.items()}
+    h = hashlib.sha1()
+    for key in keys:
+        h1, h2 = next(host[masks[key].device])
         h.update(f"{key}:{tuple(masks[key].shape)}:{h1}:{h2};".encode())
     return h.hexdigest()
+
+
+BATCH_ELEMENTS = 1 << 27   # scores selected in one call: at most this many (512 MB of fp32)
+
+
+@torch.no_grad()
+def batched_masks(formula, linears: dict, stats: Stats, pattern: Pattern, batch: bool | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """``metric_masks`` with the selection batched: the scores of layers of one shape are concatenated row-wise
+    and selected in one call (per-row and N:M selection is row-local, so the masks are exactly those of one call
+    per layer, ties included), and one finiteness check per batch instead of one per layer. A per-layer pattern
+    (``group: layer``) falls back to ``metric_masks``. ``batch=None`` batches on accelerators only: there it
+    saves host-device synchronisations (two per layer become two per batch); on the CPU, which has none to save,
+    the concatenation is an extra copy (benchmarks/prune_eval.py measures both)."""
+    if batch is None:
+        batch = next(iter(linears.values())).weight.device.type != "cpu" if linears else False
+    if not batch or (not pattern.is_nm and pattern.group != "row"):
+        return per_layer_masks(formula, linears, stats, pattern)
+    groups: dict[tuple, list] = {}
+    for key, lin in linears.items():
+        groups.setdefault((tuple(lin.weight.shape), lin.weight.device), []).append(key)
+    out = {}
+    for (shape, _), keys in groups.items():
+        per = max(1, BATCH_ELEMENTS // max(1, shape[0] * shape[1]))
+        for i in range(0, len(keys), per):
+            chunk = keys[i:i + per]
+            scores = []
+            for key in chunk:
+                w = linears[key].weight
+                score = evaluate(formula, stats.env(key, w) if stats is not None else {"W": w.detach().float()})
+                if score.shape != w.shape:
+                    check_scores(score, w, f" in {key}")   # the shape message
+                scores.append(score)
+            cat = torch.cat(scores) if len(scores) > 1 else scores[0]
+            if not bool(torch.isfinite(cat).all()):
+                for key, score in zip(chunk, scores):
+                    check_scores(score, linears[key].weight, f" in {key}")
+            mask = mask_from_scores(cat, pattern)
+            for key, m in zip(chunk, mask.split(shape[0])):
+                out[key] = m
+    return {key: out[key] for key in linears}
+
+
+metric_masks = batched_masks   # what the evaluator calls
 
 
 @dataclass
 class FitnessResult:
     formula: str
-    ppl: float
+    ppl: float          # geometric mean of ``ppls`` (the single perplexity when there is one part)
     hit: str            # eval | mask | key | text | error
     seconds: float
     fingerprint: str | None = None
     error: str | None = None
     retryable: bool = False   # a transient failure (out of memory): not a property of the formula, never cached
+    ppls: dict | None = None     # part label ("<model>|<pattern slug>") -> perplexity
+    parts: dict | None = None    # part label -> that part's mask fingerprint
+    windows: int | None = None   # the fidelity: fitness windows used (None: all of them)
+
+
+@dataclass
+class Target:
+    """One model's material for fitness: the model, its one-shot statistics and its (full) fitness windows."""
+    name: str
+    model: object
+    stats: Stats
+    windows: torch.Tensor
+
+    def __post_init__(self):
+        self.linears = all_prunable(self.model)
+        self.snapshot = WeightSnapshot(self.linears)
+
+
+def part_label(model: str, pattern: Pattern) -> str:
+    return f"{model}|{pattern.slug}"
+
+
+def geometric_mean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(max(v, 1e-30)) for v in values) / len(values))
 
 
 class FitnessEvaluator:
-    """Prunes the model with a formula, measures perplexity on the fitness windows, restores the weights."""
+    """Prunes each model at each setting with a formula, measures perplexity on the fitness windows (the first
+    ``windows`` of them for a low fidelity), restores the weights.
 
-    def __init__(self, model, stats: Stats, pattern: Pattern, windows: torch.Tensor, batch_size: int = 1,
-                 penalty: float = 1e5):
-        self.model = model
-        self.stats = stats
-        self.pattern = pattern
-        self.windows = windows
+    A part is one (model, setting). Its masks are fingerprinted; ``by_mask[(label, fingerprint, windows)]`` holds
+    its perplexity, so a part whose masks were measured before is not measured again. The candidate is a ``mask``
+    hit when every part is. ``FitnessEvaluator(model, stats, pattern, windows)`` is the one-model, one-setting
+    case; ``patterns`` and ``add_model`` make more parts."""
+
+    def __init__(self, model, stats: Stats, pattern: Pattern | list[Pattern], windows: torch.Tensor,
+                 batch_size: int = 1, penalty: float = 1e5, name: str = "model"):
+        self.patterns = list(pattern) if isinstance(pattern, (list, tuple)) else [pattern]
+        self.targets = [Target(name, model, stats, windows)]
         self.batch_size = batch_size
         self.penalty = penalty
-        self.linears = all_prunable(model)
-        self.snapshot = WeightSnapshot(self.linears)
-        self.by_mask: dict[str, float] = {}
+        self.by_mask: dict[tuple, float] = {}
 
-    def __call__(self, formula: str) -> FitnessResult:
+    # the one-model attributes older callers use
+    @property
+    def model(self):
+        return self.targets[0].model
+
+    @property
+    def linears(self):
+        return self.targets[0].linears
+
+    @property
+    def stats(self):
+        return self.targets[0].stats
+
+    def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor) -> None:
+        if any(t.name == name for t in self.targets):
+            raise UserError(f"fitness.models names {name} twice: list each model once")
+        self.targets.append(Target(name, model, stats, windows))
+
+    @property
+    def labels(self) -> list[str]:
+        return [part_label(t.name, p) for t in self.targets for p in self.patterns]
+
+    def __call__(self, formula: str, windows: int | None = None) -> FitnessResult:
         t0 = time.time()
         try:
             node = parse(formula)
-            masks = metric_masks(node, self.linears, self.stats, self.pattern)
-        except (MetricError, FormulaError, UserError) as exc:
-            return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc))
-        except torch.OutOfMemoryError:
-            return self._out_of_memory(formula, t0, None)
-        fp = mask_fingerprint(masks)
-        if fp in self.by_mask:
-            return FitnessResult(formula, self.by_mask[fp], "mask", time.time() - t0, fp)
-        try:
-            for key, mask in masks.items():
-                apply_mask(self.linears[key], mask)
-            del masks
-            ppl = perplexity(self.model, self.windows, self.batch_size)
-        except torch.OutOfMemoryError:
-            return self._out_of_memory(formula, t0, fp)
-        finally:
-            self.snapshot.restore()
-        error = None
-        if not math.isfinite(ppl):
-            ppl, error = self.penalty, "perplexity is not finite"
-        ppl = min(ppl, self.penalty)
-        self.by_mask[fp] = ppl
-        return FitnessResult(formula, ppl, "eval" if error is None else "error", time.time() - t0, fp, error)
+        except FormulaError as exc:
+            return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc), windows=windows)
+        ppls, parts, measured, error = {}, {}, False, None
+        for target in self.targets:
+            for pattern in self.patterns:
+                label = part_label(target.name, pattern)
+                try:
+                    masks = metric_masks(node, target.linears, target.stats, pattern)
+                except (MetricError, FormulaError, UserError) as exc:
+                    return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc),
+                                         windows=windows)
+                except torch.OutOfMemoryError:
+                    return self._out_of_memory(formula, t0, None, windows)
+                fp = mask_fingerprint(masks)
+                parts[label] = fp
+                cached = self.by_mask.get((label, fp, windows))
+                if cached is not None:
+                    ppls[label] = cached
+                    continue
+                try:
+                    for key, mask in masks.items():
+                        apply_mask(target.linears[key], mask)
+                    del masks
+                    w = target.windows if windows is None else target.windows[:windows]
+                    ppl = perplexity(target.model, w, self.batch_size)
+                except torch.OutOfMemoryError:
+                    return self._out_of_memory(formula, t0, None, windows)
+                finally:
+                    target.snapshot.restore()
+                if not math.isfinite(ppl):
+                    ppl, error = self.penalty, "perplexity is not finite"
+                ppl = min(ppl, self.penalty)
+                self.by_mask[(label, fp, windows)] = ppl
+                ppls[label] = ppl
+                measured = True
+        fp = parts[self.labels[0]] if len(parts) == 1 else combined_fingerprint(parts)
+        hit = "error" if error else ("eval" if measured else "mask")
+        return FitnessResult(formula, geometric_mean(ppls.values()), hit, time.time() - t0, fp, error,
+                             ppls=ppls, parts=parts, windows=windows)
 
-    def _out_of_memory(self, formula: str, t0: float, fp: str | None) -> FitnessResult:
+    def learn(self, records) -> None:
+        """Parts measured elsewhere (another worker, or the run before a resume) answer from the cache."""
+        for label, fp, windows, ppl in records:
+            self.by_mask.setdefault((label, fp, windows), ppl)
+
+    def _out_of_memory(self, formula: str, t0: float, fp: str | None, windows=None) -> FitnessResult:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory", retryable=True)
+        return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory", retryable=True,
+                             windows=windows)
+
+
+def combined_fingerprint(parts: dict) -> str:
+    import hashlib
+
+    return hashlib.sha1(";".join(f"{k}={parts[k]}" for k in sorted(parts)).encode()).hexdigest()
+
+
+def part_records(rec: dict):
+    """(label, fingerprint, windows, ppl) of every part a log record (or a result) measured without error."""
+    stages = rec.get("stages") or [rec]
+    for st in stages:
+        if st.get("retryable") or not st.get("parts") or not st.get("ppls"):
+            continue
+        for label, fp in st["parts"].items():
+            yield label, fp, st.get("windows"), st["ppls"][label]

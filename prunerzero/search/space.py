@@ -35,7 +35,9 @@ DEFAULTS = {
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
                 "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
                 "nsamples": _P.nsamples, "calib_seed": _P.seed, "batch_size": _P.batch_size, "dtype": _P.dtype,
-                "device": _P.device, "penalty": 100000.0},
+                "device": _P.device, "penalty": 100000.0,
+                # multi-setting, multi-model, multi-fidelity fitness (see ``settings_of`` and search/engine.py)
+                "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None},
     "seed_population": [],
 }
 
@@ -86,22 +88,125 @@ class SearchSpace:
         return hashlib.sha1(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
 
 
+SETTING_KEYS = ("sparsity", "pattern", "group", "sequential")
+FIDELITY_KEYS = ("windows", "keep", "audit")
+COMBINE = ("mean", "worst")
+
+
+def _check_pattern(setting: dict, given: dict, where: str) -> dict:
+    """One setting {sparsity, pattern, group}: N:M fixes sparsity and group; a setting that says otherwise is
+    refused, then they are recorded as used."""
+    from ..prune.masks import parse_pattern
+
+    checks.fraction(setting["sparsity"], f"{where}sparsity")
+    pattern = parse_pattern(setting["sparsity"], setting["pattern"], setting["group"])
+    if pattern.is_nm:
+        if "sparsity" in given and float(given["sparsity"]) != pattern.sparsity:
+            raise UserError(f"{where}sparsity does not apply to the N:M pattern {setting['pattern']} (it prunes "
+                            f"{pattern.n} of every {pattern.m}): remove {where}sparsity")
+        if "group" in given and given["group"] != "row":
+            raise UserError(f"{where}group applies to unstructured sparsity only: remove it for {setting['pattern']}")
+        setting["sparsity"], setting["group"] = pattern.sparsity, "row"
+    return setting
+
+
+def settings_of(fit: dict) -> list[dict]:
+    """The fitness settings: ``fitness.settings`` (validated), else the single one of sparsity/pattern/group."""
+    if fit.get("settings"):
+        return fit["settings"]
+    return [{"sparsity": fit["sparsity"], "pattern": fit["pattern"], "group": fit["group"], "sequential": False}]
+
+
+def _check_settings(fit: dict, given: dict) -> None:
+    from ..prune.masks import parse_pattern
+
+    settings = fit["settings"]
+    if settings is None:
+        return
+    if not isinstance(settings, list) or not settings:
+        raise UserError("fitness.settings must be a list of settings, e.g. [{sparsity: 0.5}, {pattern: '2:4'}]")
+    clash = [k for k in ("sparsity", "pattern", "group") if k in given and given[k] != DEFAULTS["fitness"][k]]
+    if clash:
+        raise UserError(f"fitness.{clash[0]} and fitness.settings are both given: list every setting under "
+                        "fitness.settings and remove fitness." + clash[0])
+    out, slugs = [], []
+    for i, s in enumerate(settings):
+        where = f"fitness.settings[{i}]."
+        if not isinstance(s, dict):
+            raise UserError(f"fitness.settings[{i}] must be a mapping such as {{sparsity: 0.5}} or {{pattern: '2:4'}}")
+        for k in s:
+            if k not in SETTING_KEYS:
+                raise UserError(f"unknown key '{where}{k}' in search space: allowed are {', '.join(SETTING_KEYS)}")
+        one = {"sparsity": 0.5, "pattern": "unstructured", "group": "row", "sequential": False, **s}
+        if one["sequential"] not in (True, False):
+            raise UserError(f"{where}sequential must be true or false")
+        if one["sequential"]:
+            raise UserError(f"{where}sequential: true is not implemented: fitness uses one-shot statistics of the "
+                            "dense model (sequential statistics would cost a calibration forward per candidate and "
+                            "setting); remove it")
+        one = _check_pattern(one, s, where)
+        slug = parse_pattern(one["sparsity"], one["pattern"], one["group"]).slug
+        if slug in slugs:
+            raise UserError(f"{where} repeats the setting {slug}: list each setting once")
+        slugs.append(slug)
+        out.append(one)
+    fit["settings"] = out
+
+
+def _check_models(fit: dict) -> None:
+    models = fit["models"]
+    if models is None:
+        fit["models"] = [fit["model"]]
+        return
+    if not isinstance(models, list) or not models or not all(isinstance(m, str) and m.strip() for m in models):
+        raise UserError("fitness.models must be a list of models, e.g. [smollm2, /path/to/other]")
+    if len(set(models)) != len(models):
+        raise UserError("fitness.models names a model twice: list each model once")
+    fit["model"] = models[0]
+
+
+def _check_fidelity(fit: dict) -> None:
+    fid = fit["fidelity"]
+    if fid is None:
+        return
+    if not isinstance(fid, dict):
+        raise UserError("fitness.fidelity must be a mapping such as {windows: [2, 8, null], keep: 0.5}")
+    for k in fid:
+        if k not in FIDELITY_KEYS:
+            raise UserError(f"unknown key 'fitness.fidelity.{k}' in search space: allowed are "
+                            f"{', '.join(FIDELITY_KEYS)}")
+    fid = {"keep": 0.5, "audit": 0.0, **fid}
+    windows = fid.get("windows")
+    if not isinstance(windows, list) or len(windows) < 2 or windows[-1] is not None:
+        raise UserError("fitness.fidelity.windows must list window counts ending with null (all of "
+                        "fitness.eval_windows), e.g. [2, 8, null]")
+    last = 0
+    for w in windows[:-1]:
+        checks.integer(w, "fitness.fidelity.windows[]", 1)
+        if w <= last:
+            raise UserError("fitness.fidelity.windows must increase, e.g. [2, 8, null]")
+        last = w
+    if fit["eval_windows"] is not None and last >= fit["eval_windows"]:
+        raise UserError(f"fitness.fidelity.windows {windows} must stay below fitness.eval_windows "
+                        f"{fit['eval_windows']} before the final null")
+    checks.real(fid["keep"], "fitness.fidelity.keep", 0.0, 1.0, open_low=True)
+    checks.real(fid["audit"], "fitness.fidelity.audit", 0.0, 1.0)
+    fit["fidelity"] = fid
+
+
 def _check_fitness(fit: dict, given: dict) -> None:
     """Every fitness key, before any model is loaded (``given`` = the keys the YAML itself set)."""
     from ..data import EVAL_DATASETS
-    from ..prune.masks import parse_pattern
 
     if not isinstance(fit["model"], str) or not fit["model"].strip():
         raise UserError("fitness.model must name a model: smollm2, a .gguf file, a folder or a hub id")
-    checks.fraction(fit["sparsity"], "fitness.sparsity")
-    pattern = parse_pattern(fit["sparsity"], fit["pattern"], fit["group"])
-    if pattern.is_nm:  # N:M fixes both; a YAML that says otherwise is refused, then they are recorded as used
-        if "sparsity" in given and float(given["sparsity"]) != pattern.sparsity:
-            raise UserError(f"fitness.sparsity does not apply to the N:M pattern {fit['pattern']} (it prunes "
-                            f"{pattern.n} of every {pattern.m}): remove fitness.sparsity")
-        if "group" in given and given["group"] != "row":
-            raise UserError(f"fitness.group applies to unstructured sparsity only: remove it for {fit['pattern']}")
-        fit["sparsity"], fit["group"] = pattern.sparsity, "row"
+    _check_pattern(fit, given, "fitness.")
+    _check_settings(fit, given)
+    _check_models(fit)
+    if fit["combine"] not in COMBINE:
+        raise UserError(f"fitness.combine '{fit['combine']}' is unknown: use mean or worst")
+    if fit["reference"] is not None and not isinstance(fit["reference"], str):
+        raise UserError("fitness.reference must name a metric (wanda, magnitude, ...), a formula, or be null")
     if fit["eval_dataset"] not in EVAL_DATASETS:
         raise UserError(f"fitness.eval_dataset '{fit['eval_dataset']}' is unknown: use {', '.join(EVAL_DATASETS)}")
     if fit["eval_split"] == "test":
@@ -121,6 +226,15 @@ def _check_fitness(fit: dict, given: dict) -> None:
     if fit["device"] is not None and not isinstance(fit["device"], str):
         raise UserError(f"fitness.device must be a device name such as cpu or cuda, got {fit['device']!r}")
     checks.real(fit["penalty"], "fitness.penalty", 0.0, open_low=True)
+    _check_fidelity(fit)
+
+
+def reference_formula(fit: dict) -> str | None:
+    """The formula text of ``fitness.reference`` (a known metric's name or a formula), None for null."""
+    ref = fit.get("reference")
+    if ref is None:
+        return None
+    return str(parse(KNOWN_METRICS[ref].formula if ref in KNOWN_METRICS else ref))
 
 
 def validate(raw: dict, path: str | None = None) -> SearchSpace:
@@ -165,6 +279,17 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
         raise UserError("gp.mutation weights must be >= 0 and not all 0")
     _check_fitness(cfg["fitness"], (raw or {}).get("fitness") or {})
     space = SearchSpace(cfg, path)
+    ref = cfg["fitness"]["reference"]
+    if ref is not None:
+        try:
+            node = parse(reference_formula(cfg["fitness"]))
+        except UserError:
+            raise UserError(f"fitness.reference '{ref}' is neither a known metric ({', '.join(KNOWN_METRICS)}) "
+                            "nor a formula: fix it, or set it to null") from None
+        missing = sorted(node.terminals() - set(cfg["terminals"]))
+        if missing:
+            raise UserError(f"fitness.reference {ref} reads {', '.join(missing)}, which the space's terminals "
+                            "lack (no statistics are computed for it): choose a reference such as magnitude")
     for s in cfg["seed_population"]:
         node = parse(KNOWN_METRICS[s].formula if s in KNOWN_METRICS else s)
         if not space.allows(node):

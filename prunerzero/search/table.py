@@ -1,25 +1,60 @@
-"""A run as a table of equations (after PySR): the best distinct formulas with size and perplexity."""
+"""A run as a table of equations (after PySR): the best distinct formulas with size and fitness.
+
+A scored run (records with ``score``: the combined log ratio to the reference metric over models x settings)
+is ranked by score, on full-fidelity records only (a multi-fidelity run's candidates that were not promoted to
+all fitness windows are left out), with one perplexity column per part (``ppl[<model>|<setting>]``). A log
+written before scores existed is ranked by its perplexity, as it always was.
+"""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import PurePath
 
 import pandas as pd
 
-from .engine import read_evaluations
+from .engine import fitness_value, read_evaluations
 
 COLUMNS = ["formula", "simplified", "size", "ppl", "generation"]
 
 
+def _short(label: str, labels: list[str]) -> str:
+    """``ppl[2of4]`` for a one-model run, ``ppl[<model folder name>|2of4]`` otherwise."""
+    model, _, setting = label.rpartition("|")
+    if len({lb.rpartition("|")[0] for lb in labels}) == 1:
+        return f"ppl[{setting}]"
+    return f"ppl[{PurePath(model).name or model}|{setting}]"
+
+
 def equations(run_dir, top: int | None = 10) -> pd.DataFrame:
-    """Best distinct formulas (one row per canonical ranking key), lowest perplexity first."""
+    """Best distinct formulas (one row per canonical ranking key), best fitness first."""
     recs = [r for r in read_evaluations(run_dir) if r["hit"] != "error"]
+    scored = any(r.get("score") is not None for r in recs)
+    if scored:   # only full-fidelity scores rank
+        recs = [r for r in recs if r.get("score") is not None and r.get("fidelity") is None]
     if not recs:
         return pd.DataFrame(columns=COLUMNS)
-    df = pd.DataFrame(recs)
-    df = df.sort_values(["ppl", "size", "generation", "formula"], kind="stable").drop_duplicates("key")
+    rows = []
+    for r in recs:
+        row = dict(r, rank=r["score"] if scored else fitness_value(r))
+        labels = list(r.get("ppls") or {})
+        for label in labels:
+            row[_short(label, labels)] = r["ppls"][label]
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["rank", "size", "generation", "formula"], kind="stable").drop_duplicates("key")
     df = df.reset_index(drop=True)
     df.index += 1
-    return df[COLUMNS + ["key", "latex", "depth"]].head(top) if top else df[COLUMNS + ["key", "latex", "depth"]]
+    cols = shown_columns(df)
+    extra = [c for c in ("ppl", "key", "latex", "depth", "score", "ppls", "fidelity") if c in df.columns and c not in cols]
+    df = df[cols + extra]
+    return df.head(top) if top else df
+
+
+def shown_columns(df: pd.DataFrame) -> list[str]:
+    parts = [c for c in df.columns if c.startswith("ppl[")]
+    if "score" not in df.columns:
+        return COLUMNS
+    return ["formula", "simplified", "size", "score"] + parts + ["generation"]
 
 
 def cache_counts(run_dir) -> dict[str, int]:
@@ -29,12 +64,16 @@ def cache_counts(run_dir) -> dict[str, int]:
 
 def format_table(run_dir, top: int = 10) -> str:
     df = equations(run_dir, top)
-    with pd.option_context("display.max_colwidth", 70, "display.width", 200):
-        body = df[COLUMNS].to_string(float_format=lambda v: f"{v:.3f}")
+    with pd.option_context("display.max_colwidth", 70, "display.width", 250):
+        cols = shown_columns(df) if len(df) else COLUMNS
+        body = df[cols].to_string(float_format=lambda v: f"{v:.4f}" if abs(v) < 10 else f"{v:.3f}")
     counts = cache_counts(run_dir)
     total = sum(counts.values())
     saved = total - counts["eval"] - counts["error"]
     tail = (f"{total} candidates: {counts['eval']} evaluated, {saved} answered by caches "
             f"(text {counts['text']}, canonical key {counts['key']}, mask fingerprint {counts['mask']}), "
             f"{counts['error']} refused")
+    if "score" in df.columns:
+        tail = ("score = mean (or worst) over models x settings of log(ppl / reference ppl); 0 = the reference, "
+                "lower is better; full-fidelity scores only\n" + tail)
     return body + "\n" + tail

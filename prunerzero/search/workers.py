@@ -7,7 +7,8 @@ whose process exits afterwards, so the driver never holds the model (nor GPU mem
 
 The mask cache is shared through the driver: results come back in order, a mask already answered elsewhere is
 logged as a ``mask`` hit with the first answer (exactly what one process would have logged), and every worker
-learns the new masks before the next batch. The evaluations log is then the same for any number of workers.
+learns the new masks before the next batch. Masks are cached per part (one model at one setting) and per
+fidelity (number of windows). The evaluations log is then the same for any number of workers.
 """
 from __future__ import annotations
 
@@ -19,46 +20,67 @@ from ..errors import UserError
 from ..models import load_model
 from ..pipeline import CalibConfig, one_shot_stats
 from ..prune.masks import parse_pattern
-from .fitness import FitnessEvaluator
+from .fitness import FitnessEvaluator, geometric_mean, part_records
+
+
+def fitness_models(fitness: dict) -> list[str]:
+    """The models fitness prunes: ``fitness.models``, else ``[fitness.model]``."""
+    return list(fitness.get("models") or [fitness["model"]])
+
+
+def fitness_patterns(fitness: dict) -> list:
+    """The settings' patterns (``space.settings_of`` has validated and normalised them)."""
+    from .space import settings_of
+
+    return [parse_pattern(s["sparsity"], s["pattern"], s["group"]) for s in settings_of(fitness)]
 
 
 def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=None, progress: bool = False) -> None:
-    """Compute the one-shot statistics a space needs into the on-disk cache, then drop the model."""
-    lm = load_model(fitness["model"], device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                    seqlen=fitness["seqlen"])
-    calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
-    need_x, need_g = needs_of(set(terminals))
-    one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress)
+    """Compute the one-shot statistics a space needs (every fitness model's) into the on-disk cache, then drop
+    the models."""
+    for name in fitness_models(fitness):
+        lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
+                        seqlen=fitness["seqlen"])
+        calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
+        need_x, need_g = needs_of(set(terminals))
+        one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress)
+        del lm
 
 
 def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=None,
                     progress: bool = True) -> FitnessEvaluator:
-    """Model, one-shot statistics (cached) and fitness windows for a space's ``fitness`` settings."""
-    lm = load_model(fitness["model"], device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                    seqlen=fitness["seqlen"])
-    pattern = parse_pattern(fitness["sparsity"], fitness["pattern"], fitness["group"])
-    calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
-    need_x, need_g = needs_of(set(terminals))
-    stats = one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress, need_h="Hd" in terminals)
-    tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
-    windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"])
-    return FitnessEvaluator(lm.model, stats.to(lm.device), pattern, windows, fitness["batch_size"],
-                            fitness["penalty"])
+    """Models, one-shot statistics (cached, one set per model) and fitness windows for a space's ``fitness``
+    settings: one evaluator whose parts are every (model, setting)."""
+    evaluator = None
+    for name in fitness_models(fitness):
+        lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
+                        seqlen=fitness["seqlen"])
+        calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
+        need_x, need_g = needs_of(set(terminals))
+        stats = one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress,
+                               need_h="Hd" in terminals)
+        tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
+        windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"])
+        if evaluator is None:
+            evaluator = FitnessEvaluator(lm.model, stats.to(lm.device), fitness_patterns(fitness), windows,
+                                         fitness["batch_size"], fitness["penalty"], name=name)
+        else:
+            evaluator.add_model(name, lm.model, stats.to(lm.device), windows)
+    return evaluator
 
 
 class InProcess:
     def __init__(self, evaluator: FitnessEvaluator):
         self.evaluator = evaluator
 
-    def __call__(self, formulas: list[str]):
+    def __call__(self, formulas: list[str], windows: int | None = None):
         for f in formulas:
-            yield asdict(self.evaluator(f))
+            yield asdict(self.evaluator(f, windows))
 
     def preload(self, records: list[dict]) -> None:
-        """Resume: masks already evaluated answer from the cache again."""
+        """Resume: parts already measured (log records, references) answer from the cache again."""
         for r in records:
-            if r.get("fingerprint") and r["hit"] == "eval":
-                self.evaluator.by_mask.setdefault(r["fingerprint"], r["ppl"])
+            self.evaluator.learn(part_records(r))
 
 
 class RayPool:
@@ -83,43 +105,47 @@ class RayPool:
             def __init__(self):
                 self.local = InProcess(build_evaluator(fitness, terminals, data_dir, cache, progress=False))
 
-            def evaluate(self, formula):
-                return next(self.local([formula]))
+            def evaluate(self, formula, windows):
+                return next(self.local([formula], windows))
 
-            def learn(self, by_mask):
-                for fp, ppl in by_mask.items():
-                    self.local.evaluator.by_mask.setdefault(fp, ppl)
+            def learn(self, parts):
+                self.local.evaluator.learn(parts)
 
         self.actors = [Worker.remote() for _ in range(workers)]
         self.pool = ActorPool(self.actors)
         self._ray = ray
-        self.by_mask: dict[str, float] = {}   # every mask answered so far, by any worker
-        self._unsent: dict[str, float] = {}
+        self.by_mask: dict[tuple, float] = {}   # every part answered so far, by any worker
+        self._unsent: list[tuple] = []
 
     def _sync(self) -> None:
         if self._unsent:
             self._ray.get([a.learn.remote(self._unsent) for a in self.actors])
-            self._unsent = {}
+            self._unsent = []
 
-    def _remember(self, fp: str, ppl: float) -> None:
-        self.by_mask[fp] = ppl
-        self._unsent[fp] = ppl
+    def _remember(self, label, fp, windows, ppl) -> None:
+        if (label, fp, windows) not in self.by_mask:
+            self.by_mask[(label, fp, windows)] = ppl
+            self._unsent.append((label, fp, windows, ppl))
 
-    def __call__(self, formulas: list[str]):
+    def __call__(self, formulas: list[str], windows: int | None = None):
         self._sync()
-        for res in self.pool.map(lambda actor, f: actor.evaluate.remote(f), formulas):
-            fp = res.get("fingerprint")
-            if fp and res.get("error") != "out of memory":   # what FitnessEvaluator caches
-                if fp in self.by_mask:
-                    if res["hit"] != "mask":   # answered by another worker first: what one process logs
-                        res = {**res, "ppl": self.by_mask[fp], "hit": "mask", "error": None}
-                else:
-                    self._remember(fp, res["ppl"])
+        for res in self.pool.map(lambda actor, f: actor.evaluate.remote(f, windows), formulas):
+            parts = list(part_records(res))
+            if parts:
+                known = [(lb, fp, w) in self.by_mask for lb, fp, w, _ in parts]
+                if all(known) and res["hit"] != "mask":   # answered by other workers first: what one process logs
+                    ppls = {lb: self.by_mask[(lb, fp, w)] for lb, fp, w, _ in parts}
+                    res = {**res, "ppls": ppls, "ppl": geometric_mean(ppls.values()), "hit": "mask", "error": None}
+                elif any(known):
+                    ppls = {lb: self.by_mask.get((lb, fp, w), p) for lb, fp, w, p in parts}
+                    res = {**res, "ppls": ppls, "ppl": geometric_mean(ppls.values())}
+                for part in parts:
+                    self._remember(*part)
             yield res
 
     def preload(self, records: list[dict]) -> None:
-        """Resume: masks already evaluated answer from the cache again (as ``InProcess.preload``)."""
+        """Resume: parts already measured answer from the cache again (as ``InProcess.preload``)."""
         for r in records:
-            if r.get("fingerprint") and r["hit"] == "eval" and r["fingerprint"] not in self.by_mask:
-                self._remember(r["fingerprint"], r["ppl"])
+            for part in part_records(r):
+                self._remember(*part)
         self._sync()

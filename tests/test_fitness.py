@@ -1,0 +1,292 @@
+"""Fitness over settings x models, relative to a reference metric, with successive-halving fidelities."""
+import hashlib
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import make_tiny, tiny_config
+from prunerzero.calibration import activation_stats, gradient_stats
+from prunerzero.cli import main
+from prunerzero.errors import UserError
+from prunerzero.prune.masks import Pattern
+from prunerzero.search.engine import FIDELITY_GAP, Search, combine_scores, read_evaluations
+from prunerzero.search.fitness import FitnessEvaluator
+from prunerzero.search.space import load_space, validate
+from prunerzero.search.table import equations, format_table
+from prunerzero.search.toolbox import to_individual
+from prunerzero.search.workers import InProcess
+
+WANDA = "mul(abs(W), sqrt(X))"
+
+
+def tiny_space(**fitness):
+    raw = load_space("tiny").raw
+    raw["fitness"].update(settings=None, models=None)
+    raw["fitness"].update(fitness)
+    for k in ("sparsity", "pattern", "group"):
+        if raw["fitness"].get("settings"):
+            raw["fitness"].pop(k)
+    return validate(raw)
+
+
+def h(text: str) -> float:
+    return int(hashlib.sha1(text.encode()).hexdigest()[:6], 16) / 0xFFFFFF
+
+
+class Fake:
+    """evaluate_many without tensors: a perplexity per part from a table or a hash of (formula, part, windows)."""
+
+    def __init__(self, labels, table=None, drift=False):
+        self.labels, self.table, self.drift = labels, table or {}, drift
+        self.calls = []
+
+    def __call__(self, formulas, windows=None):
+        for f in formulas:
+            self.calls.append((f, windows))
+            if f in self.table:
+                ppls = dict(self.table[f])
+            else:
+                ppls = {lb: 20 + 10 * h(f"{f}|{lb}") + (0 if windows is None else 3 * h(f"{f}{windows}"))
+                        for lb in self.labels}
+            if self.drift and f == WANDA:   # a reference measured twice would not give the same numbers
+                ppls = {lb: p + len(self.calls) for lb, p in ppls.items()}
+            parts = {lb: hashlib.sha1(f"{f}|{lb}".encode()).hexdigest() for lb in self.labels}
+            yield {"ppl": math.exp(sum(map(math.log, ppls.values())) / len(ppls)), "seconds": 0.0, "hit": "eval",
+                   "fingerprint": "+".join(parts.values()), "ppls": ppls, "parts": parts, "windows": windows}
+
+
+# ------------------------------------------------------------------------------------------ combination
+def test_combination_over_models_does_not_rank_a_one_model_winner_first(tmp_path):
+    """A formula best on one model and worst on the other loses to a formula slightly worse than the reference
+    on both, under mean and under worst."""
+    a, b = "m1|u0.5-row", "m2|u0.5-row"
+    table = {WANDA: {a: 10.0, b: 10.0},
+             "abs(W)": {a: 5.0, b: 30.0},             # best on m1, worst on m2
+             "sqrt(abs(W))": {a: 11.0, b: 11.0},      # 10% worse than the reference on both
+             "mul(abs(W), X)": {a: 12.0, b: 25.0}}
+    assert combine_scores(table["abs(W)"], table[WANDA]) == pytest.approx((math.log(.5) + math.log(3)) / 2)
+    assert combine_scores(table["abs(W)"], table[WANDA], "worst") == pytest.approx(math.log(3))
+    assert combine_scores(table[WANDA], table[WANDA]) == 0.0
+    for how in ("mean", "worst"):
+        space = tiny_space(models=["m1", "m2"], combine=how)
+        search = Search(space, tmp_path / how, Fake([a, b], table), progress=False)
+        search.files.root.mkdir()
+        search._references(reuse=False)
+        inds = [to_individual(t, search.pset) for t in ("abs(W)", "sqrt(abs(W))", "mul(abs(W), X)")]
+        search.evaluate(inds, 0)
+        assert search.best(1)[0]["formula"] == "sqrt(abs(W))"
+        recs = {r["formula"]: r for r in read_evaluations(tmp_path / how)}
+        assert recs["sqrt(abs(W))"]["score"] == pytest.approx(math.log(1.1))
+        assert recs["abs(W)"]["ppls"] == table["abs(W)"]
+        assert json.loads((tmp_path / how / "references.json").read_text())["levels"]["0"]["ppls"] == table[WANDA]
+
+
+def test_real_settings_score_the_reference_zero(tmp_path):
+    """Two settings (50% per row and 2:4) on a tiny random model: per-setting perplexities in every record, and
+    the reference formula itself scores exactly 0 (its masks are answered by the reference's)."""
+    model = make_tiny(layers=1)
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, 256, (4, 32), generator=g)
+    stats = activation_stats(model, calib, progress=False).merged(gradient_stats(model, calib, progress=False))
+    ev = InProcess(FitnessEvaluator(model, stats, [Pattern(0.5, "row"), Pattern(n=2, m=4)],
+                                    torch.randint(0, 256, (2, 32), generator=g), name="tiny"))
+    space = tiny_space(settings=[{"sparsity": 0.5}, {"pattern": "2:4"}])
+    space.raw["gp"].update(generations=1, population=6)
+    Search(space, tmp_path, ev, progress=False).run()
+    recs = read_evaluations(tmp_path)
+    assert all(set(r["ppls"]) == {"tiny|u0.5-row", "tiny|2of4"} for r in recs if r["hit"] != "error")
+    wanda = [r for r in recs if r["formula"] == WANDA][0]
+    assert wanda["score"] == 0.0 and wanda["hit"] == "mask"
+    table = format_table(tmp_path)
+    assert "ppl[u0.5-row]" in table and "ppl[2of4]" in table and "score" in table
+
+
+# ------------------------------------------------------------------------------------------ fidelity
+FID = {"windows": [1, 2, None], "keep": 0.5}
+LABELS = ["smollm2|u0.5-row"]
+
+
+def fid_run(root, fake, generations=3, population=10, **fid):
+    space = tiny_space(fidelity={**FID, **fid}, eval_windows=4)
+    space.raw["gp"].update(generations=generations, population=population)
+    space.raw["seed_population"], space.seeds = ["magnitude"], ["abs(W)"]
+    Search(space, root, fake, progress=False).run()
+    return read_evaluations(root)
+
+
+def test_fidelity_promotion_is_deterministic_and_the_table_ranks_full_fidelity_only(tmp_path):
+    a = fid_run(tmp_path / "a", Fake(LABELS))
+    b = fid_run(tmp_path / "b", Fake(LABELS))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b]
+    for gen in {r["generation"] for r in a}:
+        new = [r for r in a if r["generation"] == gen and r["hit"] == "eval" and "audit" not in r]
+        reached = [r["level"] for r in new]
+        n1 = math.ceil(0.5 * len(new))
+        assert reached.count(0) == len(new) - n1 and reached.count(2) == math.ceil(0.5 * n1)
+        assert all(len(r["stages"]) == r["level"] + 1 for r in new)
+        assert [r["fidelity"] for r in new if r["level"] == 2] == [None] * reached.count(2)
+        # selection compares like with like: every promoted candidate ranks before every one not promoted
+        top = max(r["fitness"] for r in new if r["level"] == 2)
+        assert all(r["fitness"] > top for r in new if r["level"] < 2)
+        assert all(r["fitness"] == r["score"] + FIDELITY_GAP * (2 - r["level"]) for r in new)
+    df = equations(tmp_path / "a", None)
+    full = {r["key"] for r in a if r.get("fidelity") is None and r["hit"] != "error"}
+    assert set(df.key) == full and list(df.score) == sorted(df.score)
+    # the fidelity audit scores a sample at every level without changing the search
+    c = fid_run(tmp_path / "c", Fake(LABELS), audit=0.5)
+    assert [(r["formula"], r["fitness"]) for r in c] == [(r["formula"], r["fitness"]) for r in a]
+    assert any(len(r.get("stages", [])) == 3 and r["level"] < 2 for r in c)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_reuses_the_references_and_equals_an_uninterrupted_run(tmp_path):
+    full = fid_run(tmp_path / "full", Fake(LABELS, drift=True))
+    inner = Fake(LABELS, drift=True)
+
+    def dying(formulas, windows=None):
+        for res in inner(formulas, windows):
+            if len(inner.calls) > 30:
+                raise Killed()
+            yield res
+
+    with pytest.raises(Killed):
+        fid_run(tmp_path / "cut", dying)
+    refs = (tmp_path / "cut" / "references.json").read_text()
+    space = load_space("tiny")   # replaced by the recorded one below
+    from prunerzero.search.engine import load_run_space
+
+    space, meta = load_run_space(tmp_path / "cut")
+    again = Fake(LABELS, drift=True)
+    Search(space, tmp_path / "cut", again, meta, progress=False).run(resume=True)
+    assert (tmp_path / "cut" / "references.json").read_text() == refs
+    assert WANDA not in [f for f, _ in again.calls]   # the reference was not measured again
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds"} for r in recs]  # noqa: E731
+    assert strip(read_evaluations(tmp_path / "cut")) == strip(full)
+
+
+# ------------------------------------------------------------------------------------------ bad YAML
+@pytest.mark.parametrize("fitness,msg", [
+    ({"settings": [{"sparsity": 0.5, "colour": 1}]}, r"unknown key 'fitness.settings\[0\].colour'"),
+    ({"settings": []}, "must be a list of settings"),
+    ({"settings": [{"pattern": "2:4", "sparsity": 0.7}]}, "does not apply to the N:M"),
+    ({"settings": [{"sparsity": 0.5}, {"sparsity": 0.5}]}, "repeats the setting"),
+    ({"settings": [{"sparsity": 0.5, "sequential": True}]}, "sequential: true is not implemented"),
+    ({"settings": [{"sparsity": 1.5}]}, "sparsity"),
+    ({"settings": [{"pattern": "2:4"}], "sparsity": 0.6}, "are both given"),
+    ({"models": []}, "fitness.models must be a list"),
+    ({"models": ["a", "a"]}, "names a model twice"),
+    ({"combine": "median"}, "use mean or worst"),
+    ({"reference": "frobnicate(W"}, "neither a known metric"),
+    ({"fidelity": {"windows": [2, 8]}}, "ending with null"),
+    ({"fidelity": {"windows": [8, 2, None]}}, "must increase"),
+    ({"fidelity": {"windows": [2, 8, None]}, "eval_windows": 4}, "must stay below fitness.eval_windows"),
+    ({"fidelity": {"windows": [2, None], "keep": 0}}, "fitness.fidelity.keep"),
+    ({"fidelity": {"windows": [2, None], "rungs": 3}}, "unknown key 'fitness.fidelity.rungs'"),
+    ({"fidelity": [2, None]}, "must be a mapping"),
+])
+def test_bad_fitness_keys_are_refused(fitness, msg):
+    with pytest.raises(UserError, match=msg):
+        validate({"fitness": fitness})
+
+
+def test_reference_outside_the_terminals_is_refused():
+    with pytest.raises(UserError, match="reads X"):
+        validate({"terminals": ["W"], "unary": ["abs"], "binary": ["mul"], "seed_population": [],
+                  "fitness": {"reference": "wanda"}})
+
+
+def test_bad_fitness_yaml_is_one_line_before_a_model_loads(tmp_path, capsys, monkeypatch):
+    import prunerzero.search.workers as workers
+
+    monkeypatch.setattr(workers, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nfitness: {fidelity: {windows: [2, 8], keep: 0.5}}\n")
+    assert main(["search", "--space", str(bad), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "ending with null" in err[0]
+
+
+def test_shipped_multi_setting_spaces():
+    cpu, p70 = load_space("cpu").fitness, load_space("prunerzero70").fitness
+    assert [s["pattern"] for s in cpu["settings"]] == ["unstructured", "2:4"]
+    assert [s["sparsity"] for s in p70["settings"]] == [0.5, 0.5, 0.7]
+    old = validate({"fitness": {"sparsity": 0.6, "group": "layer"}}).fitness   # the one-setting keys still load
+    assert old["settings"] is None and old["models"] == ["smollm2"]
+
+
+# ------------------------------------------------------------------------------------------ --model
+@pytest.fixture(scope="module")
+def qwen2_dir(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prunerzero.models import resolve_model_source
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_source("smollm2"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("qwen2", 2, len(tok)))
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_search_model_runs_a_non_llama_family_end_to_end(qwen2_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--space", "tiny", "--out", str(out), "--model", str(qwen2_dir), "--seqlen", "64",
+                 "--nsamples", "4", "--eval-windows", "2", "--device", "cpu", "--generations", "1",
+                 "--population", "4", "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    recs = read_evaluations(out)
+    assert recs and all(list(r["ppls"]) == [f"{qwen2_dir}|u0.5-row"] for r in recs if r["hit"] != "error")
+    cfg = json.loads((out / "config.json").read_text())["space"]["fitness"]
+    assert cfg["models"] == [str(qwen2_dir)]
+    assert "score" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ batched masks
+@pytest.mark.parametrize("pattern", [Pattern(0.5, "row"), Pattern(0.7, "row"), Pattern(n=2, m=4),
+                                     Pattern(0.6, "layer")])
+def test_batched_masks_equal_per_layer_masks_ties_included(pattern):
+    from prunerzero.metric import parse
+    from prunerzero.models import all_prunable
+    from prunerzero.prune.run import metric_masks
+    from prunerzero.search.fitness import batched_masks, mask_fingerprint
+
+    model = make_tiny(layers=2)
+    linears = all_prunable(model)
+    with torch.no_grad():
+        for lin in linears.values():   # coarse weights: many ties at the selection boundary
+            lin.weight.copy_(torch.round(lin.weight * 20) / 20)
+    calib = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    stats = activation_stats(model, calib, progress=False)
+    for text in ("abs(W)", WANDA, "sqr(W)"):
+        node = parse(text)
+        a, b = metric_masks(node, linears, stats, pattern), batched_masks(node, linears, stats, pattern, batch=True)
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert mask_fingerprint(a) == mask_fingerprint(b)
+
+
+# ------------------------------------------------------------------------------------------ older logs
+def test_a_log_of_plain_perplexities_still_shows_and_an_older_run_is_not_resumed(tmp_path):
+    class Plain:   # an evaluator of the one-perplexity kind: no parts, no references
+        def __call__(self, formulas):
+            for f in formulas:
+                yield {"ppl": 20 + 10 * h(f), "seconds": 0.0, "hit": "eval", "fingerprint": f}
+
+    space = load_space("tiny")
+    space.raw["gp"].update(generations=1, population=6)
+    Search(space, tmp_path, Plain(), progress=False).run()
+    recs = read_evaluations(tmp_path)
+    assert all("score" not in r for r in recs) and not (tmp_path / "references.json").exists()
+    df = equations(tmp_path)
+    assert list(df.ppl) == sorted(df.ppl) and "ppl" in format_table(tmp_path).splitlines()[0]
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    del cfg["space"]["fitness"]["reference"]   # as a run of the one-setting version recorded it
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="older prunerzero"):
+        Search(space, tmp_path, Plain(), progress=False).run(resume=True)
