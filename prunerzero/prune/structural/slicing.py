@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -68,23 +69,41 @@ def slice_model(model: nn.Module, masks: dict[str, torch.Tensor]) -> list[dict]:
     return shapes
 
 
-def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> None:
-    """save_pretrained plus the per-layer widths and the modeling file that restores them on load."""
+def uniform_shape(model: nn.Module) -> dict | None:
+    """The one width every layer of a sliced model has, or None where layers differ (or nothing was sliced)."""
+    shapes = getattr(model.config, "layer_shapes", None) or []
+    return dict(shapes[0]) if shapes and all(s == shapes[0] for s in shapes) else None
+
+
+def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> bool:
+    """save_pretrained a sliced model; returns whether the folder needs ``trust_remote_code=True``.
+
+    Every layer the same width: a stock LlamaConfig (num_attention_heads, num_key_value_heads, intermediate_size
+    and head_dim written), loaded by plain ``AutoModelForCausalLM.from_pretrained(folder)``. Per-layer widths:
+    the widths go to config.json with the 40-line modeling file that restores them on load.
+    """
     from ...fsutil import atomic_folder
 
     if type(model).__name__ != "LlamaForCausalLM":
         raise UserError(f"saving a structurally pruned {type(model).__name__} is not supported yet: LLaMA only")
+    lay = Layout.of(model)
+    same = uniform_shape(model)
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         cfg = json.loads((tmp / "config.json").read_text())
-        cfg.update(model_type="pruned_llama", architectures=["PrunedLlamaForCausalLM"],
-                   layer_shapes=model.config.layer_shapes,
-                   auto_map={"AutoConfig": "modeling_pruned_llama.PrunedLlamaConfig",
-                             "AutoModelForCausalLM": "modeling_pruned_llama.PrunedLlamaForCausalLM"})
+        if same is not None:
+            cfg.pop("layer_shapes", None)
+            cfg.update(same, head_dim=lay.head_dim)
+        else:
+            cfg.update(model_type="pruned_llama", architectures=["PrunedLlamaForCausalLM"],
+                       layer_shapes=model.config.layer_shapes,
+                       auto_map={"AutoConfig": "modeling_pruned_llama.PrunedLlamaConfig",
+                                 "AutoModelForCausalLM": "modeling_pruned_llama.PrunedLlamaForCausalLM"})
+            shutil.copy(REMOTE_CODE, tmp / REMOTE_CODE.name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        shutil.copy(REMOTE_CODE, tmp / REMOTE_CODE.name)
+    return same is None
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
@@ -96,17 +115,19 @@ def count_params(model: nn.Module) -> dict[str, int]:
 
 
 @torch.no_grad()
-def forward_latency(model: nn.Module, seqlen: int, batch: int = 1, repeats: int = 3) -> float:
-    """Median seconds of one forward pass on random tokens [batch, seqlen]."""
+def forward_latency(model: nn.Module, seqlen: int, batch: int = 1, repeats: int = 20, warmup: int = 2) -> float:
+    """Median seconds of one forward pass on random tokens [batch, seqlen], after ``warmup`` untimed passes
+    (benchmarks/structural_speed.py also times decoding)."""
     dev = model.get_input_embeddings().weight.device
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=dev)
     times = []
-    for _ in range(repeats + 1):
+    for i in range(warmup + repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         model(ids, use_cache=False)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times[1:])[len(times[1:]) // 2]
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
