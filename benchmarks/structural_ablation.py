@@ -1,6 +1,6 @@
 """Why is policy-gradient structural pruning at 20% worse than the official code? Initial scores x learning rate.
 
-    nice -n 10 python benchmarks/structural_ablation.py --steps 25 --seeds 0 --out results/structural-ablation
+    nice -n 10 python benchmarks/structural_ablation.py --steps 10 --eval-windows 80 --out results/structural-ablation
 
 Every cell starts from the ``official-pg`` preset (K=2, 8 x 128-token C4 windows per step, each seen once, init
 statistics from 32 x 1024 C4 tokens) and changes only the initial scores and the learning rate:
@@ -10,9 +10,9 @@ statistics from 32 x 1024 C4 tokens) and changes only the initial scores and the
 - ``found``: the searched formula (``--found``) with our default score reductions.
 
 Each cell evaluates the per-layer-width mask (global top-k) and, with ``--uniform``, the uniform-width mask
-(per-layer top-k, the same k in every layer) taken from the same learned probabilities, on the first 320
-non-overlapping 128-token windows of WikiText-2 test. Rows go to ``<out>/rows/*.json`` (a rerun skips finished
-rows); ``<out>.md`` is re-rendered after every row.
+(per-layer top-k, the same k in every layer) taken from the same learned probabilities, on the first
+``--eval-windows`` non-overlapping 128-token windows of WikiText-2 test (320: the official-pg evaluation).
+Rows go to ``<out>/rows/*.json`` (a rerun skips finished rows); ``<out>.md`` is re-rendered after every row.
 """
 from __future__ import annotations
 
@@ -45,14 +45,16 @@ def render(out: Path, meta: dict) -> None:
              "cosine lr, init statistics from 32 x 1024 C4 tokens) with "
              f"{meta['steps']} steps (the official paper runs "
              "15,000; the issue's comparison 300), only the initial scores and lr changed; sparsity "
-             f"{meta['sparsity']:.0%} of the prunable parameters. Perplexity: WikiText-2 test, the first 320 "
-             "non-overlapping 128-token windows. `uniform` = the same learned probabilities, per-layer top-k with "
+             f"{meta['sparsity']:.0%} of the prunable parameters. Perplexity: WikiText-2 test, the first "
+             f"{meta['eval_windows']} non-overlapping 128-token windows (the official-pg evaluation uses 320). "
+             "`uniform` = the same learned probabilities, per-layer top-k with "
              f"the same k in every layer (a stock LlamaConfig). Hardware: {meta['hardware']}. Found formula: "
              f"`{meta['found']}`.", ""]
     if dense:
         lines += [f"Dense: {dense['ppl']:.2f}.", ""]
     lines += ["| init scores | lr | seed | ppl per-layer widths | removed | ppl uniform widths | removed (uniform) | "
               "final PG loss | optimisation s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
     def key(r):
         return list(INITS).index(r["init"]), r["lr"], r["seed"]
 
@@ -69,6 +71,8 @@ def render(out: Path, meta: dict) -> None:
                   "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for (_, init, lr), v in sorted(groups.items()):
             lines.append(f"| {init} | {lr:g} | {len(v)} | {sum(v) / len(v):.2f} | {min(v):.2f} | {max(v):.2f} |")
+    if meta.get("note"):
+        lines += ["", meta["note"]]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
@@ -86,6 +90,8 @@ def main():
     ap.add_argument("--eval-windows", type=int, default=320, help="first N 128-token WikiText-2 test windows")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--out", default="results/structural-ablation", help="row folder; <out>.md is the table")
+    ap.add_argument("--note", default="", help="a paragraph written under the table")
+    ap.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model (another run does)")
     ap.add_argument("--render-only", action="store_true", help="re-render <out>.md from the finished rows")
     args = ap.parse_args()
     if args.threads:
@@ -94,8 +100,10 @@ def main():
     (out / "rows").mkdir(parents=True, exist_ok=True)
     hw = (torch.cuda.get_device_name() if torch.cuda.is_available()
           else f"{platform.machine()}, {torch.get_num_threads()} threads (2 shared cores)")
-    meta = {"model": args.model, "command": "python " + shlex.join(sys.argv).replace(" --render-only", ""),
-            "steps": args.steps, "sparsity": args.sparsity, "hardware": hw, "found": args.found}
+    command = "python " + shlex.join(sys.argv).replace(" --render-only", "").replace(" --skip-dense", "")
+    meta = {"model": args.model, "command": command,
+            "steps": args.steps, "sparsity": args.sparsity, "hardware": hw, "found": args.found,
+            "eval_windows": args.eval_windows, "note": args.note}
     if args.render_only:
         render(out, meta)
         return
@@ -111,7 +119,7 @@ def main():
         return base
 
     path = out / "rows" / "dense.json"
-    if not path.exists():
+    if not path.exists() and not args.skip_dense:
         atomic_write_text(path, json.dumps({"init": "dense", "ppl": ppl(restore())}))
         render(out, meta)
     uniform_for = set(filter(None, args.uniform.split(",")))

@@ -96,7 +96,8 @@ def variants(model_fn, sparsities: list[float], seed: int = 0):
 
 
 def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int, warmup: int,
-        decode_tokens: int, log=print) -> list[dict]:
+        decode_tokens: int, log=print, done=lambda rows: None) -> list[dict]:
+    """Every variant at every batch size; ``done(rows)`` after each row (the CLI writes the table so far)."""
     rows = []
     dense_prunable = None
     for kind, sp, model in variants(model_fn, sparsities):
@@ -109,6 +110,7 @@ def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int
                    "prefill": prefill(model, prefill_len, b, repeats, warmup),
                    "decode": decode(model, b, decode_tokens, repeats, warmup)}
             rows.append(row)
+            done(rows)
             log(f"{kind:9s} {sp:.0%} batch {b}: prefill {row['prefill']['median_s'] * 1000:.1f} ms, "
                 f"decode {row['decode']['tokens_per_s']:.1f} tok/s")
         del model
@@ -161,13 +163,16 @@ def main():
     meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "hardware": hw,
             "prefill": args.prefill, "repeats": args.repeats, "warmup": args.warmup,
             "decode_tokens": args.decode_tokens, "note": args.note}
-    rows = run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
-               args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup,
-               args.decode_tokens)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(render(rows, meta))
+
+    def write(rows):
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        out.with_suffix(".md").write_text(render(rows, meta))
+
+    rows = run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
+               args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup,
+               args.decode_tokens, done=write)
     print(render(rows, meta))
 
 
