@@ -34,7 +34,9 @@ def render(out: Path, meta: dict) -> None:
              f"lr {meta['lr']} (cosine), {meta['pg_batch']} windows per step; WikiText-2 test, "
              + ("all tokens" if meta["eval_tokens"] == "all" else f"the first {meta['eval_tokens']} tokens")
              + " cut into windows of each length. Sparsity = fraction of the prunable "
-             f"parameters (q/k/v/o/gate/up/down) removed. Latency: one forward of 1 x {meta['latency_seqlen']} tokens. "
+             f"parameters (q/k/v/o/gate/up/down) removed. Latency: median of {meta.get('latency_repeats', 3)} "
+             f"forwards of 1 x {meta['latency_seqlen']} tokens after a warm-up, once per row: a rough figure, not a "
+             "speed result (see structural-speed.md). "
              f"Hardware: {meta['hardware']}. Metric: `{meta['metric']}` ({meta.get('scores', '')}).", "",
              f"| sparsity | method | {head} | params | removed | latency ms | optimisation s |",
              "| --- | --- | " + " | ".join("---:" for _ in lens) + " | ---: | ---: | ---: | ---: |"]
@@ -67,6 +69,9 @@ def main():
     ap.add_argument("--mlp-score", default="out")
     ap.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N test tokens (default all)")
     ap.add_argument("--latency-seqlen", type=int, default=2048)
+    ap.add_argument("--latency-repeats", type=int, default=3,
+                    help="timed forwards after 2 warm-ups, median reported (benchmarks/structural_speed.py measures "
+                         "speed properly; this column is a rough figure)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-size", type=int, default=1, help="windows per forward in the perplexity evaluation")
     ap.add_argument("--out", default="results/structural")
@@ -85,7 +90,8 @@ def main():
     meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "nsamples": args.nsamples,
             "calib_seqlen": args.calib_seqlen, "steps": args.steps, "samples": args.samples, "lr": args.lr,
             "pg_batch": args.pg_batch_size, "seqlens": seqlens, "eval_tokens": args.eval_tokens or "all",
-            "latency_seqlen": args.latency_seqlen, "hardware": hw, "metric": args.metric,
+            "latency_seqlen": args.latency_seqlen, "latency_repeats": args.latency_repeats, "hardware": hw,
+            "metric": args.metric,
             "scores": f"KV groups from {args.attn_score}, MLP channels from {args.mlp_score}"}
 
     if args.render_only:
@@ -105,7 +111,8 @@ def main():
         lm = fresh()
         atomic_write_text(dense_path, json.dumps({"init": "dense", "ppl": measure(lm),
                                                   "params": sum(p.numel() for p in lm.model.parameters()),
-                                                  "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen)}))
+                                                  "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen,
+                                                                                       repeats=args.latency_repeats)}))
         render(out, meta)
     inits = args.inits.split(",")
     for sp in (float(s) for s in args.sparsities.split(",")):
@@ -117,11 +124,12 @@ def main():
             cfg = StructuralConfig(sparsity=sp, metric=args.metric, init=init, steps=args.steps,
                                    samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
                                    calib_seqlen=args.calib_seqlen, attn_score=args.attn_score,
-                                   mlp_score=args.mlp_score)
-            res = structural(lm, cfg, CalibConfig(nsamples=args.nsamples), progress=True)
+                                   mlp_score=args.mlp_score, nsamples=args.nsamples)
+            res = structural(lm, cfg, CalibConfig(), progress=True)
             row = {"init": init, "order": order, "sparsity": sp, "ppl": measure(lm),
                    "params": res["params_after"]["total"], "removed": res["removed_fraction"],
-                   "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen), "seconds": res["seconds"],
+                   "latency_ms": 1000 * forward_latency(lm.model, args.latency_seqlen, repeats=args.latency_repeats),
+                   "seconds": res["seconds"],
                    "layer_shapes": res["layer_shapes"], "history": res["history"][-5:]}
             atomic_write_text(path, json.dumps(row, indent=1))
             render(out, meta)

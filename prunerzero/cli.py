@@ -5,6 +5,7 @@ Every bad input ends in one line on stderr, ``error: <what is wrong and what to 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shlex
@@ -385,51 +386,66 @@ def cmd_bench(args) -> None:
 STRUCTURAL_INITS = ("metric", "const", "random", "oneshot")
 
 
+# structural options that map one-to-one onto StructuralConfig fields (CLI name -> field)
+STRUCTURAL_FIELDS = {"sparsity": "sparsity", "metric": "metric", "init": "init", "steps": "steps",
+                     "samples": "samples", "lr": "lr", "pg_batch_size": "batch_size", "calib_seqlen": "calib_seqlen",
+                     "nsamples": "nsamples", "init_nsamples": "init_nsamples", "init_seqlen": "init_seqlen",
+                     "seed": "seed", "attn_score": "attn_score", "mlp_score": "mlp_score",
+                     "eval_seqlens": "eval_seqlens", "eval_windows": "eval_windows"}
+
+
 def cmd_structural(args) -> None:
-    from .pipeline import CalibConfig, StructuralConfig, eval_at, structural
+    from .pipeline import CalibConfig, eval_at, structural, structural_config
     from .prune.structural import forward_latency, save_structural
 
     if args.save:
         require_empty(args.save, "--save folder")
-    cfg = StructuralConfig(sparsity=args.sparsity, metric=args.metric, init=args.init, steps=args.steps,
-                           samples=args.samples, lr=args.lr, batch_size=args.pg_batch_size,
-                           calib_seqlen=args.calib_seqlen, seed=args.seed, attn_score=args.attn_score,
-                           mlp_score=args.mlp_score)
+    explicit = {field: getattr(args, name) for name, field in STRUCTURAL_FIELDS.items()}
+    cfg = structural_config(args.preset, uniform=args.uniform or None, **explicit)
     if cfg.init in ("metric", "oneshot"):
         from .metric.known import resolve_metric
         resolve_metric(cfg.metric)
-    seqlens = checks.int_list(args.eval_seqlens, "--eval-seqlens", 2)
+    seqlens = checks.int_list(cfg.eval_seqlens, "--eval-seqlens", 2)
     _check_model_args(args, calibration=True)
     lm = _load(args)
     datasets = args.eval_sets
-    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "sparsity": args.sparsity,
-               "init": args.init, "metric": args.metric, "steps": args.steps, "samples": args.samples,
-               "lr": args.lr, "nsamples": args.nsamples, "calib_seqlen": args.calib_seqlen,
-               "eval_windows": args.eval_windows}
-    lat_len = args.latency_seqlen
+    payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "preset": args.preset,
+               "config": dataclasses.asdict(cfg), "sparsity": cfg.sparsity, "init": cfg.init, "metric": cfg.metric,
+               "steps": cfg.steps, "samples": cfg.samples, "lr": cfg.lr, "nsamples": cfg.nsamples,
+               "calib_seqlen": cfg.calib_seqlen, "eval_windows": cfg.eval_windows,
+               "evaluation": f"WikiText-style perplexity on the first {cfg.eval_windows or 'all'} non-overlapping "
+                             f"windows of each length of the test split"}
+    lat_len, reps = args.latency_seqlen, args.latency_repeats
+
+    def evaluate():
+        return {str(L): eval_at(lm, L, datasets, cfg.eval_windows, args.batch_size, args.data_dir, not args.quiet)
+                for L in seqlens}
+
     if not args.skip_dense:
-        payload["dense"] = {str(L): eval_at(lm, L, datasets, args.eval_windows, args.batch_size, args.data_dir,
-                                            not args.quiet) for L in seqlens}
-        payload["latency_before_s"] = forward_latency(lm.model, lat_len)
+        payload["dense"] = evaluate()
+        if reps:
+            payload["latency_before_s"] = forward_latency(lm.model, lat_len, repeats=reps)
         for L, res in payload["dense"].items():
             print(f"dense   seqlen {L}: {_ppl_line(res)}", flush=True)
-    res = structural(lm, cfg, CalibConfig(args.nsamples, args.seed, 1, args.data_dir, args.cache_dir),
+    res = structural(lm, cfg, CalibConfig(seed=cfg.seed, data_dir=args.data_dir, cache=args.cache_dir),
                      progress=not args.quiet)
-    payload.update({k: v for k, v in res.items() if k != "masks"})
-    payload["pruned"] = {str(L): eval_at(lm, L, datasets, args.eval_windows, args.batch_size, args.data_dir,
-                                         not args.quiet) for L in seqlens}
-    payload["latency_after_s"] = forward_latency(lm.model, lat_len)
+    payload.update({k: v for k, v in res.items() if k not in ("masks", "probs")})
+    payload["pruned"] = evaluate()
+    if reps:
+        payload["latency_after_s"] = forward_latency(lm.model, lat_len, repeats=reps)
     b, a = res["params_before"], res["params_after"]
+    label = f"{cfg.init}, {cfg.metric if cfg.init != 'const' else '-'}{', uniform' if cfg.uniform else ''}"
     for L, r in payload["pruned"].items():
-        print(f"pruned  seqlen {L}: {_ppl_line(r)}  [{args.init}, {args.metric if args.init != 'const' else '-'}]")
+        print(f"pruned  seqlen {L}: {_ppl_line(r)}  [{label}]")
     print(f"parameters {b['total']:,} -> {a['total']:,} (prunable {b['prunable']:,} -> {a['prunable']:,}, "
-          f"{res['removed_fraction']:.1%} removed); optimisation {res['seconds']:.0f}s")
+          f"{res['removed_fraction']:.3%} removed); optimisation {res['seconds']:.0f}s")
     if "latency_before_s" in payload:
-        print(f"forward latency at seqlen {lat_len}: {payload['latency_before_s'] * 1000:.0f} ms -> "
-              f"{payload['latency_after_s'] * 1000:.0f} ms")
+        print(f"forward latency at seqlen {lat_len} (median of {reps}): {payload['latency_before_s'] * 1000:.0f} ms "
+              f"-> {payload['latency_after_s'] * 1000:.0f} ms")
     if args.save:
-        save_structural(lm.model, lm.tokenizer, args.save)
-        print(f"saved to {args.save} (load with trust_remote_code=True)")
+        remote = save_structural(lm.model, lm.tokenizer, args.save)
+        print(f"saved to {args.save} " + ("(per-layer widths: load with trust_remote_code=True)" if remote
+                                         else "(uniform widths: a stock LlamaConfig, no remote code)"))
     _write_json(args.json, payload)
 
 
@@ -536,23 +552,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("structural", "remove KV-head groups and MLP channels (policy gradient, forward passes only)")
     _common_model_args(p)
-    p.add_argument("--sparsity", type=_FRACTION, default=0.2, help="fraction of prunable parameters to remove")
-    p.add_argument("--metric", default="wanda", help="metric (name or formula) for the initial probabilities")
-    p.add_argument("--init", default="metric", choices=STRUCTURAL_INITS,
-                   help="initial policy: metric scores, constant, random, or oneshot (top metric scores, no PG)")
-    p.add_argument("--steps", type=_at_least(1), default=200, help="policy-gradient steps")
-    p.add_argument("--samples", type=_at_least(2), default=2, help="masks sampled per step (K)")
-    p.add_argument("--lr", type=_number(0.0), default=2e-3, help="policy learning rate")
-    p.add_argument("--pg-batch-size", type=_at_least(1), default=4, help="calibration windows per step")
-    p.add_argument("--calib-seqlen", type=_at_least(2), default=128, help="tokens per calibration window")
-    p.add_argument("--nsamples", type=_at_least(1), default=128, help="calibration windows (C4 train)")
-    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the sampler and the policy")
-    p.add_argument("--attn-score", default="kv", choices=["kv", "out", "qkv", "all"],
-                   help="weights whose metric scores a KV group: k/v rows, o_proj columns, q/k/v rows, or all")
-    p.add_argument("--mlp-score", default="out", choices=["out", "in", "all"],
-                   help="weights whose metric scores an MLP channel: down column, gate/up rows, or all")
-    p.add_argument("--eval-seqlens", default="128,2048", help="comma-separated perplexity window lengths")
-    p.add_argument("--latency-seqlen", type=_at_least(1), default=2048, help="tokens of the timed forward pass")
+    from .pipeline import STRUCTURAL_PRESETS, StructuralConfig as D
+    p.add_argument("--preset", default=None, choices=sorted(STRUCTURAL_PRESETS),
+                   help="named settings; official-pg: the official backprop-free PG code's (wanda-sp init from "
+                        "32 x 1024 C4 tokens, K=2, 8 x 128-token windows per step, lr 2e-3, 320 x 128-token "
+                        "evaluation windows); explicit options override it (default: none)")
+    p.add_argument("--sparsity", type=_FRACTION, default=None,
+                   help=f"fraction of prunable parameters to remove (default: {D.sparsity})")
+    p.add_argument("--metric", default=None,
+                   help=f"metric (name or formula) for the initial probabilities (default: {D.metric})")
+    p.add_argument("--init", default=None, choices=STRUCTURAL_INITS,
+                   help="initial policy: metric scores, constant, random, or oneshot (top metric scores, no PG) "
+                        f"(default: {D.init})")
+    p.add_argument("--steps", type=_at_least(1), default=None, help=f"policy-gradient steps (default: {D.steps})")
+    p.add_argument("--samples", type=_at_least(2), default=None,
+                   help=f"masks sampled per step (K) (default: {D.samples})")
+    p.add_argument("--lr", type=_number(0.0), default=None,
+                   help=f"policy learning rate, cosine-decayed (default: {D.lr:g})")
+    p.add_argument("--pg-batch-size", type=_at_least(1), default=None,
+                   help=f"calibration windows per step (default: {D.batch_size})")
+    p.add_argument("--calib-seqlen", type=_at_least(2), default=None,
+                   help=f"tokens per policy-gradient window (default: {D.calib_seqlen})")
+    p.add_argument("--nsamples", type=_at_least(0), default=None,
+                   help="C4 windows the policy cycles through; 0 = steps x pg-batch-size, none seen twice "
+                        f"(default: {D.nsamples})")
+    p.add_argument("--init-nsamples", type=_at_least(0), default=None,
+                   help="C4 windows for the metric statistics of the initialisation; 0 = the policy's windows "
+                        f"(default: {D.init_nsamples})")
+    p.add_argument("--init-seqlen", type=_at_least(0), default=None,
+                   help="tokens per statistics window; 0 = --calib-seqlen (default: "
+                        f"{D.init_seqlen})")
+    p.add_argument("--seed", type=_at_least(0), default=None,
+                   help=f"seed of the sampler and the policy (default: {D.seed})")
+    p.add_argument("--attn-score", default=None, choices=["kv", "out", "qkv", "all"],
+                   help="weights whose metric scores a KV group: k/v rows, o_proj columns, q/k/v rows, or all "
+                        f"(default: {D.attn_score})")
+    p.add_argument("--mlp-score", default=None, choices=["out", "in", "all"],
+                   help="weights whose metric scores an MLP channel: down column, gate/up rows, or all "
+                        f"(default: {D.mlp_score})")
+    p.add_argument("--uniform", action="store_true",
+                   help="every layer keeps the same number of KV groups and MLP channels (per-layer top-k of the "
+                        "policy), so --save writes a stock LlamaConfig that loads without trust_remote_code")
+    p.add_argument("--eval-seqlens", default=None,
+                   help=f"comma-separated perplexity window lengths (default: {D.eval_seqlens})")
+    p.add_argument("--latency-seqlen", type=_at_least(1), default=2048,
+                   help="tokens of the timed forward pass (with --latency-repeats)")
+    p.add_argument("--latency-repeats", type=_at_least(0), default=0,
+                   help="time the forward pass this many times after 2 warm-ups and report the median; 0 = not "
+                        "timed (benchmarks/structural_speed.py measures prefill and decoding)")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
     p.add_argument("--save", default=None, help="write the sliced model to this new folder (default: not saved)")
     p.set_defaults(func=cmd_structural)

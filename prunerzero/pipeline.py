@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -157,19 +157,52 @@ def evaluate_all(lm: LoadedModel, datasets: list[str], max_windows: int | None, 
 
 @dataclass
 class StructuralConfig:
+    """Every setting of the structural stage; these defaults are the CLI's defaults (``prunerzero structural``)."""
+
     sparsity: float = 0.2          # fraction of prunable parameters removed
     metric: str = "wanda"          # formula or known name for the initialisation / one-shot scores
     init: str = "metric"           # metric | const | random | oneshot (top-k of the metric's scores, no PG)
     steps: int = 200
-    samples: int = 2
+    samples: int = 2               # K masks per step
     lr: float = 2e-3
     ma_window: int = 5
-    batch_size: int = 4
-    calib_seqlen: int = 128
+    batch_size: int = 4            # calibration windows per step
+    calib_seqlen: int = 128        # tokens per policy-gradient window
+    nsamples: int = 128            # C4 windows the policy cycles through (0: steps x batch_size, none seen twice)
+    init_nsamples: int = 0         # C4 windows for the metric statistics (0: the policy's windows)
+    init_seqlen: int = 0           # tokens per statistics window (0: calib_seqlen)
     normalized: bool = True
     seed: int = 0
     attn_score: str = "kv"         # which weights of a KV group its score sums (kv | out | qkv | all)
     mlp_score: str = "out"         # which weights of an MLP channel its score sums (out | in | all)
+    uniform: bool = False          # every layer keeps the same number of KV groups and MLP channels
+    eval_seqlens: str = "128,2048"  # perplexity window lengths (CLI evaluation)
+    eval_windows: int | None = None  # first N windows of each evaluation (None: the whole split)
+
+
+# Named presets: StructuralConfig fields. Explicit CLI options override them.
+STRUCTURAL_PRESETS: dict[str, dict] = {
+    # The official backprop-free PG code's settings (Gao et al.; scripts/*.sh of ethanygao/backprop-free_LLM_pruning):
+    # wanda-sp initial scores (|W| sqrt(X) summed over a KV group's o_proj columns and a channel's down_proj
+    # column, z-scored per layer, sigmoid, shifted to the keep ratio: their 'sigmap') from 32 x 1024 C4 tokens,
+    # K=2, 8 windows of 128 tokens per step, each window seen once (their dataset streams fresh C4), lr 2e-3
+    # cosine, moving-average baseline of 5; evaluated on the first 320 non-overlapping 128-token windows of the
+    # WikiText-2 test split (the 320-window subset the issue's official-code figures use).
+    "official-pg": dict(metric="wanda", init="metric", attn_score="out", mlp_score="out", init_nsamples=32,
+                        init_seqlen=1024, samples=2, batch_size=8, calib_seqlen=128, nsamples=0, lr=2e-3,
+                        ma_window=5, eval_seqlens="128", eval_windows=320),
+}
+
+
+def structural_config(preset: str | None = None, **explicit) -> StructuralConfig:
+    """StructuralConfig from its defaults, then a named preset, then the ``explicit`` values that are not None."""
+    values = {}
+    if preset is not None:
+        if preset not in STRUCTURAL_PRESETS:
+            raise UserError(f"unknown structural preset '{preset}': use {', '.join(STRUCTURAL_PRESETS)}")
+        values.update(STRUCTURAL_PRESETS[preset])
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return StructuralConfig(**values)
 
 
 def eval_at(lm: LoadedModel, seqlen: int, datasets: list[str], max_windows: int | None, batch_size: int,
@@ -179,7 +212,10 @@ def eval_at(lm: LoadedModel, seqlen: int, datasets: list[str], max_windows: int 
 
 
 def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progress: bool = True) -> dict:
-    """Learn (or one-shot) a structure mask and slice the model in place; returns masks, history and timings."""
+    """Learn (or one-shot) a structure mask and slice the model in place; returns masks, history and timings.
+
+    ``calib`` gives the data folder, cache and sampler seed; the window counts and lengths come from ``cfg``.
+    """
     from .metric.known import resolve_metric
     from .prune import structural as st
 
@@ -187,28 +223,38 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         raise UserError(f"structural sparsity {cfg.sparsity} is outside (0, 1): use e.g. 0.2")
     keep = 1.0 - cfg.sparsity
     layout = st.Layout.of(lm.model)
-    windows = calibration_windows(lm, calib, seqlen=min(cfg.calib_seqlen, lm.seqlen))
+    seqlen = min(cfg.calib_seqlen, lm.seqlen)
+    pg_cal = replace(calib, nsamples=cfg.nsamples or cfg.steps * cfg.batch_size)
+    windows = calibration_windows(lm, pg_cal, seqlen=seqlen)
     t0 = time.time()
     scores = None
     if cfg.init in ("metric", "oneshot"):
         _, formula, _ = resolve_metric(cfg.metric)
         need_x, need_g = needs_of(formula.terminals())
-        stats = one_shot_stats(lm, calib, need_x, need_g, windows=windows, progress=progress) \
+        if cfg.init_nsamples or cfg.init_seqlen:
+            init_cal = replace(calib, nsamples=cfg.init_nsamples or pg_cal.nsamples)
+            init_windows = calibration_windows(lm, init_cal, seqlen=min(cfg.init_seqlen or seqlen, lm.seqlen))
+        else:
+            init_cal, init_windows = pg_cal, windows
+        stats = one_shot_stats(lm, init_cal, need_x, need_g, windows=init_windows, progress=progress) \
             if (need_x or need_g) else Stats()
         scores = st.structure_scores(lm.model, formula, stats, cfg.attn_score, cfg.mlp_score)
-    history = []
+    history, probs = [], None
+    widths = st.uniform_widths(layout, keep) if cfg.uniform else None
     if cfg.init == "oneshot":
-        masks = st.oneshot_masks(scores, keep)
+        z = {t: st.layer_zscores(s) for t, s in scores.items()}
+        masks = st.uniform_keep(z, widths) if cfg.uniform else st.oneshot_masks(scores, keep)
     else:
         probs = st.init_probs(cfg.init, keep, layout, scores, cfg.seed)
         pcfg = st.PolicyConfig(keep=keep, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr,
                                ma_window=cfg.ma_window, normalized=cfg.normalized, seed=cfg.seed)
         policy = st.optimise(lm.model, probs, pcfg, windows, cfg.batch_size, progress)
-        masks, history = policy.hard_masks(), policy.state.history
+        probs, history = policy.state.probs, policy.state.history
+        masks = st.uniform_keep(probs, widths) if cfg.uniform else policy.hard_masks()
     seconds = time.time() - t0
     before = st.count_params(lm.model)
     shapes = st.slice_model(lm.model, masks)
     after = st.count_params(lm.model)
-    return {"masks": masks, "history": history, "layer_shapes": shapes, "params_before": before,
+    return {"masks": masks, "probs": probs, "history": history, "layer_shapes": shapes, "params_before": before,
             "params_after": after, "removed_fraction": 1 - after["prunable"] / before["prunable"],
-            "seconds": seconds}
+            "seconds": seconds, "calib_windows": int(windows.shape[0])}

@@ -158,3 +158,90 @@ def test_structure_score_reductions(attn_from, mlp_from, windows):
     q = layer.q_proj.weight.abs().sum(1).view(2, -1).sum(1)
     expected = {"kv": k + v, "out": o, "qkv": q + k + v, "all": q + k + v + o}[attn_from]
     torch.testing.assert_close(s[ATTN][0].float(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_official_preset_values_and_explicit_overrides():
+    from prunerzero.pipeline import STRUCTURAL_PRESETS, StructuralConfig, structural_config
+    from prunerzero.errors import UserError
+
+    cfg = structural_config("official-pg")
+    assert (cfg.metric, cfg.attn_score, cfg.mlp_score, cfg.init) == ("wanda", "out", "out", "metric")
+    assert (cfg.init_nsamples, cfg.init_seqlen, cfg.samples, cfg.batch_size, cfg.calib_seqlen) == (32, 1024, 2, 8, 128)
+    assert (cfg.lr, cfg.nsamples, cfg.eval_windows, cfg.eval_seqlens) == (2e-3, 0, 320, "128")
+    assert cfg.steps == StructuralConfig.steps  # the step count is the user's budget, not part of the preset
+    over = structural_config("official-pg", lr=0.02, steps=7, eval_windows=None)
+    assert (over.lr, over.steps, over.eval_windows, over.batch_size) == (0.02, 7, 320, 8)
+    assert structural_config() == StructuralConfig()
+    assert set(STRUCTURAL_PRESETS) == {"official-pg"}
+    with pytest.raises(UserError, match="unknown structural preset 'nope': use official-pg"):
+        structural_config("nope")
+
+
+def test_cli_defaults_come_from_structural_config():
+    from prunerzero.cli import STRUCTURAL_FIELDS, build_parser
+    from prunerzero.pipeline import StructuralConfig, structural_config
+
+    args = build_parser().parse_args(["structural"])
+    cfg = structural_config(args.preset, uniform=args.uniform or None,
+                            **{f: getattr(args, n) for n, f in STRUCTURAL_FIELDS.items()})
+    assert cfg == StructuralConfig()
+    args = build_parser().parse_args(["structural", "--preset", "official-pg", "--lr", "0.05", "--uniform"])
+    cfg = structural_config(args.preset, uniform=args.uniform or None,
+                            **{f: getattr(args, n) for n, f in STRUCTURAL_FIELDS.items()})
+    assert (cfg.lr, cfg.batch_size, cfg.uniform, cfg.attn_score) == (0.05, 8, True, "out")
+
+
+def test_uniform_widths_meet_the_budget():
+    from prunerzero.prune.structural import uniform_keep, uniform_widths
+
+    smol = Layout(layers=30, kv_heads=3, q_per_kv=3, head_dim=64, hidden=576, intermediate=1536)
+    w = uniform_widths(smol, 0.8)
+    assert w == {ATTN: 2, MLP: 1297}
+    kept = 30 * (w[ATTN] * smol.attn_group_params + w[MLP] * smol.mlp_channel_params)
+    assert abs(1 - kept / smol.prunable_params() - 0.2) < 1e-3
+    p = {ATTN: torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.3]]), MLP: torch.tensor([[0.3, 0.2, 0.1, 0.9]] * 2)}
+    m = uniform_keep(p, {ATTN: 2, MLP: 1})
+    assert m[ATTN].tolist() == [[False, True, True], [True, False, True]]
+    assert m[MLP].tolist() == [[False, False, False, True]] * 2
+
+
+def test_uniform_widths_save_a_stock_llama_config(tmp_path, windows):
+    import json
+
+    from transformers import AutoModelForCausalLM
+    from prunerzero.prune.structural import uniform_keep, uniform_widths
+
+    model = make_tiny(layers=3)
+    lay = Layout.of(model)
+    probs = init_probs("random", 0.6, lay, seed=1)
+    widths = uniform_widths(lay, 0.6)
+    shapes = slice_model(model, uniform_keep(probs, widths))
+    assert all(s == shapes[0] for s in shapes) and shapes[0]["num_key_value_heads"] == widths[ATTN]
+    assert save_structural(model, None, tmp_path / "u") is False
+    cfg = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and "auto_map" not in cfg and "layer_shapes" not in cfg
+    assert (cfg["num_key_value_heads"], cfg["intermediate_size"]) == (widths[ATTN], widths[MLP])
+    assert not (tmp_path / "u" / "modeling_pruned_llama.py").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "u")  # no trust_remote_code
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(windows).logits, model(windows).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_speed_harness_runs_on_a_tiny_model():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "structural_speed.py"
+    spec = importlib.util.spec_from_file_location("structural_speed", path)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    rows = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1, 2], repeats=2, warmup=1,
+                     decode_tokens=3, log=lambda _: None)
+    assert [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("dense", "per-layer", "uniform")
+                                                        for b in (1, 2)]
+    assert rows[0]["removed"] == 0 and all(0.2 < r["removed"] < 0.4 for r in rows[2:])
+    assert all(r["prefill"]["runs"] == 2 and r["decode"]["tokens_per_s"] > 0 for r in rows)
+    text = speed.render(rows, {"model": "tiny", "command": "x", "hardware": "cpu", "prefill": 8, "repeats": 2,
+                               "warmup": 1, "decode_tokens": 3})
+    assert text.count("\n| ") == 8  # header, rule, six rows

@@ -3,7 +3,8 @@ prunerzero; load it with ``AutoModelForCausalLM.from_pretrained(folder, trust_re
 
 ``config.layer_shapes[i]`` gives layer i's num_attention_heads, num_key_value_heads and intermediate_size. The
 standard LLaMA modules are built, then each layer's Linear layers are resized before the weights are loaded.
-This file depends on transformers only.
+This file depends on transformers only. A model whose layers all have the same width does not need it: prunerzero
+saves that as a stock LlamaConfig (``prunerzero structural --uniform``).
 """
 import torch.nn as nn
 from transformers import LlamaConfig, LlamaForCausalLM

@@ -169,6 +169,10 @@ class FitnessEvaluator:
     def stats(self):
         return self.targets[0].stats
 
+    @property
+    def pattern(self):
+        return self.patterns[0]
+
     def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor) -> None:
         if any(t.name == name for t in self.targets):
             raise UserError(f"fitness.models names {name} twice: list each model once")

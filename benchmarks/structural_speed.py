@@ -1,0 +1,180 @@
+"""Speed a user sees from structural pruning: prefill latency/throughput and KV-cache decoding, dense vs sliced.
+
+    nice -n 10 python benchmarks/structural_speed.py --prefill 128 --out results/structural-speed   # CPU
+    python benchmarks/structural_speed.py --device cuda --prefill 2048 --out results/structural-speed-gpu
+
+Models: dense, and for each sparsity a per-layer-width slice (global top-k of a random policy: layers differ) and a
+uniform-width slice (the same KV groups / MLP channels in every layer). The masks come from random
+probabilities: speed depends only on the widths (which structures are removed does not change a matmul's cost),
+and the parameter counts match what a learned mask at the same sparsity gives.
+
+Prefill: ``--warmup`` untimed passes, then the median (and quartiles) of ``--repeats`` timed forwards of
+[batch, prefill] random tokens without cache. Decode: a 16-token prompt fills a KV cache, then ``--decode-tokens``
+greedy single-token steps are timed as one run; the median run over ``--repeats`` gives tokens/s (batch x tokens /
+seconds). CUDA is synchronised around every timed region. Nothing is asserted about timing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from prunerzero.prune import structural as st
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _stats(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "p25_s": q[0], "p75_s": q[2], "runs": len(times)}
+
+
+@torch.no_grad()
+def prefill(model, seqlen: int, batch: int, repeats: int, warmup: int, seed: int = 0) -> dict:
+    """Forward of [batch, seqlen] tokens without cache: median seconds and tokens/s."""
+    dev = model.get_input_embeddings().weight.device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=g).to(dev)
+    times = []
+    for i in range(warmup + repeats):
+        _sync(dev)
+        t = time.perf_counter()
+        model(ids, use_cache=False)
+        _sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    out = _stats(times)
+    out["tokens_per_s"] = batch * seqlen / out["median_s"]
+    return out
+
+
+@torch.no_grad()
+def decode(model, batch: int, tokens: int, repeats: int, warmup: int, prompt: int = 16, seed: int = 0) -> dict:
+    """Greedy decoding of ``tokens`` steps with a KV cache after a ``prompt``-token prefill: tokens/s of the steps."""
+    dev = model.get_input_embeddings().weight.device
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).to(dev)
+    times = []
+    for i in range(warmup + repeats):
+        out = model(ids, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+        _sync(dev)
+        t = time.perf_counter()
+        for _ in range(tokens):
+            out = model(nxt, cache=cache, use_cache=True)
+            cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+        _sync(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    res = _stats(times)
+    res["tokens_per_s"] = batch * tokens / res["median_s"]
+    return res
+
+
+def variants(model_fn, sparsities: list[float], seed: int = 0):
+    """(name, sparsity, model) for dense and, per sparsity, per-layer and uniform widths from random masks."""
+    yield "dense", 0.0, model_fn()
+    for sp in sparsities:
+        for kind in ("per-layer", "uniform"):
+            model = model_fn()
+            lay = st.Layout.of(model)
+            probs = st.init_probs("random", 1 - sp, lay, seed=seed)
+            masks = (st.uniform_keep(probs, st.uniform_widths(lay, 1 - sp)) if kind == "uniform"
+                     else {t: st.topk_keep(p, 1 - sp) for t, p in probs.items()})
+            st.slice_model(model, masks)
+            yield kind, sp, model
+
+
+def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int, warmup: int,
+        decode_tokens: int, log=print, done=lambda rows: None) -> list[dict]:
+    """Every variant at every batch size; ``done(rows)`` after each row (the CLI writes the table so far)."""
+    rows = []
+    dense_prunable = None
+    for kind, sp, model in variants(model_fn, sparsities):
+        model.eval()
+        params = st.count_params(model)
+        dense_prunable = dense_prunable or params["prunable"]
+        for b in batches:
+            row = {"model": kind, "sparsity": sp, "batch": b, "params": params["total"],
+                   "removed": 1 - params["prunable"] / dense_prunable,
+                   "prefill": prefill(model, prefill_len, b, repeats, warmup),
+                   "decode": decode(model, b, decode_tokens, repeats, warmup)}
+            rows.append(row)
+            done(rows)
+            log(f"{kind:9s} {sp:.0%} batch {b}: prefill {row['prefill']['median_s'] * 1000:.1f} ms, "
+                f"decode {row['decode']['tokens_per_s']:.1f} tok/s")
+        del model
+    return rows
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    lines = [f"# Structural pruning: speed of the sliced models ({meta['model']})", "", f"Command: `{meta['command']}`",
+             "", f"Hardware: {meta['hardware']}. Prefill: {meta['prefill']} tokens per sequence, {meta['warmup']} "
+             f"warm-up passes, median of {meta['repeats']} timed forwards (p25-p75 in brackets), no cache. Decode: "
+             f"{meta['decode_tokens']} greedy steps with a KV cache after a 16-token prompt, median of "
+             f"{meta['repeats']} runs. Masks are random (speed depends only on the widths); per-layer = global top-k "
+             "(layers differ), uniform = the same width in every layer. Speed-up = dense median / model median.",
+             "", "| model | removed | params | batch | prefill ms | prefill tok/s | speed-up | decode tok/s | "
+             "decode speed-up |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    dense = {r["batch"]: r for r in rows if r["model"] == "dense"}
+    for r in rows:
+        d, p, c = dense[r["batch"]], r["prefill"], r["decode"]
+        name = "dense" if r["model"] == "dense" else f"{r['model']} {r['sparsity']:.0%}"
+        lines.append(f"| {name} | {r['removed']:.1%} | {r['params']:,} | {r['batch']} | {p['median_s'] * 1000:.1f} "
+                     f"({p['p25_s'] * 1000:.1f}-{p['p75_s'] * 1000:.1f}) | {p['tokens_per_s']:.0f} | "
+                     f"{d['prefill']['median_s'] / p['median_s']:.2f}x | {c['tokens_per_s']:.1f} | "
+                     f"{c['tokens_per_s'] / d['decode']['tokens_per_s']:.2f}x |")
+    if meta.get("note"):
+        lines += ["", meta["note"]]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2", help="model to slice")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--sparsities", default="0.2,0.3", help="comma-separated fractions of prunable parameters")
+    ap.add_argument("--prefill", type=int, default=2048, help="tokens per sequence of the timed prefill")
+    ap.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    ap.add_argument("--repeats", type=int, default=20, help="timed runs (the median is reported)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs first")
+    ap.add_argument("--decode-tokens", type=int, default=32, help="greedy steps of one decode run")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--note", default="", help="a line written under the table (e.g. the machine's load)")
+    ap.add_argument("--out", default="results/structural-speed", help="<out>.md table and <out>.json rows")
+    args = ap.parse_args()
+    from prunerzero.models import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    hw = (torch.cuda.get_device_name() if dev.startswith("cuda")
+          else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
+    meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "hardware": hw,
+            "prefill": args.prefill, "repeats": args.repeats, "warmup": args.warmup,
+            "decode_tokens": args.decode_tokens, "note": args.note}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(rows):
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        out.with_suffix(".md").write_text(render(rows, meta))
+
+    rows = run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
+               args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup,
+               args.decode_tokens, done=write)
+    print(render(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
