@@ -127,6 +127,19 @@ def module_available(module: str, what: str, install: str) -> None:
         raise UserError(f"{what} needs the '{module}' package: {install}")
 
 
+def yaml_mapping(path, what: str) -> dict:
+    """A YAML file that holds a mapping (safe_load: no tags that build objects), or a one-line error."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a mapping of {what}")
+    return raw
+
+
 def folder(value, what: str) -> None:
     """An output or cache folder: absent (it will be made) or a folder, never a file."""
     from pathlib import Path

@@ -155,17 +155,10 @@ def _method(raw, where: str) -> Method:
 
 def load_grid(path: str | Path) -> Grid:
     """Read and validate a grid YAML (every key checked before anything slow happens)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"grid {path} not found: pass a grid YAML (see grids/)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} must hold a mapping (name, protocol, methods, patterns, ...)")
+    raw = checks.yaml_mapping(path, "grid settings (name, protocol, methods, patterns, ...)")
     allowed = {"name", "description", "protocol", "models", "methods", "patterns", "seeds"}
     unknown = sorted(set(raw) - allowed)
     if unknown:

@@ -59,6 +59,19 @@ class Killed(Exception):
     pass
 
 
+def dies_after(inner, n: int):
+    """An evaluate_many that is killed after ``n`` results (a SIGKILL in the middle of a generation)."""
+    calls = {"n": 0}
+
+    def dying(formulas):
+        for res in inner(formulas):
+            calls["n"] += 1
+            if calls["n"] > n:
+                raise Killed()
+            yield res
+    return dying
+
+
 def test_resume_after_interruption_gives_the_same_result(tmp_path, evaluator_factory):
     full = run(tmp_path / "full", evaluator_factory, generations=4)
     dispatched = sum(r["hit"] in ("eval", "mask", "error") for r in read_evaluations(tmp_path / "full"))
@@ -67,15 +80,7 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path, evaluator_fac
     # a run that dies in the middle of generation 3
     space = load_space(SPACE)
     space.raw["gp"]["generations"] = 4
-    inner = evaluator_factory()
-    calls = {"n": 0}
-
-    def dying(formulas):
-        for res in inner(formulas):
-            calls["n"] += 1
-            if calls["n"] > dispatched - 2:
-                raise Killed()
-            yield res
+    dying = dies_after(evaluator_factory(), dispatched - 2)
 
     with pytest.raises(Killed):
         Search(space, tmp_path / "cut", dying, progress=False).run()
@@ -157,15 +162,7 @@ def test_resume_before_the_first_checkpoint_restarts_and_matches(tmp_path, evalu
     full = run(tmp_path / "full", evaluator_factory, generations=2)
     space = load_space(SPACE)
     space.raw["gp"]["generations"] = 2
-    inner = evaluator_factory()
-    calls = {"n": 0}
-
-    def dying(formulas):
-        for res in inner(formulas):
-            calls["n"] += 1
-            if calls["n"] > 2:
-                raise Killed()
-            yield res
+    dying = dies_after(evaluator_factory(), 2)
 
     with pytest.raises(Killed):
         Search(space, tmp_path / "cut", dying, progress=False).run()

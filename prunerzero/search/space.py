@@ -10,7 +10,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .. import checks
 from ..errors import UserError
@@ -319,10 +318,4 @@ def resolve_space(name: str | Path) -> Path:
 
 def load_space(path: str | Path) -> SearchSpace:
     path = resolve_space(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} must hold a mapping of settings")
-    return validate(raw, str(path))
+    return validate(checks.yaml_mapping(path, "settings"), str(path))
