@@ -120,7 +120,6 @@ def _check_model_args(args, calibration: bool) -> None:
     if args.task_list:
         from .evaluate import check_zero_shot
 
-        checks.module_available("lm_eval", "--tasks", "pip install 'prunerzero[eval]'")
         check_zero_shot(args.task_list, args.tasks_dir)
     _check_json(args.json)
     require_data(args.data_dir, tuple(args.eval_sets), ("test",), calibration)
@@ -552,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("structural", "remove KV-head groups and MLP channels (policy gradient, forward passes only)")
     _common_model_args(p)
-    from .pipeline import STRUCTURAL_PRESETS, StructuralConfig as D
+    from .pipeline import STRUCTURAL_PRESETS
+    from .pipeline import StructuralConfig as D
     p.add_argument("--preset", default=None, choices=sorted(STRUCTURAL_PRESETS),
                    help="named settings; official-pg: the official backprop-free PG code's (wanda-sp init from "
                         "32 x 1024 C4 tokens, K=2, 8 x 128-token windows per step, lr 2e-3, 320 x 128-token "

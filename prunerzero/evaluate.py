@@ -85,10 +85,9 @@ def _task_manager(tasks: list[str], tasks_dir: str | None):
 
 def check_zero_shot(tasks: list[str], tasks_dir: str | None = None):
     """Fail early (before a model is loaded): lm-eval installed, known task names, a readable --tasks-dir."""
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise UserError("zero-shot evaluation needs lm-eval: pip install 'prunerzero[eval]'") from None
+    from .checks import module_available
+
+    module_available("lm_eval", "zero-shot evaluation (--tasks)", "pip install 'prunerzero[eval]'")
     if not tasks or not all(tasks):
         raise UserError("--tasks needs comma-separated task names, e.g. --tasks arc_easy,hellaswag")
     if tasks_dir is not None:

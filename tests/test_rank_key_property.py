@@ -31,6 +31,7 @@ import time
 
 import pytest
 import torch
+from test_metric import same_values
 
 from prunerzero import data
 from prunerzero.metric import evaluate, parse, rank_key
@@ -138,15 +139,6 @@ def formula_set(seed: int = 0) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 # --------------------------------------------------------------------------------------------- checks
-def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape:
-        return False
-    if torch.equal(a.view(torch.int32), b.view(torch.int32)):  # bitwise identical (the usual case)
-        return True
-    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    return bool(torch.equal(nan_a, nan_b) and ((a == b) | nan_a).all())
-
-
 def _bitwise(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
 
@@ -167,7 +159,7 @@ def _check_group(group: list[str], env: dict, where: str) -> int:
     ref_masks, computed = None, 0
     for other in group[1:]:
         score = evaluate(other, env)
-        assert _same_values(ref, score), (where, group[0], other)
+        assert same_values(ref, score), (where, group[0], other)
         if not _bitwise(ref, score):
             ref_masks = ref_masks or _masks(ref)
             assert _masks(score) == ref_masks, (where, group[0], other)
