@@ -30,6 +30,7 @@ from prunerzero.models import all_prunable, load_model
 from prunerzero.prune.masks import Pattern, WeightSnapshot, apply_mask
 from prunerzero.prune.run import metric_masks
 from prunerzero.search.fitness import batched_masks, mask_fingerprint
+from prunerzero.timing import sync
 
 FORMULA = "mul(abs(mul(W, W)), mms(G))"
 
@@ -56,11 +57,6 @@ def random_stats(model) -> Stats:
         out[key] = {"X": torch.rand(lin.in_features, generator=g, device=dev),
                     "G2": torch.rand(lin.weight.shape, generator=g, device=dev).to(lin.weight.dtype)}
     return Stats(out)
-
-
-def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def peak_mb(device) -> float:

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn as nn
@@ -41,6 +39,7 @@ from prunerzero.export import is_24
 from prunerzero.fsutil import atomic_write_text
 from prunerzero.models import all_prunable, load_model
 from prunerzero.prune.masks import apply_mask, mask_from_scores, parse_pattern
+from prunerzero.timing import timed
 
 NOT_MEASURED = "not yet measured on a GPU"
 PROMPT = 128
@@ -108,28 +107,10 @@ def to_semi_structured(model: nn.Module) -> tuple[int, dict[str, int]]:
     return done, failed
 
 
-def _sync(device) -> None:
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device, warmup: int, runs: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def prefill_tps(model, tokens: torch.Tensor, warmup: int, runs: int) -> float:
     device = tokens.device
-    return tokens.shape[1] / median_seconds(lambda: model(tokens, use_cache=False), device, warmup, runs)
+    return tokens.shape[1] / timed(lambda: model(tokens, use_cache=False), device, runs, warmup)["median_s"]
 
 
 @torch.no_grad()
@@ -151,16 +132,7 @@ def decode_tps(model, prompt: torch.Tensor, steps: int, warmup: int, runs: int) 
         for _ in range(steps):
             nxt = model(nxt, use_cache=True, **{kw: cache}).logits[:, -1:].argmax(-1)
 
-    times = []
-    for i in range(warmup + runs):
-        setup()
-        _sync(device)
-        t0 = time.perf_counter()
-        loop()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return prompt.shape[0] * steps / statistics.median(times)
+    return prompt.shape[0] * steps / timed(loop, device, runs, warmup, setup=setup)["median_s"]
 
 
 @torch.no_grad()

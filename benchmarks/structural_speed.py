@@ -19,24 +19,13 @@ import argparse
 import json
 import platform
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from prunerzero.prune import structural as st
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _stats(times: list[float]) -> dict:
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "p25_s": q[0], "p75_s": q[2], "runs": len(times)}
+from prunerzero.timing import timed
 
 
 @torch.no_grad()
@@ -45,15 +34,7 @@ def prefill(model, seqlen: int, batch: int, repeats: int, warmup: int, seed: int
     dev = model.get_input_embeddings().weight.device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=g).to(dev)
-    times = []
-    for i in range(warmup + repeats):
-        _sync(dev)
-        t = time.perf_counter()
-        model(ids, use_cache=False)
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    out = _stats(times)
+    out = timed(lambda: model(ids, use_cache=False), dev, repeats, warmup)
     out["tokens_per_s"] = batch * seqlen / out["median_s"]
     return out
 
@@ -64,19 +45,19 @@ def decode(model, batch: int, tokens: int, repeats: int, warmup: int, prompt: in
     dev = model.get_input_embeddings().weight.device
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).to(dev)
-    times = []
-    for i in range(warmup + repeats):
+    state = {}
+
+    def setup():
         out = model(ids, use_cache=True)
-        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-        _sync(dev)
-        t = time.perf_counter()
+        state["cache"], state["next"] = out.cache, out.logits[:, -1:].argmax(-1)
+
+    def steps():
+        cache, nxt = state["cache"], state["next"]
         for _ in range(tokens):
             out = model(nxt, cache=cache, use_cache=True)
             cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-        _sync(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    res = _stats(times)
+
+    res = timed(steps, dev, repeats, warmup, setup=setup)
     res["tokens_per_s"] = batch * tokens / res["median_s"]
     return res
 

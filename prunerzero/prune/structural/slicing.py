@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -118,16 +116,8 @@ def count_params(model: nn.Module) -> dict[str, int]:
 def forward_latency(model: nn.Module, seqlen: int, batch: int = 1, repeats: int = 20, warmup: int = 2) -> float:
     """Median seconds of one forward pass on random tokens [batch, seqlen], after ``warmup`` untimed passes
     (benchmarks/structural_speed.py also times decoding)."""
+    from ...timing import timed
+
     dev = model.get_input_embeddings().weight.device
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=dev)
-    times = []
-    for i in range(warmup + repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        model(ids, use_cache=False)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return timed(lambda: model(ids, use_cache=False), dev, repeats, warmup)["median_s"]
