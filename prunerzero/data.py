@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import random
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -174,9 +175,28 @@ def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = No
     return tokens[: n * seqlen].view(n, seqlen)
 
 
+_WINDOWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {args: windows}
+
+
 def calibration_windows(tokenizer, nsamples: int = 128, seqlen: int = 2048, seed: int = 0, data_dir=None,
                         source: str = "c4") -> torch.Tensor:
-    """Wanda/SparseGPT's C4 sampler: [nsamples, seqlen] token windows, deterministic for a seed."""
+    """Wanda/SparseGPT's C4 sampler: [nsamples, seqlen] token windows, deterministic for a seed.
+
+    Remembered per tokenizer for the process (a copy is returned), keyed by the arguments and the data files'
+    names and sizes, so the statistics cache's content hash does not re-tokenise C4 on every call."""
+    key = (nsamples, seqlen, seed, data_fingerprint(data_dir), source)
+    try:
+        memo = _WINDOWS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
+        memo = {}
+    if key not in memo:
+        if len(memo) >= 8:
+            memo.pop(next(iter(memo)))
+        memo[key] = _sample_windows(tokenizer, nsamples, seqlen, seed, data_dir, source)
+    return memo[key].clone()
+
+
+def _sample_windows(tokenizer, nsamples: int, seqlen: int, seed: int, data_dir, source: str) -> torch.Tensor:
     if source != "c4":
         raise UserError(f"unknown calibration source '{source}': use c4")
     if nsamples < 1 or seqlen < 2:

@@ -61,8 +61,9 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
     safetensors under the cache dir (calibration windows of ``seqlen`` tokens, default ``lm.seqlen``, unless
     ``windows`` are given).
 
-    The cache key holds the sha1 of the calibration windows (tokenised here even on a cache hit, about 2 s for
-    128 x 2048 tokens) and, for G, the dtype the gradients are computed in (fp32 for an upcast half model)."""
+    The cache key holds the sha1 of the calibration windows (tokenised once per process and remembered by
+    ``data.calibration_windows``) and, for G, the dtype the gradients are computed in (fp32 for an upcast half
+    model)."""
     stats = Stats()
     if windows is None:
         windows = calibration_windows(lm, cfg, seqlen)

@@ -59,6 +59,23 @@ def test_calibration_windows_follow_the_sampler():
         assert torch.equal(w1[k], ids[0, j:j + 64])
 
 
+def test_calibration_windows_are_tokenised_once_and_returned_as_copies():
+    class Counting(CharTokenizer):
+        calls = 0
+
+        def __call__(self, text, return_tensors="pt"):
+            Counting.calls += 1
+            return super().__call__(text, return_tensors)
+
+    tok = Counting()
+    w1 = data.calibration_windows(tok, nsamples=3, seqlen=64, seed=0)
+    calls = Counting.calls
+    w1.zero_()  # the caller's copy: the remembered windows are untouched
+    w2 = data.calibration_windows(tok, nsamples=3, seqlen=64, seed=0)
+    assert Counting.calls == calls and w2.abs().sum() > 0
+    assert torch.equal(w2, data.calibration_windows(CharTokenizer(), nsamples=3, seqlen=64, seed=0))
+
+
 def test_missing_data_dir_is_one_line(tmp_path):
     with pytest.raises(UserError, match="does not exist: pass --data-dir"):
         data.wikitext2_rows("test", tmp_path / "nope")

@@ -141,7 +141,7 @@ def test_out_of_memory_in_fitness_is_retryable(monkeypatch):
     def oom(*_a, **_k):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(fitness_mod, "metric_masks", oom)
+    monkeypatch.setattr(fitness_mod, "batched_masks", oom)
     res = ev("abs(W)")
     assert res.hit == "error" and res.retryable and res.error == "out of memory" and not ev.by_mask
 

@@ -100,9 +100,6 @@ def batched_masks(formula, linears: dict, stats: Stats, pattern: Pattern, batch:
     return {key: out[key] for key in linears}
 
 
-metric_masks = batched_masks   # what the evaluator calls
-
-
 @dataclass
 class FitnessResult:
     formula: str
@@ -193,7 +190,7 @@ class FitnessEvaluator:
             for pattern in self.patterns:
                 label = part_label(target.name, pattern)
                 try:
-                    masks = metric_masks(node, target.linears, target.stats, pattern)
+                    masks = batched_masks(node, target.linears, target.stats, pattern)
                 except (MetricError, FormulaError, UserError) as exc:
                     return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc),
                                          windows=windows)
