@@ -8,6 +8,12 @@ were not recorded then and stay null.
     python benchmarks/migrate_rows.py baselines confirm-gpu confirm-cpu selection-gpu
     prunerzero bench grids/baselines.yaml --out results/baselines --render-only
     python benchmarks/select_formula.py --out results/selection-gpu --render-only
+
+The structural tables (benchmarks/structural_table.py and structural_ablation.py wrote ``results/<name>/rows/*.json``)
+become rows of the grids ``grids/structural-{gpu,cpu,ablation}.yaml`` the same way:
+
+    python benchmarks/migrate_rows.py structural-gpu structural-cpu structural-ablation
+    prunerzero bench grids/structural-gpu.yaml --render-only      # and the other two
 """
 from __future__ import annotations
 
@@ -75,6 +81,100 @@ def migrate(name: str) -> Path:
     return target
 
 
+# the old structural rows' window counts: WikiText-2 test (304,986 SmolLM2 tokens) or its first N tokens, cut into
+# windows of each length; the ablation evaluated the first 80 windows of 128 tokens
+WIKITEXT2_TEST_TOKENS = 304_986
+
+
+def migrate_structural(name: str) -> Path:
+    """``results/<name>/rows/*.json`` (structural_table.py / structural_ablation.py) -> ``results/<name>/rows.jsonl``
+    in the runner's schema; each old row becomes the cell of ``grids/<name>.yaml`` that describes its run (an
+    ablation row with a ``uniform`` part becomes two rows: the per-layer and the uniform-width mask of one run)."""
+    import dataclasses
+
+    from prunerzero.metric.known import resolve_metric
+    from prunerzero.metric.simplify import rank_key
+
+    grid = load_grid(REPO / "grids" / f"{name}.yaml")
+    old_md = (REPO / "results" / f"{name}.md").read_text()
+    command = re.search(r"^Command: `(.*)`$", old_md, re.M).group(1)
+    hardware = re.search(r"Hardware: (.*?)\. ", old_md).group(1)
+    gpu = "NVIDIA" in hardware
+    ablation = name == "structural-ablation"
+    if ablation:  # two processes wrote the rows; the note in the old table gives their exact commands
+        commands = re.findall(r"`(nice -n 10 python benchmarks/structural_ablation\.py [^`]*)`", old_md)
+        first, second = commands[0].replace("nice -n 10 ", ""), commands[1].replace("nice -n 10 ", "")
+    ev, proto = grid.structural, grid.protocol
+    methods = {(m.name, m.mode): m for m in grid.methods}
+
+    def windows(L):
+        return ev.windows(L, proto) or WIKITEXT2_TEST_TOKENS // L
+
+    def row_for(method, pattern, old, part, origin, cmd, note=None):
+        cell = grid.cell("smollm2", method, pattern, 0)
+        ppl = part["ppl"] if isinstance(part["ppl"], dict) else {str(ev.seqlens[0]): part["ppl"]}
+        row = {"id": cell.id, "grid": grid.name, "model": "smollm2", "method": method.name, "kind": "structural",
+               "formula": None, "key": None, "mode": None, "pattern": pattern, "seed": 0}
+        cfg = None
+        if method.name == "dense":
+            row.update(sparsity=0.0, removed=0.0, params=old.get("params"), prune_seconds=0.0, final_loss=None)
+        else:
+            cfg = method.structural_config(float(pattern), 0)
+            if cfg.init in ("metric", "oneshot"):
+                _, node, _ = resolve_metric(cfg.metric)
+                row["formula"], row["key"] = str(node), rank_key(str(node))
+            row.update(mode=cfg.init, sparsity=cfg.sparsity, removed=part["removed"], params=part["params"],
+                       prune_seconds=old["seconds"],
+                       final_loss=old.get("final_loss", old["history"][-1]["baseline"] if old["history"] else None))
+        row.update(ppl={f"wikitext2@{L}": v for L, v in ppl.items()},
+                   windows={f"wikitext2@{L}": windows(int(L)) for L in ppl}, eval_seconds=None,
+                   latency_ms=old.get("latency_ms"), seconds=old.get("wall_s"),
+                   protocol={**proto.as_dict(), "seqlen": proto.seqlen,
+                             **({"dtype": "float16", "device": "cuda"} if gpu else {"dtype": "float32", "device": "cpu"}),
+                             "evaluation": {**ev.identity(), "latency_seqlen": ev.latency_seqlen or proto.seqlen,
+                                            "latency_repeats": ev.latency_repeats}},
+                   structural=dataclasses.asdict(cfg) if cfg else None)
+        if cfg:
+            row["layer_shapes"] = [part["layer_shape"]] if "layer_shape" in part else old["layer_shapes"]
+            row["history"] = old["history"][-5:]
+        row["provenance"] = {"commit": _added_in(origin), "dirty": None, "versions": None, "device": hardware,
+                             "command": cmd, "time": None, "migrated_from": str(origin.relative_to(REPO))
+                             + (" (uniform)" if "layer_shape" in part else "")}
+        if note:
+            row["provenance"]["note"] = note
+        return row
+
+    out = []
+    for path in sorted((REPO / "results" / name / "rows").glob("*.json")):
+        old = json.loads(path.read_text())
+        if old["init"] == "dense":
+            out.append(row_for(methods[("dense", "sequential")], "-", old, old, path, first if ablation else command))
+            continue
+        pattern = f"{old.get('sparsity', 0.2):g}"
+        if not ablation:
+            out.append(row_for(methods[("found" if old["init"] != "const" else "const", old["init"])], pattern, old,
+                               old, path, command))
+            continue
+        label = f"{old['init']}/lr{old['lr']:g}"
+        cmd, note = (second, None) if old["init"] == "found" else (first, None)
+        if old["init"] == "wanda":
+            note = ("both processes listed the wanda cells; by the rows' wall times (wall_s), if the two started "
+                    "together, the first finished both (at about 2,980 s plus its dense evaluation) before the "
+                    "second reached them (at about 3,550 s, after its found cells) and skipped them")
+        out.append(row_for(methods[(label, "metric")], pattern, old, old, path, cmd, note))
+        if "uniform" in old:
+            uni = {**old["uniform"]}
+            out.append(row_for(methods[(label + "/uniform", "metric")], pattern, old, uni, path, cmd,
+                               "the uniform-width mask (per-layer top-k) of the same run's learned probabilities"))
+    order = {c.id: i for i, c in enumerate(grid.cells())}
+    missing = set(order) - {r["id"] for r in out}
+    if missing or len(out) != len(order):
+        raise SystemExit(f"error: the old rows of {name} do not fill grids/{name}.yaml: {sorted(missing)}")
+    target = REPO / "results" / name / "rows.jsonl"
+    if read_rows(target):
+        raise SystemExit(f"error: {target} already holds rows: nothing to migrate")
+    atomic_write_text(target, "".join(json.dumps(r) + "\n" for r in sorted(out, key=lambda r: order[r["id"]])))
+    return target
 
 
 def migrate_selection(name: str = "selection-gpu") -> Path:
@@ -120,4 +220,5 @@ def migrate_selection(name: str = "selection-gpu") -> Path:
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "benchmarks"))
     for name in sys.argv[1:]:
-        print(migrate_selection(name) if name.startswith("selection") else migrate(name))
+        print(migrate_selection(name) if name.startswith("selection") else
+              migrate_structural(name) if name.startswith("structural") else migrate(name))

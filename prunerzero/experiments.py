@@ -14,6 +14,18 @@ A grid is a YAML file (see ``grids/``)::
       - {name: found, formula: "mul(sqrt(sub(X, G)), abs(W))", mode: sequential}
       - {name: sparsegpt, mode: sequential}
 
+Structural cells (``kind: structural``: the policy-gradient or one-shot structure-score pruner of
+``pipeline.structural``) read the grid's patterns as removed fractions of the prunable parameters; every other key
+of such a method is a ``pipeline.StructuralConfig`` field (``preset``, ``init``, ``steps``, ``lr``, ...) whose
+defaults are ``structural_config(preset)``'s, and ``formula`` is the metric behind the initial scores::
+
+    structural: {eval_seqlens: [128, 2048], latency_repeats: 3}   # evaluation of every cell (dense included)
+    patterns: [0.2, 0.3]
+    methods:
+      - dense
+      - {name: found, kind: structural, init: metric, formula: "mul(sqrt(sub(X, G)), abs(W))", steps: 300, lr: 0.02}
+      - {name: found, kind: structural, init: oneshot, formula: "mul(sqrt(sub(X, G)), abs(W))"}
+
 Every cell is one row in ``<out>/rows.jsonl`` with one schema: the protocol, the method, its formula and ranking
 key, the pattern, the measured sparsity, perplexity per dataset, seconds, and provenance (git commit and whether
 the tree was dirty, library versions, device, the exact command). Rows already present are skipped, so a stopped
@@ -41,7 +53,10 @@ DATASET_TITLES = {"wikitext2": "WikiText-2", "c4": "C4"}
 class Method:
     name: str                       # a known metric, 'sparsegpt', 'dense', or a label of ``formula``
     formula: str | None = None      # the formula text behind a label (None for known names)
-    mode: str = "sequential"        # sequential: Wanda's layer-by-layer statistics; oneshot: dense statistics
+    mode: str = "sequential"        # sequential: Wanda's layer-by-layer statistics; oneshot: dense statistics;
+                                    # structural methods: their init (metric | const | random | oneshot)
+    kind: str = "prune"             # prune | structural
+    settings: tuple = ()            # structural: the (StructuralConfig field, value) pairs the grid sets, and preset
 
     @property
     def spec(self) -> str:
@@ -49,7 +64,27 @@ class Method:
 
     @property
     def label(self) -> str:
-        return self.name if self.name == "dense" else f"{self.name} ({self.mode})"
+        return self.name if self.name == "dense" or self.kind == "structural" else f"{self.name} ({self.mode})"
+
+    def structural_config(self, sparsity: float, seed: int):
+        """The StructuralConfig of this method at one removed fraction and seed (defaults: ``structural_config``)."""
+        from .pipeline import structural_config
+
+        settings = dict(self.settings)
+        preset = settings.pop("preset", None)
+        return structural_config(preset, sparsity=sparsity, seed=seed, init=self.mode, metric=self.formula,
+                                 **settings)
+
+    @property
+    def config_key(self) -> str:
+        """What the cell computes beyond its pattern and seed: a row of other settings is another cell."""
+        import dataclasses
+        import hashlib
+
+        cfg = dataclasses.asdict(self.structural_config(0.5, 0))
+        for k in STRUCTURAL_CELL_FIELDS:
+            cfg.pop(k)
+        return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)
@@ -62,8 +97,9 @@ class Cell:
 
     @property
     def id(self) -> str:
+        extra = f"|config={self.method.config_key}" if self.method.kind == "structural" else ""
         return (f"{self.model}|{self.method.name}|{self.method.mode}|{self.pattern}|seed={self.seed}"
-                f"|protocol={self.protocol_key}")
+                f"|protocol={self.protocol_key}{extra}")
 
 
 # what makes two numbers comparable; model and seed are in the cell, device and batch size are the environment
@@ -71,11 +107,34 @@ PROTOCOL_IDENTITY = ("dtype", "seqlen", "calibration", "nsamples", "grad_precisi
                      "eval_windows")
 
 
-def protocol_key(protocol: Protocol) -> str:
+def protocol_key(protocol: Protocol, evaluation: dict | None = None) -> str:
+    """Hash of what makes numbers comparable; ``evaluation``: a structural grid's window lengths and token count."""
     import hashlib
 
     ident = {k: v for k, v in protocol.as_dict().items() if k in PROTOCOL_IDENTITY}
+    if evaluation is not None:
+        ident["structural_evaluation"] = evaluation
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+
+
+# StructuralConfig fields a structural cell sets itself (pattern, seed) or the grid's evaluation sets
+STRUCTURAL_CELL_FIELDS = ("sparsity", "seed", "eval_seqlens", "eval_windows")
+
+
+@dataclass(frozen=True)
+class StructuralEval:
+    """How every cell of a structural grid is measured: perplexity at each window length, parameters, latency."""
+    seqlens: tuple[int, ...]
+    tokens: int | None = None         # the first N test tokens cut into windows of each length (None: the protocol's
+                                      # eval_windows windows of each length, every window if that is None too)
+    latency_seqlen: int | None = None  # tokens of the timed forward (None: protocol.seqlen)
+    latency_repeats: int = 0          # timed forwards after 2 warm-ups, median reported; 0: not timed
+
+    def identity(self) -> dict:
+        return {"seqlens": list(self.seqlens), "tokens": self.tokens}
+
+    def windows(self, seqlen: int, protocol: Protocol) -> int | None:
+        return self.tokens // seqlen if self.tokens else protocol.eval_windows
 
 
 @dataclass(frozen=True)
@@ -88,9 +147,11 @@ class Grid:
     patterns: tuple[str, ...]
     seeds: tuple[int, ...]
     path: str | None = None
+    structural: StructuralEval | None = None   # set when the grid holds structural methods
 
     def cell(self, model: str, method: Method, pattern: str, seed: int) -> Cell:
-        return Cell(model, method, pattern, seed, protocol_key(self.protocol))
+        ev = self.structural.identity() if self.structural else None
+        return Cell(model, method, pattern, seed, protocol_key(self.protocol, ev))
 
     def cells(self) -> list[Cell]:
         out = []
@@ -117,8 +178,8 @@ class Grid:
         for name in formulas:
             if name not in names:
                 raise UserError(f"--formula {name}=...: the grid has no method '{name}' (it has {', '.join(names)})")
-        methods = tuple(_method({"name": m.name, "formula": formulas[m.name], "mode": m.mode}, m.name)
-                        if m.name in formulas else m for m in self.methods)
+        methods = tuple(_checked(replace(m, formula=formulas[m.name]), m.name) if m.name in formulas else m
+                        for m in self.methods)
         return replace(self, methods=methods)
 
 
@@ -135,22 +196,107 @@ def _pattern_text(value, where: str) -> str:
 
 
 def _method(raw, where: str) -> Method:
-    from .metric.known import resolve_metric
-    from .prune.run import SPARSEGPT
-
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or "name" not in raw:
         raise UserError(f"{where} must be a name or a mapping with 'name' (and 'formula', 'mode')")
-    unknown = sorted(set(raw) - {"name", "formula", "mode"})
+    kind = raw.get("kind", "prune")
+    if kind == "structural":
+        return _structural_method(raw, where)
+    if kind != "prune":
+        raise UserError(f"{where}.kind '{kind}' is unknown: use prune (the default) or structural")
+    unknown = sorted(set(raw) - {"name", "formula", "mode", "kind"})
     if unknown:
-        raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are name, formula, mode")
-    method = Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential"))
+        raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are name, formula, mode, kind")
+    return _checked(Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential")), where)
+
+
+# minimum of each integer StructuralConfig field a grid may set (the others: >= 0)
+_STRUCTURAL_MINIMA = {"steps": 1, "samples": 2, "batch_size": 1, "calib_seqlen": 2, "ma_window": 1}
+
+
+def _structural_method(raw: dict, where: str) -> Method:
+    """A ``kind: structural`` method: every key a StructuralConfig field (checked by its default's type)."""
+    import dataclasses
+
+    from .cli import STRUCTURAL_INITS
+    from .pipeline import StructuralConfig
+    from .prune.structural import ATTN_SCORES, MLP_SCORES
+
+    defaults = {f.name: f.default for f in dataclasses.fields(StructuralConfig)
+                if f.name not in STRUCTURAL_CELL_FIELDS and f.name != "metric"}
+    allowed = {"name", "kind", "formula", "preset"} | set(defaults)
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        hint = " (the metric of a structural method is its 'formula')" if unknown[0] == "metric" else ""
+        raise UserError(f"unknown key '{where}.{unknown[0]}'{hint}: allowed are {', '.join(sorted(allowed))}")
+    choices = {"init": STRUCTURAL_INITS, "attn_score": ATTN_SCORES, "mlp_score": MLP_SCORES}
+    settings = {}
+    for key in sorted(set(raw) - {"name", "kind", "formula"}):
+        value, what = raw[key], f"{where}.{key}"
+        default = defaults.get(key)
+        if key == "preset":
+            if not isinstance(value, str):
+                raise UserError(f"{what} must name a preset, got {value!r}")
+        elif key in choices:
+            if value not in choices[key]:
+                raise UserError(f"{what} '{value}' is unknown: use {', '.join(choices[key])}")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{what} must be true or false, got {value!r}")
+        elif isinstance(default, int):
+            checks.integer(value, what, _STRUCTURAL_MINIMA.get(key, 0))
+        elif isinstance(default, float):
+            value = checks.real(value, what, 0.0, open_low=True)
+        settings[key] = value
+    from .pipeline import structural_config
+
+    init = structural_config(settings.get("preset"), init=settings.pop("init", None)).init  # the preset's, else
+    formula = raw.get("formula")                                                            # StructuralConfig's
+    return _checked(Method(str(raw["name"]), None if formula is None else str(formula), init, "structural",
+                           tuple(sorted(settings.items()))), where)
+
+
+def _checked(method: Method, where: str) -> Method:
+    """Refuse a bad mode, name or formula here, before any model is loaded."""
+    from .metric.known import resolve_metric
+    from .prune.run import SPARSEGPT
+
+    if method.kind == "structural":
+        if method.name == "dense":
+            raise UserError(f"{where}: 'dense' is not a structural method: list it as plain 'dense'")
+        cfg = method.structural_config(0.5, 0)   # an unknown preset is refused here
+        if cfg.init in ("metric", "oneshot"):
+            resolve_metric(cfg.metric)
+        return method
     if method.mode not in MODES:
         raise UserError(f"{where}.mode '{method.mode}' is unknown: use sequential or oneshot")
     if method.name != "dense" and method.spec != SPARSEGPT:
-        resolve_metric(method.spec)  # a bad name or formula is refused here, before any model is loaded
+        resolve_metric(method.spec)
     return method
+
+
+def _structural_eval(raw, protocol: Protocol) -> StructuralEval:
+    from .pipeline import StructuralConfig
+
+    raw = dict(raw or {})
+    allowed = {"eval_seqlens", "eval_tokens", "latency_seqlen", "latency_repeats"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise UserError(f"unknown key 'structural.{unknown[0]}': allowed are {', '.join(sorted(allowed))}")
+    seqlens = raw.get("eval_seqlens", StructuralConfig.eval_seqlens)
+    if isinstance(seqlens, (list, tuple)):
+        seqlens = tuple(checks.integer(L, "structural.eval_seqlens[]", 2) for L in seqlens)
+    else:
+        seqlens = tuple(checks.int_list(seqlens, "structural.eval_seqlens", 2))
+    if not seqlens or len(set(seqlens)) != len(seqlens):
+        raise UserError("structural.eval_seqlens must list window lengths, each once: e.g. [128, 2048]")
+    tokens = checks.optional_integer(raw.get("eval_tokens"), "structural.eval_tokens", max(seqlens))
+    if tokens is not None and protocol.eval_windows is not None:
+        raise UserError("structural.eval_tokens and protocol.eval_windows both limit the evaluation: keep one")
+    return StructuralEval(seqlens, tokens,
+                          checks.optional_integer(raw.get("latency_seqlen"), "structural.latency_seqlen", 1),
+                          checks.integer(raw.get("latency_repeats", 0), "structural.latency_repeats", 0))
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -159,7 +305,7 @@ def load_grid(path: str | Path) -> Grid:
     if not path.is_file():
         raise UserError(f"grid {path} not found: pass a grid YAML (see grids/)")
     raw = checks.yaml_mapping(path, "grid settings (name, protocol, methods, patterns, ...)")
-    allowed = {"name", "description", "protocol", "models", "methods", "patterns", "seeds"}
+    allowed = {"name", "description", "protocol", "models", "methods", "patterns", "seeds", "structural"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UserError(f"unknown key '{unknown[0]}' in grid {path}: allowed are {', '.join(sorted(allowed))}")
@@ -175,8 +321,20 @@ def load_grid(path: str | Path) -> Grid:
     if len(set(names)) != len(names):
         raise UserError("grid methods repeat a (name, mode): give each its own name")
     patterns = tuple(_pattern_text(p, f"patterns[{i}]") for i, p in enumerate(raw.get("patterns") or [0.5]))
+    structural = None
+    if any(m.kind == "structural" for m in methods):
+        pruning = [m.name for m in methods if m.kind != "structural" and m.name != "dense"]
+        if pruning:
+            raise UserError(f"grid {path} mixes structural methods with pruning method '{pruning[0]}': "
+                            "put them in separate grids")
+        if any(":" in p for p in patterns):
+            raise UserError(f"grid {path}: structural methods remove a fraction of the parameters; pattern "
+                            f"'{next(p for p in patterns if ':' in p)}' is N:M: use fractions such as 0.2")
+        structural = _structural_eval(raw.get("structural"), protocol)
+    elif "structural" in raw:
+        raise UserError(f"grid {path} has a 'structural' block but no 'kind: structural' method: add one or drop it")
     return Grid(str(raw.get("name") or path.stem), str(raw.get("description") or ""), protocol, models, methods,
-                patterns, seeds, str(path))
+                patterns, seeds, str(path), structural)
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -231,6 +389,9 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
     checks.device(proto.device, "protocol.device")
     require_data(data_dir, proto.eval_datasets, (proto.eval_split,), calibration=True)
     todo = [c for c in grid.cells() if c.id not in done and (only_model is None or c.model == only_model)]
+    if grid.structural:
+        _run_structural(grid, todo, rows_path, data_dir, cache, command, progress)
+        return read_rows(rows_path)
     for model in dict.fromkeys(c.model for c in todo):
         lm = load_model(model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen)
         snapshot = WeightSnapshot(all_prunable(lm.model), device="cpu")
@@ -273,6 +434,62 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
     return read_rows(rows_path)
 
 
+def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cache, command, progress) -> None:
+    """Structural cells: each slices a freshly loaded model (dense: measured as loaded)."""
+    import dataclasses
+
+    from .metric.known import resolve_metric
+    from .metric.simplify import rank_key
+    from .models import load_model
+    from .pipeline import CalibConfig, evaluate_all, structural
+    from .provenance import provenance
+    from .prune.structural import count_params, forward_latency
+
+    proto, ev = grid.protocol, grid.structural
+    for cell in todo:
+        method = cell.method
+        t0 = time.time()
+        lm = load_model(cell.model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen)
+        row = {"id": cell.id, "grid": grid.name, "model": cell.model, "method": method.name, "kind": "structural",
+               "formula": None, "key": None, "mode": None, "pattern": cell.pattern, "seed": cell.seed}
+        if method.name == "dense":
+            row.update(sparsity=0.0, removed=0.0, params=count_params(lm.model)["total"], prune_seconds=0.0,
+                       final_loss=None)
+            cfg = None
+        else:
+            cfg = method.structural_config(float(cell.pattern), cell.seed)
+            if cfg.init in ("metric", "oneshot"):
+                _, node, _ = resolve_metric(cfg.metric)
+                row["formula"], row["key"] = str(node), rank_key(str(node))
+            res = structural(lm, cfg, CalibConfig(seed=cell.seed, data_dir=data_dir, cache=cache), progress)
+            row.update(mode=cfg.init, sparsity=cfg.sparsity, removed=res["removed_fraction"],
+                       params=res["params_after"]["total"], prune_seconds=round(res["seconds"], 3),
+                       final_loss=res["history"][-1]["baseline"] if res["history"] else None)
+        t1 = time.time()
+        row["ppl"], row["windows"] = {}, {}
+        for L in ev.seqlens:
+            for ds, r in evaluate_all(lm, list(proto.eval_datasets), ev.windows(L, proto), proto.batch_size,
+                                      data_dir, progress, split=proto.eval_split, seqlen=L).items():
+                row["ppl"][f"{ds}@{L}"], row["windows"][f"{ds}@{L}"] = r["ppl"], r["windows"]
+        row["eval_seconds"] = round(time.time() - t1, 3)
+        row["latency_ms"] = (1000 * forward_latency(lm.model, ev.latency_seqlen or proto.seqlen,
+                                                    repeats=ev.latency_repeats) if ev.latency_repeats else None)
+        row["seconds"] = round(time.time() - t0, 3)
+        row["protocol"] = {**proto.as_dict(), "model": cell.model, "seed": cell.seed, "seqlen": lm.seqlen,
+                           "dtype": str(lm.model.dtype).replace("torch.", ""), "device": str(lm.device),
+                           "evaluation": {**ev.identity(), "latency_seqlen": ev.latency_seqlen or proto.seqlen,
+                                          "latency_repeats": ev.latency_repeats}}
+        row["structural"] = dataclasses.asdict(cfg) if cfg else None
+        if cfg:
+            row["layer_shapes"], row["history"] = res["layer_shapes"], res["history"][-5:]
+        row["provenance"] = provenance(lm.device, command)
+        _append_row(rows_path, row)
+        del lm
+        if progress:
+            shown = "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
+            print(f"{cell.id}: {shown}", flush=True)
+
+
 # ------------------------------------------------------------------------------------------------ tables
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
@@ -294,12 +511,20 @@ def better(a: list[float], b: list[float]) -> bool:
     return mb - ma > sa + sb
 
 
-def render(grid: Grid, rows: list[dict]) -> str:
-    """The grid's markdown: one table per evaluation dataset, methods x patterns, mean ± std over seeds."""
-    by_id = {r["id"]: r for r in rows}
+def _header(grid: Grid, rows: list[dict]) -> list[str]:
+    """Title, description, protocol, and where the rows came from (commands, devices, commits)."""
     lines = [f"# {grid.name}", "", grid.description, ""] if grid.description else [f"# {grid.name}", ""]
     proto = grid.protocol
-    lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in proto.as_dict().items())}; "
+    evaluation = ""
+    if grid.structural:
+        ev = grid.structural
+        evaluation = (f"; structural evaluation: window lengths {', '.join(map(str, ev.seqlens))}, "
+                      + (f"the first {ev.tokens} tokens" if ev.tokens else
+                         f"the first {proto.eval_windows} windows" if proto.eval_windows else "every window")
+                      + " of each length"
+                      + (f"; latency: median of {ev.latency_repeats} forwards of 1 x "
+                         f"{ev.latency_seqlen or proto.seqlen} tokens after 2 warm-ups" if ev.latency_repeats else ""))
+    lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in proto.as_dict().items())}{evaluation}; "
               f"seeds {', '.join(map(str, grid.seeds))}; "
               f"{'mean ± std over seeds' if len(grid.seeds) > 1 else 'one seed'}.", ""]
     commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance", {}).get("command")})
@@ -312,6 +537,21 @@ def render(grid: Grid, rows: list[dict]) -> str:
     if devices or commits:
         lines += [f"Device: {', '.join(devices) or 'unknown'}. Commit: {', '.join(commits) or 'unknown'}. "
                   f"Rows: `{grid.name}/rows.jsonl` ({len(rows)}).", ""]
+    return lines
+
+
+def _missing(grid: Grid, by_id: dict) -> list[str]:
+    missing = [c.id for c in grid.cells() if c.id not in by_id]
+    return [f"Not yet run: {len(missing)} cells (rerun the command to fill them in).", ""] if missing else []
+
+
+def render(grid: Grid, rows: list[dict]) -> str:
+    """The grid's markdown: one table per evaluation dataset, methods x patterns, mean ± std over seeds."""
+    if grid.structural:
+        return render_structural(grid, rows)
+    by_id = {r["id"]: r for r in rows}
+    lines = _header(grid, rows)
+    proto = grid.protocol
     for model in grid.models:
         for ds in proto.eval_datasets:
             title = DATASET_TITLES.get(ds, ds)
@@ -335,9 +575,76 @@ def render(grid: Grid, rows: list[dict]) -> str:
     formulas = [m for m in grid.methods if m.formula]
     if formulas:
         lines += [", ".join(f"`{m.name}` = `{m.formula}`" for m in formulas), ""]
-    missing = [c.id for c in grid.cells() if c.id not in by_id]
-    if missing:
-        lines += [f"Not yet run: {len(missing)} cells (rerun the command to fill them in).", ""]
+    lines += _missing(grid, by_id)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _structural_settings(methods: list[Method]) -> list[str]:
+    """A table of what each structural method does (its StructuralConfig, presets and defaults applied)."""
+    lines = ["| method | init | scores of | preset | steps | lr | K | windows per step | policy windows | "
+             "KV / MLP scores | statistics windows | widths |", "| --- |" + " --- |" * 11]
+    for m in methods:
+        cfg = m.structural_config(0.5, 0)
+        pg = cfg.init != "oneshot"
+        scored = cfg.init in ("metric", "oneshot")
+        pool = (cfg.nsamples or "steps x batch, each once") if pg or scored else "-"
+        stats = (f"{cfg.init_nsamples or 'policy'} x {cfg.init_seqlen or cfg.calib_seqlen}"
+                 if scored and (cfg.init_nsamples or cfg.init_seqlen) else "the policy's" if scored else "-")
+        lines.append(" | ".join([
+            f"| {m.name}", cfg.init, f"`{cfg.metric}`" if scored else "-", dict(m.settings).get("preset") or "-",
+            str(cfg.steps) if pg else "-", f"{cfg.lr:g}" if pg else "-", str(cfg.samples) if pg else "-",
+            f"{cfg.batch_size} x {cfg.calib_seqlen}" if pg else "-", str(pool),
+            f"{cfg.attn_score} / {cfg.mlp_score}" if scored else "-", stats,
+            "uniform" if cfg.uniform else "per layer"]) + " |")
+    return lines
+
+
+def render_structural(grid: Grid, rows: list[dict]) -> str:
+    """A structural grid's markdown: per model, dense then every method at every removed fraction, perplexity at
+    each window length (mean ± std over seeds), parameters, removed fraction, latency, final PG loss, seconds."""
+    by_id = {r["id"]: r for r in rows}
+    lines = _header(grid, rows)
+    proto, ev = grid.protocol, grid.structural
+    keys = [(ds, L) for ds in proto.eval_datasets for L in ev.seqlens]
+    ppl_head = " | ".join(f"{DATASET_TITLES.get(ds, ds)} ppl @{L}" for ds, L in keys)
+    timed = ev.latency_repeats > 0
+    head = (f"| removed (target) | method | init | {ppl_head} | params | removed | "
+            + ("latency ms | " if timed else "") + "final PG loss | optimisation s |")
+
+    def cells_of(found: list[dict], dense: bool) -> str:
+        ppl = []
+        for ds, L in keys:
+            vals = [r["ppl"][f"{ds}@{L}"] for r in found if f"{ds}@{L}" in r["ppl"]]
+            ppl.append(fmt(vals))
+        first = found[0]
+        out = [*ppl, "-" if first["params"] is None else f"{first['params']:,}", f"{first['removed']:.3%}"]
+        if timed:
+            lat = [r["latency_ms"] for r in found if r.get("latency_ms") is not None]
+            out.append(f"{statistics.fmean(lat):.0f}" if lat else "-")
+        losses = [r["final_loss"] for r in found if r.get("final_loss") is not None]
+        out.append(f"{statistics.fmean(losses):.3f}" if losses and not dense else "-")
+        out.append("-" if dense else f"{statistics.fmean(r['prune_seconds'] for r in found):.0f}")
+        n = "" if len(found) in (1, len(grid.seeds)) or dense else f" (n={len(found)})"
+        return " | ".join(out) + f" |{n}"
+
+    for model in grid.models:
+        lines += [f"**{model}, structural pruning, {proto.eval_split} split**", "", head,
+                  "| --- | --- | --- |" + " ---: |" * (len(keys) + 4 + timed)]
+        for method in grid.methods:
+            if method.name == "dense":
+                r = by_id.get(grid.cell(model, method, "-", grid.seeds[0]).id)
+                if r:
+                    lines.append(f"| 0 | dense | - | {cells_of([r], True)}")
+        for p in grid.patterns:
+            for method in (m for m in grid.methods if m.kind == "structural"):
+                found = [by_id[c.id] for c in (grid.cell(model, method, p, s) for s in grid.seeds) if c.id in by_id]
+                if found:
+                    lines.append(f"| {float(p):.0%} | {method.label} | {method.mode} | {cells_of(found, False)}")
+        lines.append("")
+    lines += ["Methods (policy gradient: lr cosine-decayed, moving-average baseline; one-shot: top structures by the "
+              "scores, no policy gradient):", "",
+              *_structural_settings([m for m in grid.methods if m.kind == "structural"]), ""]
+    lines += _missing(grid, by_id)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -95,8 +95,10 @@ stage_confirm() {
 stage_structural() {
   # the selected formula seeds the forward-only policy-gradient structural pruner (KV groups + MLP channels)
   local found; found=$(chosen) || return 2
-  $PY benchmarks/structural_table.py --metric "$found" --sparsities 0.2,0.3 --inits metric,const,oneshot \
-    --steps 300 --lr 0.02 --device "$DEVICE" --batch-size 16 --out "$RES/structural-gpu"
+  # (grids/structural-gpu.yaml: 20% and 30%, policy gradient from the formula and from const, 300 steps, lr 0.02,
+  # and one-shot by the formula's structure scores; rows resume, so a stopped call is finished by the same call)
+  $PY -m prunerzero.cli bench grids/structural-gpu.yaml --out "$RES/structural-gpu" --formula "found=$found" \
+    --device "$DEVICE" --seqlen "$SEQLEN" "${ew[@]}"
 }
 
 [ $# -gt 0 ] || { echo "usage: bash scripts/gpu_results.sh STAGE... (warm baselines search select confirm bench structural)" >&2; exit 2; }

@@ -1,11 +1,12 @@
 """Committed results agree with their row files, and the selection logic picks what it says it picks."""
+import dataclasses
 import json
 import re
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from prunerzero.metric.simplify import simplify
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -165,19 +166,22 @@ def test_selection_prefers_a_formula_that_beats_the_reference_at_every_pattern()
     assert select_formula.choose([{**ref, "ppl": {}}, b], ["u", "2:4"], "wanda") == (None, False)
 
 
-def rows(folder):
-    return {p.stem: json.loads(p.read_text()) for p in sorted((RESULTS / folder / "rows").glob("*.json"))}
-
-
-@pytest.mark.parametrize("table", ["structural-gpu", "structural-cpu"])
-def test_structural_tables_show_the_numbers_of_their_row_files(table):
-    names = {"oneshot": "one-shot (metric scores)", "const": "policy gradient from const",
-             "metric": "policy gradient from metric"}
-    md = (RESULTS / f"{table}.md").read_text().splitlines()
-    for name, r in rows(table).items():
-        start = "| 0 | dense |" if r["init"] == "dense" else f"| {r['sparsity']:.0%} | {names[r['init']]} |"
-        line = next(l for l in md if l.startswith(start))
-        assert all(f"| {v:.2f} |" in line for v in r["ppl"].values()), (name, line)
+@pytest.mark.parametrize("name", ["structural-gpu", "structural-cpu", "structural-ablation"])
+def test_structural_grids_hold_the_committed_runs(name):
+    """Every structural row is the cell of its grid that ran it: the same config (formula, steps, lr, preset) and
+    removed fraction; the one-shot and const rows need no metric, the others name theirs."""
+    grid, _, rows = grid_rows(name)
+    assert grid.structural and len(rows) == len(grid.cells())
+    methods = {(m.name, m.mode): m for m in grid.methods}
+    for r in rows:
+        assert r["kind"] == "structural" and r["provenance"]["command"] and r["provenance"]["commit"]
+        if r["method"] == "dense":
+            assert r["removed"] == 0 and r["structural"] is None
+            continue
+        cfg = methods[(r["method"], r["mode"])].structural_config(float(r["pattern"]), r["seed"])
+        assert r["structural"] == dataclasses.asdict(cfg)
+        assert abs(r["removed"] - cfg.sparsity) < 1e-3 and r["sparsity"] == cfg.sparsity
+        assert (r["formula"] is None) == (cfg.init == "const")
 
 
 def test_selection_table_re_renders_from_its_rows():
@@ -203,3 +207,95 @@ def test_selection_with_seeds_needs_more_than_the_spreads():
     clear = {"name": "b", "run": "r", "ppl": {"u": [47.0, 47.2, 46.8]}}
     assert select_formula.choose([ref, close], ["u"], "wanda") == (close, False)
     assert select_formula.choose([ref, close, clear], ["u"], "wanda") == (clear, True)
+
+
+def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_path):
+    """A structural grid on a tiny model: dense, policy gradient from a formula and from const, one-shot, two seeds;
+    rows with the config, removed fraction and provenance; a rerun computes nothing; the table comes from rows."""
+    import yaml
+
+    from prunerzero.cli import main
+    from prunerzero.experiments import load_grid, read_rows, render
+    from prunerzero.pipeline import StructuralConfig
+
+    grid = tmp_path / "s.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "tiny-structural", "protocol": {"model": str(tiny_model_dir), "seqlen": 64, "eval_windows": 2},
+        "structural": {"eval_seqlens": [16, 32], "latency_seqlen": 16, "latency_repeats": 1},
+        "seeds": [0, 1], "patterns": [0.3],
+        "methods": ["dense",
+                    {"name": "f", "kind": "structural", "init": "metric", "formula": "mul(abs(W), sqrt(X))",
+                     "steps": 2, "nsamples": 2, "calib_seqlen": 16, "batch_size": 1},
+                    {"name": "c", "kind": "structural", "init": "const", "steps": 2, "nsamples": 2,
+                     "calib_seqlen": 16, "batch_size": 1},
+                    {"name": "f", "kind": "structural", "init": "oneshot", "formula": "mul(abs(W), sqrt(X))",
+                     "nsamples": 2, "calib_seqlen": 16}]}))
+    out = tmp_path / "res"
+    argv = ["bench", str(grid), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    rows = read_rows(out / "rows.jsonl")
+    assert len(rows) == 1 + 3 * 2
+    dense = next(r for r in rows if r["method"] == "dense")
+    for r in rows:
+        assert set(r["ppl"]) == {"wikitext2@16", "wikitext2@32"} and r["windows"]["wikitext2@32"] == 2
+        assert r["provenance"]["commit"] and r["provenance"]["command"] and r["provenance"]["versions"]["torch"]
+        assert r["latency_ms"] > 0 and r["protocol"]["evaluation"]["seqlens"] == [16, 32]
+        if r["method"] != "dense":
+            assert 0.25 < r["removed"] < 0.35 and r["params"] < dense["params"] and r["sparsity"] == 0.3
+            assert r["structural"]["samples"] == StructuralConfig.samples   # a default the grid left alone
+            assert r["structural"]["nsamples"] == 2 and r["structural"]["seed"] == r["seed"]
+            assert (r["formula"] is None) == (r["mode"] == "const")
+    assert {r["mode"] for r in rows if r["method"] == "f"} == {"metric", "oneshot"}
+    md = (tmp_path / "res.md").read_text()
+    assert md == render(load_grid(grid), rows)
+    assert " ± " in md and "Not yet run" not in md and "| 30% | f | oneshot |" in md
+    before = (out / "rows.jsonl").read_text()
+    assert main(argv) == 0
+    assert (out / "rows.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("method, message", [
+    ({"name": "x", "kind": "structural", "stepz": 3}, "unknown key 'methods[0].stepz'"),
+    ({"name": "x", "kind": "structural", "metric": "wanda"}, "its 'formula'"),
+    ({"name": "x", "kind": "structural", "steps": 0}, "methods[0].steps must be >= 1"),
+    ({"name": "x", "kind": "structural", "lr": "fast"}, "methods[0].lr must be a number"),
+    ({"name": "x", "kind": "structural", "init": "magic"}, "methods[0].init 'magic' is unknown"),
+    ({"name": "x", "kind": "structural", "attn_score": "q"}, "methods[0].attn_score 'q' is unknown"),
+    ({"name": "x", "kind": "structural", "uniform": 1}, "must be true or false"),
+    ({"name": "x", "kind": "structural", "preset": "nope"}, "unknown structural preset 'nope'"),
+    ({"name": "x", "kind": "structural", "formula": "mul(W, Q)"}, "Q"),
+    ({"name": "x", "kind": "other"}, "methods[0].kind 'other' is unknown"),
+])
+def test_structural_grid_keys_are_checked_before_a_model_loads(tmp_path, method, message):
+    import yaml
+
+    from prunerzero.errors import UserError
+    from prunerzero.experiments import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"protocol": {"model": "/nonexistent"}, "patterns": [0.2], "methods": [method]}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_grid(path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"patterns": ["2:4"]}, "is N:M"),
+    ({"methods": [{"name": "s", "kind": "structural"}, "wanda"]}, "mixes structural methods"),
+    ({"structural": {"eval_seqlen": [1]}}, "unknown key 'structural.eval_seqlen'"),
+    ({"structural": {"eval_tokens": 4096}, "protocol": {"eval_windows": 2}}, "keep one"),
+    ({"structural": {"eval_tokens": 64}}, "structural.eval_tokens must be >= 2048"),
+    ({"structural": {"latency_repeats": -1}}, "structural.latency_repeats must be >= 0"),
+    ({"methods": ["wanda"], "structural": {}}, "no 'kind: structural' method"),
+])
+def test_structural_grid_shape_is_checked(tmp_path, extra, message):
+    import yaml
+
+    from prunerzero.errors import UserError
+    from prunerzero.experiments import load_grid
+
+    raw = {"protocol": {"model": "/nonexistent"}, "patterns": [0.2], "methods": [{"name": "s", "kind": "structural"}]}
+    raw.update(extra)
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_grid(path)
