@@ -5,8 +5,14 @@ fidelity, for the record; selection uses only the promotions) and reports, over 
 score at every fidelity, the Spearman rank correlation of the scores at each fidelity with the full-fidelity
 score, and the window-evaluations the promotion rule spends against scoring every candidate on all windows.
 
-    python benchmarks/fidelity.py --out /tmp/fid                 # SmolLM2 on the CPU, small setting (defaults)
-    python benchmarks/fidelity.py --run results/search-x         # a run that was made with fidelity.audit > 0
+    python benchmarks/fidelity.py --run-dir /tmp/fid                 # SmolLM2 on the CPU, small setting (defaults)
+    python benchmarks/fidelity.py --run results/search-x             # a run that was made with fidelity.audit > 0
+    python benchmarks/fidelity.py --run /tmp/fid --out results/fidelity-x  # the report as rows and a table
+    python benchmarks/fidelity.py --out results/fidelity-cpu --render-only
+
+With ``--out``, the report's numbers (one row per fidelity and one summary row, with provenance) are appended to
+``<out>/rows.jsonl`` and ``<out>.md`` is rendered from them and ``<out>/meta.json`` (the prose; a default is written
+on the first run).
 """
 from __future__ import annotations
 
@@ -17,12 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunerzero import experiments as ex
 from prunerzero.search.engine import Search, read_evaluations
 from prunerzero.search.space import load_space, validate
 from prunerzero.search.workers import InProcess, build_evaluator
 
 
-def report(run_dir: Path) -> str:
+def report_rows(run_dir: Path) -> list[dict]:
+    """The report's numbers: one row per fidelity (Spearman against the full fidelity) and a summary row."""
     cfg = json.loads((run_dir / "config.json").read_text())["space"]["fitness"]
     fid = cfg["fidelity"]
     full_windows = cfg["eval_windows"]
@@ -32,30 +40,49 @@ def report(run_dir: Path) -> str:
                 and all(st["hit"] != "error" and st.get("score") is not None for st in r["stages"])]
     df = pd.DataFrame([[st["score"] for st in r["stages"]] for r in complete],
                       columns=[f"{w} windows" for w in levels])
-    lines = [f"run {run_dir}: {len(recs)} evaluated candidates, {len(complete)} scored at every fidelity "
-             f"(fidelity windows {fid['windows']} of eval_windows {full_windows}, keep {fid['keep']})", ""]
-    lines.append("| fidelity | Spearman vs full | candidates |")
-    lines.append("|---|---|---|")
-    for col in df.columns:
-        rho = df[col].corr(df[df.columns[-1]], method="spearman") if len(df) > 2 else float("nan")
-        lines.append(f"| {col} | {rho:.3f} | {len(df)} |")
+    run = str(run_dir)
+    rows = [{"bench": "fidelity", "part": "level", "run": run, "fidelity": col, "candidates": len(df),
+             "spearman": float(df[col].corr(df[df.columns[-1]], method="spearman")) if len(df) > 2
+             else float("nan")} for col in df.columns]
     # what the promotion rule spends (windows x parts) vs every candidate on all windows
     parts = max((len(r["stages"][0].get("ppls") or {}) for r in recs), default=1)
     spent = sum(sum(levels[i] for i in range(r["level"] + 1)) for r in recs) * parts
     flat = len(recs) * levels[-1] * parts
     top_full = df.nsmallest(max(1, len(df) // 4), df.columns[-1]).index
     kept = df.index[df[df.columns[0]].rank(method="first") <= max(1, round(fid["keep"] * len(df)))]
-    lines += ["", f"window-evaluations: {spent} with promotions vs {flat} all at full fidelity "
-              f"({100 * (1 - spent / max(flat, 1)):.0f}% saved; audit extras not counted)",
-              f"of the best quarter at full fidelity ({len(top_full)}), {len(set(top_full) & set(kept))} are "
-              f"in the best keep={fid['keep']} fraction at {df.columns[0]} (would be promoted from the first rung)"]
-    return "\n".join(lines)
+    rows.append({"bench": "fidelity", "part": "summary", "run": run, "evaluated": len(recs),
+                 "complete": len(complete), "windows": str(fid["windows"]), "eval_windows": full_windows,
+                 "keep": fid["keep"], "spent": spent, "flat": flat, "saved": 1 - spent / max(flat, 1),
+                 "top_quarter": len(top_full), "top_kept": len(set(top_full) & set(kept)), "first": df.columns[0]})
+    return rows
+
+
+SUMMARY = {"part": "summary"}
+REPORT_BLOCKS = [
+    {"line": {"where": SUMMARY, "text": "run {run}: {evaluated} evaluated candidates, {complete} scored at every "
+                                        "fidelity (fidelity windows {windows} of eval_windows {eval_windows}, keep "
+                                        "{keep})"}},
+    {"line": {"where": {"part": "level"}, "head": "| fidelity | Spearman vs full | candidates |\n|---|---|---|",
+              "text": "| {fidelity} | {spearman:.3f} | {candidates} |"}},
+    {"line": {"where": SUMMARY, "text": "window-evaluations: {spent} with promotions vs {flat} all at full fidelity "
+                                        "({saved:.0%} saved; audit extras not counted)\nof the best quarter at full "
+                                        "fidelity ({top_quarter}), {top_kept} are in the best keep={keep} fraction "
+                                        "at {first} (would be promoted from the first rung)"}}]
+DEFAULT_META = {"blocks": [{"text": "# Multi-fidelity fitness"}, {"commands": {"bench": "fidelity"}}, *REPORT_BLOCKS]}
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+
+
+def report(run_dir: Path) -> str:
+    return ex.render_document(report_rows(run_dir), {"blocks": REPORT_BLOCKS})
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=None, help="report on this run (made with fidelity.audit > 0)")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/prunerzero-fidelity"), help="new run folder")
+    ap.add_argument("--run-dir", type=Path, default=Path("/tmp/prunerzero-fidelity"), help="new run folder")
     ap.add_argument("--space", default="cpu", help="space whose terminals, operations and settings are used")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--seqlen", type=int, default=256)
@@ -66,8 +93,11 @@ def main():
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--generations", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--md", type=Path, default=None, help="also write the report here")
+    ex.measurement_args(ap, None)
     args = ap.parse_args()
+    if ex.rendered_only(ap, args, render):
+        return
+    out = Path(args.out) if args.out else None
     run_dir = args.run
     if run_dir is None:
         raw = load_space(args.space).raw
@@ -78,13 +108,17 @@ def main():
         space = validate(raw)
         t0 = time.time()
         ev = InProcess(build_evaluator(space.fitness, space.raw["terminals"], progress=True))
-        Search(space, args.out, ev, {"command": "benchmarks/fidelity.py"}, progress=True).run()
+        Search(space, args.run_dir, ev, {"command": "benchmarks/fidelity.py"}, progress=True).run()
         print(f"search: {time.time() - t0:.0f}s")
-        run_dir = args.out
-    text = report(run_dir)
-    print(text)
-    if args.md:
-        args.md.write_text(text + "\n")
+        run_dir = args.run_dir
+    rows = report_rows(run_dir)
+    print(ex.render_document(rows, {"blocks": REPORT_BLOCKS}))
+    if out is not None:
+        if not ex.read_meta(out):
+            ex.write_meta(out, DEFAULT_META)
+        for r in rows:
+            ex.record(out, ex.measurement(f"fidelity|{run_dir}|{r['part']}|{r.get('fidelity', '')}", r, args.device))
+        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
 
 
 if __name__ == "__main__":

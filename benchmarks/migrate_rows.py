@@ -14,6 +14,14 @@ become rows of the grids ``grids/structural-{gpu,cpu,ablation}.yaml`` the same w
 
     python benchmarks/migrate_rows.py structural-gpu structural-cpu structural-ablation
     prunerzero bench grids/structural-gpu.yaml --render-only      # and the other two
+
+The timing tables become ``results/<name>/rows.jsonl`` (one row per measurement) and ``results/<name>/meta.json``
+(the prose): structural-speed*.json hold the measurements; benchmarks.md, overhead-cpu.md and fidelity-cpu.md held
+their numbers only as printed text, so they are parsed here once (``migrated_from`` names the file, the commit is
+the one that last changed it):
+
+    python benchmarks/migrate_rows.py structural-speed structural-speed-batch8 benchmarks overhead-cpu fidelity-cpu
+    python benchmarks/structural_speed.py --out results/structural-speed --render-only   # see results/README.md
 """
 from __future__ import annotations
 
@@ -177,6 +185,232 @@ def migrate_structural(name: str) -> Path:
     return target
 
 
+def _last_changed(path: Path) -> str | None:
+    out = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H", "--", str(path)],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def _origin(path: Path, device: str, command: str, commit: str | None = None) -> dict:
+    return {"commit": commit or _last_changed(path), "dirty": None, "versions": None, "device": device,
+            "command": command, "time": None, "migrated_from": str(path.relative_to(REPO))}
+
+
+def _write_measurements(name: str, rows: list[dict], meta: dict) -> Path:
+    from prunerzero.experiments import write_meta
+
+    out = REPO / "results" / name
+    if read_rows(out / "rows.jsonl"):
+        raise SystemExit(f"error: {out / 'rows.jsonl'} already holds rows: nothing to migrate")
+    atomic_write_text(out / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_meta(out, meta)
+    return out
+
+
+def migrate_speed(name: str) -> Path:
+    """``results/<name>.json`` (structural_speed.py's meta + rows) -> rows with their settings and provenance."""
+    import structural_speed
+
+    path = REPO / "results" / f"{name}.json"
+    old = json.loads(path.read_text())
+    meta = old["meta"]
+    md = (REPO / "results" / f"{name}.md").read_text()
+    notes = [meta["note"]] if meta.get("note") else []
+    tail = md.split(meta["note"], 2)[-1].strip() if meta.get("note") else ""   # paragraphs added under the note
+    notes += [p for p in tail.split("\n\n") if p.strip() and not p.startswith("Command")]
+    rows = []
+    for r in old["rows"]:
+        fields = {**r, "prefill_tokens": meta["prefill"], "repeats": meta["repeats"], "warmup": meta["warmup"],
+                  "decode_tokens": meta["decode_tokens"]}
+        rid = structural_speed.row_id(r["model"], r["sparsity"], r["batch"], meta["prefill"], meta["decode_tokens"])
+        rows.append({"id": rid, **fields, "provenance": _origin(path, meta["hardware"], meta["command"],
+                                                                _added_in(path))})
+    out = _write_measurements(name, rows, {"model": meta["model"], "notes": notes})
+    path.unlink()
+    return out
+
+
+def _split_block(block: str, columns: list[str], text_columns: int = 0) -> list[dict]:
+    """Rows of a printed pandas table (its header line dropped): the first ``text_columns`` values may hold single
+    spaces, the numbers after them do not."""
+    rows = []
+    for line in block.strip("\n").splitlines()[1:]:
+        parts = line.strip().rsplit(None, len(columns) - max(text_columns, 1))
+        values = [p.strip() for p in parts]
+        if text_columns == 0:
+            values = line.split()
+        rows.append(dict(zip(columns, [_number(v) for v in values])))
+    return rows
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    return text
+
+
+def _blocks(md: str) -> list[str]:
+    return re.findall(r"^```\n(.*?)^```", md, re.M | re.S)
+
+
+PRUNE_EVAL_COLUMNS = ["model", "device", "layers", "windows", "seqlen", "masks s", "fingerprint s", "apply+restore s",
+                      "ppl s", "overhead / ppl", "peak MB"]
+H100 = "NVIDIA H100 80GB HBM3"
+
+
+def _prune_eval_rows(block: str, columns: list[str], origin: dict, commands: dict, windows_batch: int) -> list[dict]:
+    rows = []
+    for r in _split_block(block, columns):
+        r = {"bench": "prune_eval", **r, "batch_size": windows_batch, "formula": "mul(abs(mul(W, W)), mms(G))"}
+        rows.append({"id": f"prune_eval|{r['device']}|{r['model']}|layers={r['layers']}|{r['windows']}x{r['seqlen']}",
+                     **r, "provenance": {**origin, "command": commands.get(r["model"], origin["command"])}})
+    return rows
+
+
+def _search_rows(block: str, device: str, command: str, path: Path) -> list[dict]:
+    head, *table = block.strip("\n").splitlines()
+    m = re.match(r"run (\S+) on recorded device: (\d+) candidates in (\d+)s -> ([\d.]+) candidates/min, ([\d.]+) "
+                 r"perplexity evaluations/min; mean evaluation ([\d.]+)s$", head)
+    run = m.group(1)
+    origin = _origin(path, device, command)
+    rows = [{"id": f"search|{run}", "bench": "search", "run": run, "candidates": int(m.group(2)),
+             "seconds": int(m.group(3)), "candidates_per_min": float(m.group(4)),
+             "evaluations_per_min": float(m.group(5)), "mean_evaluation_s": float(m.group(6)), "provenance": origin}]
+    for r in _split_block("\n".join(table), ["answered by", "candidates", "share"], text_columns=1):
+        rows.append({"id": f"search-answers|{run}|{r['answered by']}", "bench": "search-answers", "run": run, **r,
+                     "provenance": origin})
+    return rows
+
+
+SEARCH_LINE = ("run {run} on recorded device: {candidates} candidates in {seconds}s -> {candidates_per_min:.1f} "
+               "candidates/min, {evaluations_per_min:.1f} perplexity evaluations/min; mean evaluation "
+               "{mean_evaluation_s:.2f}s")
+SEARCH_COLUMNS = [["answered by", "answered by", "s"], ["candidates", "candidates", "d"], ["share", "share", ".1%"]]
+
+
+def migrate_benchmarks(name: str = "benchmarks") -> Path:
+    """results/benchmarks.md: prune_eval on the H100 and the CPU, the policy-gradient step, search throughput."""
+    path = REPO / "results" / f"{name}.md"
+    md = path.read_text()
+    b = _blocks(md)   # 0 gpu command, 1 gpu table, 2 gpu search, 3 cpu command, 4 cpu table, 5 pg command,
+    #                   6 pg output, 7 cpu search command, 8 cpu search output
+    gpu_cmd, cpu_cmd = b[0].strip(), b[3].strip()
+    gpu = _origin(path, H100, gpu_cmd)
+    rows = _prune_eval_rows(b[1], PRUNE_EVAL_COLUMNS, gpu, {"llama2-7b-shape": gpu_cmd + " --models llama2-7b-shape"},
+                            8)
+    gpu_search = re.search(r"\(`(python benchmarks/search\.py [^`]*)`\)", md).group(1)
+    rows += _search_rows(b[2], H100, gpu_search, path)
+    cpu_table = b[4].split("\n", 1)[1]      # its first line is the script's caption
+    cpu = _origin(path, "x86_64 CPU, 1 torch thread (2 cores shared with other jobs)", cpu_cmd)
+    rows += _prune_eval_rows(cpu_table, PRUNE_EVAL_COLUMNS, cpu, {}, 1)
+    head, _, *table, overhead = b[6].strip("\n").splitlines()
+    m = re.match(r"(\S+) on (\S+): K=(\d+), batch (\d+) x (\d+) tokens, (\d+) KV groups \+ (\d+) MLP channels", head)
+    pg = _origin(path, "x86_64 CPU, 2 torch threads (2 cores shared with other jobs)", b[5].strip())
+    o = re.match(r"overhead of a step over its forward passes: ([+-][\d.]+)%; peak memory (\d+) MB", overhead)
+    rows.append({"id": "pg-step|summary", "bench": "pg-step-summary", "model": m.group(1), "device": m.group(2),
+                 "K": int(m.group(3)), "batch": int(m.group(4)), "seqlen": int(m.group(5)),
+                 "kv_groups": int(m.group(6)), "mlp_channels": int(m.group(7)), "overhead": float(o.group(1)) / 100,
+                 "peak_mb": int(o.group(2)), "provenance": pg})
+    for r in _split_block("\n".join(["header", *table]), ["what", "median s", "min s"], text_columns=1):
+        rows.append({"id": f"pg-step|{r['what']}", "bench": "pg-step", **r, "provenance": pg})
+    rows += _search_rows(b[8], "x86_64 CPU (2 cores shared with other jobs)", b[7].strip(), path)
+
+    def text(start: str, end: str) -> dict:
+        i = md.index(start)
+        return {"text": md[i:md.index(end, i)].strip("\n")}
+
+    gpu_cols = [c for c in PRUNE_EVAL_COLUMNS]
+    fmt = {"model": "s", "device": "s", "layers": "d", "windows": "d", "seqlen": "d"}
+    cols = [[c, c, fmt.get(c, ".3f")] for c in gpu_cols]
+    pe = {"bench": "prune_eval"}
+    meta = {"blocks": [
+        text("# Benchmarks", "```"),
+        {"commands": {**pe, "device": "cuda"}},
+        {"table": {"where": {**pe, "device": "cuda"}, "columns": cols}},
+        text("The 7B-shaped row", "```"),
+        {"line": {"where": {"bench": "search", "run": "results/search-gpu-prunerzero"}, "text": SEARCH_LINE}},
+        {"table": {"where": {"bench": "search-answers", "run": "results/search-gpu-prunerzero"},
+                   "columns": SEARCH_COLUMNS}},
+        text("## Development CPU", "```"),
+        {"commands": {**pe, "device": "cpu"}},
+        {"text": "Per-candidate cost of one search evaluation (metric mul(abs(mul(W, W)), mms(G)), 50% per row):"},
+        {"table": {"where": {**pe, "device": "cpu"}, "columns": cols}},
+        text("The LLaMA-2-7B-shaped model", "```"),
+        {"commands": {"bench": "pg-step-summary"}},
+        {"line": {"where": {"bench": "pg-step-summary"},
+                  "text": "{model} on {device}: K={K}, batch {batch} x {seqlen} tokens, {kv_groups} KV groups + "
+                          "{mlp_channels} MLP channels"}},
+        {"table": {"where": {"bench": "pg-step"},
+                   "columns": [["what", "what", "s"], ["median s", "median s", ".3f"], ["min s", "min s", ".3f"]]}},
+        {"line": {"where": {"bench": "pg-step-summary"},
+                  "text": "overhead of a step over its forward passes: {overhead:+.1%}; peak memory {peak_mb} MB"}},
+        text("The overhead is the cross-entropy", "```"),
+        {"commands": {"bench": "search", "run": "results/search-cpu"}},
+        {"line": {"where": {"bench": "search", "run": "results/search-cpu"}, "text": SEARCH_LINE}},
+        {"table": {"where": {"bench": "search-answers", "run": "results/search-cpu"}, "columns": SEARCH_COLUMNS}},
+    ]}
+    return _write_measurements(name, rows, meta)
+
+
+def migrate_overhead(name: str = "overhead-cpu") -> Path:
+    path = REPO / "results" / f"{name}.md"
+    md = path.read_text()
+    command = re.search(r"^    (python benchmarks/prune_eval\.py .*)$", md, re.M).group(1)
+    columns = PRUNE_EVAL_COLUMNS[:5] + ["masks per layer s"] + PRUNE_EVAL_COLUMNS[5:-1] + \
+        ["per-layer overhead / ppl", "peak MB"]
+    origin = _origin(path, "x86_64 CPU (2 cores heavily shared with other jobs, nice 10)", command)
+    rows = _prune_eval_rows(_blocks(md)[0], columns, origin, {}, 1)
+    fmt = {"model": "s", "device": "s", "layers": "d", "windows": "d", "seqlen": "d"}
+    i = md.index("Command")
+    meta = {"blocks": [{"text": md[:i].strip("\n")},
+                       {"text": md[i:md.index("\n", i)].rstrip(":") + ":"},
+                       {"commands": {"bench": "prune_eval"}},
+                       {"table": {"where": {"bench": "prune_eval"}, "columns": [[c, c, fmt.get(c, ".3f")]
+                                                                                for c in columns]}},
+                       {"text": md[md.index("(`masks s`"):].strip("\n")}]}
+    return _write_measurements(name, rows, meta)
+
+
+def migrate_fidelity(name: str = "fidelity-cpu") -> Path:
+    import fidelity
+
+    path = REPO / "results" / f"{name}.md"
+    md = path.read_text()
+    command = re.search(r"^    (python benchmarks/fidelity\.py .*)$", md, re.M).group(1)
+    origin = _origin(path, "x86_64 CPU (2 cores shared with other jobs, nice 10)", command)
+    m = re.search(r"^run (\S+): (\d+) evaluated candidates, (\d+) scored at every fidelity \(fidelity windows "
+                  r"(\[.*?\]) of eval_windows (\d+), keep ([\d.]+)\)$", md, re.M)
+    run = m.group(1)
+    rows = []
+    for lv in re.finditer(r"^\| (\d+ windows) \| ([\d.]+) \| (\d+) \|$", md, re.M):
+        rows.append({"id": f"fidelity|{run}|level|{lv.group(1)}", "bench": "fidelity", "part": "level", "run": run,
+                     "fidelity": lv.group(1), "candidates": int(lv.group(3)), "spearman": float(lv.group(2)),
+                     "provenance": origin})
+    w = re.search(r"^window-evaluations: (\d+) with promotions vs (\d+) all at full fidelity \((\d+)% saved; audit "
+                  r"extras not counted\)\nof the best quarter at full fidelity \((\d+)\), (\d+) are in the best "
+                  r"keep=([\d.]+) fraction at (.*?) \(would", md, re.M)
+    rows.append({"id": f"fidelity|{run}|summary|", "bench": "fidelity", "part": "summary", "run": run,
+                 "evaluated": int(m.group(2)), "complete": int(m.group(3)), "windows": m.group(4),
+                 "eval_windows": int(m.group(5)), "keep": float(m.group(6)), "spent": int(w.group(1)),
+                 "flat": int(w.group(2)), "saved": int(w.group(3)) / 100, "top_quarter": int(w.group(4)),
+                 "top_kept": int(w.group(5)), "first": w.group(7), "provenance": origin})
+    i, j = md.index("Command"), md.index("Setting:")
+    meta = {"blocks": [{"text": md[:i].strip("\n")}, {"text": md[i:md.index("\n", i)]},
+                       {"commands": {"bench": "fidelity"}},
+                       {"text": md[j:md.index("\n\nrun ", j)].strip("\n")}, *fidelity.REPORT_BLOCKS,
+                       {"text": md[md.index("Caveat:"):].strip("\n")}]}
+    return _write_measurements(name, rows, meta)
+
+
+MEASUREMENTS = {"structural-speed": migrate_speed, "structural-speed-batch8": migrate_speed,
+                "benchmarks": migrate_benchmarks, "overhead-cpu": migrate_overhead, "fidelity-cpu": migrate_fidelity}
+
+
 def migrate_selection(name: str = "selection-gpu") -> Path:
     """``results/<name>.json`` as the old select_formula.py wrote it -> ``<name>/grid.yaml`` + ``<name>/rows.jsonl``
     + the new ``<name>.json``; then ``select_formula.py --out results/<name> --render-only`` renders the table."""
@@ -221,4 +455,5 @@ if __name__ == "__main__":
     sys.path.insert(0, str(REPO / "benchmarks"))
     for name in sys.argv[1:]:
         print(migrate_selection(name) if name.startswith("selection") else
+              MEASUREMENTS[name](name) if name in MEASUREMENTS else
               migrate_structural(name) if name.startswith("structural") else migrate(name))

@@ -11,7 +11,12 @@ full model needs 27 GB in fp32), and the table says so; per-candidate costs scal
 Statistics X and G are random tensors of the right shapes (timing does not depend on their values).
 
     python benchmarks/prune_eval.py                    # CPU (and GPU when one is visible)
-    python benchmarks/prune_eval.py --devices cuda --windows 8
+    python benchmarks/prune_eval.py --devices cuda --windows 8 --out results/prune-eval-gpu
+    python benchmarks/prune_eval.py --out results/benchmarks --render-only
+
+With ``--out``, every measurement (device x model) is a row of ``<out>/rows.jsonl`` with provenance, and ``<out>.md``
+is rendered from the rows and ``<out>/meta.json`` (the document's prose and table layout; a default one is written
+on the first run).
 """
 from __future__ import annotations
 
@@ -19,10 +24,12 @@ import argparse
 import gc
 import resource
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 
+from prunerzero import experiments as ex
 from prunerzero.calibration import Stats
 from prunerzero.evaluate import perplexity
 from prunerzero.metric import parse
@@ -33,6 +40,18 @@ from prunerzero.search.fitness import batched_masks, mask_fingerprint
 from prunerzero.timing import sync
 
 FORMULA = "mul(abs(mul(W, W)), mms(G))"
+TIMES = ("masks per layer s", "masks s", "fingerprint s", "apply+restore s", "ppl s")
+COLUMNS = ([["model", "model", "s"], ["device", "device", "s"], ["layers", "layers", "d"], ["windows", "windows", "d"],
+            ["seqlen", "seqlen", "d"]] + [[t, t, ".3f"] for t in TIMES]
+           + [[k, k, ".3f"] for k in ("overhead / ppl", "per-layer overhead / ppl", "peak MB")])
+DEFAULT_META = {"blocks": [{"text": f"# Per-candidate cost of one search evaluation\n\nMetric `{FORMULA}`, 50% per "
+                                    "row; times are the minimum of the repeats (benchmarks/prune_eval.py)."},
+                           {"commands": {"bench": "prune_eval"}},
+                           {"table": {"where": {"bench": "prune_eval"}, "columns": COLUMNS}}]}
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def llama7b_shaped(layers: int, dtype, device):
@@ -94,7 +113,8 @@ def bench(name, model, device, windows, seqlen, batch_size, repeats=2):
         t = time.perf_counter()
         perplexity(model, tokens, batch_size)
         sync(device); times["ppl"].append(time.perf_counter() - t)
-    row = {"model": name, "device": str(device), "layers": len(linears) // 7, "windows": windows, "seqlen": seqlen}
+    row = {"bench": "prune_eval", "model": name, "device": str(device), "layers": len(linears) // 7,
+           "windows": windows, "seqlen": seqlen, "batch_size": batch_size, "formula": FORMULA}
     row.update({f"{k} s": min(v) for k, v in times.items()})
     overhead = row["masks s"] + row["fingerprint s"] + row["apply+restore s"]
     row["overhead / ppl"] = overhead / row["ppl s"]
@@ -111,7 +131,13 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--cpu-7b-layers", type=int, default=2)
     ap.add_argument("--models", default="smollm2,llama2-7b-shape")
+    ex.measurement_args(ap, None)
     args = ap.parse_args()
+    if ex.rendered_only(ap, args, render):
+        return
+    out = Path(args.out) if args.out else None
+    if out is not None and not ex.read_meta(out):
+        ex.write_meta(out, DEFAULT_META)
     rows = []
     for device in args.devices.split(","):
         dtype = torch.float32 if device == "cpu" else torch.float16
@@ -122,6 +148,10 @@ def main():
                 layers = args.cpu_7b_layers if device == "cpu" else 32
                 model = llama7b_shaped(layers, dtype, device)
             rows.append(bench(name, model, device, args.windows, args.seqlen, args.batch_size))
+            if out is not None:
+                rid = f"prune_eval|{device}|{name}|layers={rows[-1]['layers']}|{args.windows}x{args.seqlen}"
+                ex.record(out, ex.measurement(rid, rows[-1], device))
+                ex.write_measurements(out, render)
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
             del model
             gc.collect()
@@ -130,6 +160,8 @@ def main():
     print()
     print(f"Per-candidate cost of one search evaluation (metric {FORMULA}, 50% per row):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if out is not None:
+        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,11 @@
 
     nice -n 10 python benchmarks/structural_speed.py --prefill 128 --out results/structural-speed   # CPU
     python benchmarks/structural_speed.py --device cuda --prefill 2048 --out results/structural-speed-gpu
+    python benchmarks/structural_speed.py --out results/structural-speed --render-only
+
+Every measurement (variant x batch) is a row of ``<out>/rows.jsonl`` with its settings and provenance, appended when
+measured (a rerun measures only the missing ones); ``<out>.md`` is rendered from the rows (``--note`` paragraphs are
+kept in ``<out>/meta.json``).
 
 Models: dense, and for each sparsity a per-layer-width slice (global top-k of a random policy: layers differ) and a
 uniform-width slice (the same KV groups / MLP channels in every layer). The masks come from random
@@ -16,14 +21,11 @@ seconds). CUDA is synchronised around every timed region. Nothing is asserted ab
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 
+from prunerzero import experiments as ex
 from prunerzero.prune import structural as st
 from prunerzero.timing import timed
 
@@ -76,9 +78,13 @@ def variants(model_fn, sparsities: list[float], seed: int = 0):
             yield kind, sp, model
 
 
+def row_id(kind: str, sparsity: float, batch: int, prefill_len: int, decode_tokens: int) -> str:
+    return f"{kind}|{sparsity:g}|batch={batch}|prefill={prefill_len}|decode={decode_tokens}"
+
+
 def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int, warmup: int,
-        decode_tokens: int, log=print, done=lambda rows: None) -> list[dict]:
-    """Every variant at every batch size; ``done(rows)`` after each row (the CLI writes the table so far)."""
+        decode_tokens: int, log=print, done=lambda row: None, skip=frozenset()) -> list[dict]:
+    """Every variant at every batch size (but the ids in ``skip``); ``done(row)`` after each measurement."""
     rows = []
     dense_prunable = None
     for kind, sp, model in variants(model_fn, sparsities):
@@ -86,12 +92,15 @@ def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int
         params = st.count_params(model)
         dense_prunable = dense_prunable or params["prunable"]
         for b in batches:
+            if row_id(kind, sp, b, prefill_len, decode_tokens) in skip:
+                continue
             row = {"model": kind, "sparsity": sp, "batch": b, "params": params["total"],
-                   "removed": 1 - params["prunable"] / dense_prunable,
+                   "removed": 1 - params["prunable"] / dense_prunable, "prefill_tokens": prefill_len,
+                   "repeats": repeats, "warmup": warmup, "decode_tokens": decode_tokens,
                    "prefill": prefill(model, prefill_len, b, repeats, warmup),
                    "decode": decode(model, b, decode_tokens, repeats, warmup)}
             rows.append(row)
-            done(rows)
+            done(row)
             log(f"{kind:9s} {sp:.0%} batch {b}: prefill {row['prefill']['median_s'] * 1000:.1f} ms, "
                 f"decode {row['decode']['tokens_per_s']:.1f} tok/s")
         del model
@@ -99,11 +108,16 @@ def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    lines = [f"# Structural pruning: speed of the sliced models ({meta['model']})", "", f"Command: `{meta['command']}`",
-             "", f"Hardware: {meta['hardware']}. Prefill: {meta['prefill']} tokens per sequence, {meta['warmup']} "
-             f"warm-up passes, median of {meta['repeats']} timed forwards (p25-p75 in brackets), no cache. Decode: "
-             f"{meta['decode_tokens']} greedy steps with a KV cache after a 16-token prompt, median of "
-             f"{meta['repeats']} runs. Masks are random (speed depends only on the widths); per-layer = global top-k "
+    """The table of ``rows`` (speed-up against the dense row of the same batch); ``meta``: base model, notes."""
+    r0 = rows[0]
+    commands = list(dict.fromkeys(r["provenance"]["command"] for r in rows if r.get("provenance")))
+    devices = list(dict.fromkeys(r["provenance"]["device"] for r in rows if r.get("provenance")))
+    lines = [f"# Structural pruning: speed of the sliced models ({meta.get('model', 'smollm2')})", "",
+             "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), "",
+             f"Hardware: {', '.join(devices)}. Prefill: {r0['prefill_tokens']} tokens per sequence, {r0['warmup']} "
+             f"warm-up passes, median of {r0['repeats']} timed forwards (p25-p75 in brackets), no cache. Decode: "
+             f"{r0['decode_tokens']} greedy steps with a KV cache after a 16-token prompt, median of "
+             f"{r0['repeats']} runs. Masks are random (speed depends only on the widths); per-layer = global top-k "
              "(layers differ), uniform = the same width in every layer. Speed-up = dense median / model median.",
              "", "| model | removed | params | batch | prefill ms | prefill tok/s | speed-up | decode tok/s | "
              "decode speed-up |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -115,8 +129,8 @@ def render(rows: list[dict], meta: dict) -> str:
                      f"({p['p25_s'] * 1000:.1f}-{p['p75_s'] * 1000:.1f}) | {p['tokens_per_s']:.0f} | "
                      f"{d['prefill']['median_s'] / p['median_s']:.2f}x | {c['tokens_per_s']:.1f} | "
                      f"{c['tokens_per_s'] / d['decode']['tokens_per_s']:.2f}x |")
-    if meta.get("note"):
-        lines += ["", meta["note"]]
+    for note in meta.get("notes", []):
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
@@ -131,30 +145,33 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs first")
     ap.add_argument("--decode-tokens", type=int, default=32, help="greedy steps of one decode run")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--note", default="", help="a line written under the table (e.g. the machine's load)")
-    ap.add_argument("--out", default="results/structural-speed", help="<out>.md table and <out>.json rows")
+    ap.add_argument("--note", default="", help="a paragraph written under the table (e.g. the machine's load)")
+    ex.measurement_args(ap, "results/structural-speed")
     args = ap.parse_args()
+    if ex.rendered_only(ap, args, render):
+        return
+    out = Path(args.out)
     from prunerzero.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hw = (torch.cuda.get_device_name() if dev.startswith("cuda")
-          else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads")
-    meta = {"model": args.model, "command": "python " + shlex.join(sys.argv), "hardware": hw,
-            "prefill": args.prefill, "repeats": args.repeats, "warmup": args.warmup,
-            "decode_tokens": args.decode_tokens, "note": args.note}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = ex.read_meta(out)
+    meta["model"] = args.model
+    if args.note and args.note not in meta.setdefault("notes", []):
+        meta["notes"].append(args.note)
+    ex.write_meta(out, meta)
+    skip = {r["id"] for r in ex.read_rows(out / "rows.jsonl")}
 
-    def write(rows):
-        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-        out.with_suffix(".md").write_text(render(rows, meta))
+    def done(row):
+        rid = row_id(row["model"], row["sparsity"], row["batch"], args.prefill, args.decode_tokens)
+        ex.record(out, ex.measurement(rid, row, dev))
+        ex.write_measurements(out, render)
 
-    rows = run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
-               args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup,
-               args.decode_tokens, done=write)
-    print(render(rows, meta))
+    run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
+        args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup, args.decode_tokens,
+        done=done, skip=skip)
+    print(ex.write_measurements(out, render).read_text())
 
 
 if __name__ == "__main__":

@@ -527,6 +527,12 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
     lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in proto.as_dict().items())}{evaluation}; "
               f"seeds {', '.join(map(str, grid.seeds))}; "
               f"{'mean ± std over seeds' if len(grid.seeds) > 1 else 'one seed'}.", ""]
+    return lines + provenance_lines(rows, f"{grid.name}/rows.jsonl")
+
+
+def provenance_lines(rows: list[dict], rows_name: str) -> list[str]:
+    """Where rows came from: their commands, devices and commits, and the rows file (markdown lines)."""
+    lines = []
     commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance", {}).get("command")})
     devices = sorted({r["provenance"]["device"] for r in rows if r.get("provenance", {}).get("device")})
     commits = sorted({(r["provenance"].get("commit") or "unknown")[:10] + ("+dirty" if r["provenance"].get("dirty")
@@ -536,7 +542,7 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
         lines += ["Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), ""]
     if devices or commits:
         lines += [f"Device: {', '.join(devices) or 'unknown'}. Commit: {', '.join(commits) or 'unknown'}. "
-                  f"Rows: `{grid.name}/rows.jsonl` ({len(rows)}).", ""]
+                  f"Rows: `{rows_name}` ({len(rows)}).", ""]
     return lines
 
 
@@ -658,3 +664,111 @@ def write_table(grid: Grid, out: str | Path) -> Path:
     atomic_write_text(md, render(grid, read_rows(Path(out) / "rows.jsonl")))
     return md
 
+
+
+# ------------------------------------------------------------------------------------------------ measurements
+# Timing benchmarks (benchmarks/*.py --out OUT) keep one row per measurement in OUT/rows.jsonl, the prose that goes
+# with them in OUT/meta.json, and render OUT.md from both (``--render-only`` re-renders without measuring).
+
+def measurement(row_id: str, fields: dict, device=None, command: str | None = None) -> dict:
+    """One measurement as a row: its id, its fields, and provenance (commit, versions, device, command, time)."""
+    from .provenance import provenance
+
+    return {"id": row_id, **fields, "provenance": provenance(device, command)}
+
+
+def record(out: str | Path, row: dict) -> None:
+    """Append a measurement to ``out/rows.jsonl`` (synced: a killed run keeps every finished row)."""
+    _append_row(Path(out) / "rows.jsonl", row)
+
+
+def read_meta(out: str | Path) -> dict:
+    path = Path(out) / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not JSON: restore it from git or delete it") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} must hold a JSON object")
+    return meta
+
+
+def write_meta(out: str | Path, meta: dict) -> None:
+    atomic_write_text(Path(out) / "meta.json", json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_measurements(out: str | Path, render) -> Path:
+    """``out.md`` = ``render(rows, meta)`` of ``out/rows.jsonl`` and ``out/meta.json``, written atomically."""
+    out = Path(out)
+    md = out.with_suffix(".md")
+    atomic_write_text(md, render(read_rows(out / "rows.jsonl"), read_meta(out)))
+    return md
+
+
+def measurement_args(parser, default_out: str) -> None:
+    """The ``--out`` and ``--render-only`` options every timing benchmark takes."""
+    parser.add_argument("--out", default=default_out,
+                        help="rows in OUT/rows.jsonl (prose in OUT/meta.json), table in OUT.md")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render OUT.md from OUT/rows.jsonl and OUT/meta.json; measure nothing")
+
+
+def rendered_only(parser, args, render) -> bool:
+    """With ``--render-only``: re-render OUT.md from its rows (OUT required) and print it; says whether it did."""
+    if not args.render_only:
+        return False
+    if not args.out:
+        parser.error("--render-only needs --out")
+    print(write_measurements(args.out, render).read_text())
+    return True
+
+
+def _matches(row: dict, where: dict) -> bool:
+    return all(row.get(k) == v for k, v in where.items())
+
+
+def _filled(template: str, row: dict) -> str:
+    """``template`` with each ``{field}`` or ``{field:spec}`` replaced by ``format(row[field], spec)`` (nothing else
+    of str.format: no attribute or index lookups)."""
+    import re
+
+    def one(m):
+        value = row.get(m.group(1))
+        return "-" if value is None else format(value, m.group(2) or "")
+
+    return re.sub(r"\{(\w+)(?::([^{}]*))?\}", one, template)
+
+
+def render_document(rows: list[dict], meta: dict) -> str:
+    """A measurement document: ``meta["blocks"]`` in order, each ``{"text": markdown}``, ``{"commands": WHERE}``
+    (the commands and devices of the rows that match WHERE, a mapping of field -> value),
+    ``{"table": {"where": WHERE, "columns": [[header, field, format spec], ...]}}`` (one line per matching row,
+    each value through ``format(value, spec)``; a missing value is '-') or ``{"line": {"where": WHERE, "text":
+    "... {field:spec} ...", "head": optional first line}}`` (that sentence for each matching row)."""
+    lines = []
+    for i, block in enumerate(meta.get("blocks") or []):
+        if "line" in block:
+            spec = block["line"]
+            lines += ([spec["head"]] if spec.get("head") else []) + [
+                _filled(spec["text"], r) for r in rows if _matches(r, spec.get("where", {}))] + [""]
+        elif "text" in block:
+            lines += [block["text"].rstrip("\n"), ""]
+        elif "commands" in block:
+            found = [r for r in rows if _matches(r, block["commands"])]
+            commands = list(dict.fromkeys(r["provenance"]["command"] for r in found))
+            devices = list(dict.fromkeys(r["provenance"]["device"] for r in found))
+            lines += ["```", *commands, "```", "", f"Device: {', '.join(devices)}.", ""]
+        elif "table" in block:
+            spec = block["table"]
+            cols = spec["columns"]
+            lines += ["| " + " | ".join(c[0] for c in cols) + " |",
+                      "| " + " | ".join("---" if c[2] == "s" else "---:" for c in cols) + " |"]
+            for r in (r for r in rows if _matches(r, spec.get("where", {}))):
+                lines.append("| " + " | ".join("-" if r.get(c[1]) is None else format(r[c[1]], c[2])
+                                                for c in cols) + " |")
+            lines.append("")
+        else:
+            raise UserError(f"meta.json block {i} is none of text, commands, table")
+    return "\n".join(lines).rstrip() + "\n"

@@ -201,6 +201,47 @@ def test_selection_table_re_renders_from_its_rows():
     assert md == (RESULTS / "selection-gpu.md").read_text()
 
 
+# timing / benchmark tables: results/<name>.md = <script>.render(rows, meta) of results/<name>/{rows.jsonl,meta.json}
+MEASUREMENTS = {"structural-speed": "structural_speed", "structural-speed-batch8": "structural_speed",
+                "benchmarks": "prune_eval", "overhead-cpu": "prune_eval", "fidelity-cpu": "fidelity"}
+
+
+@pytest.mark.parametrize("name", sorted(MEASUREMENTS))
+def test_timing_tables_re_render_from_committed_rows(name):
+    """`python benchmarks/<script>.py --out results/<name> --render-only` gives exactly the committed markdown."""
+    import importlib
+
+    from prunerzero.experiments import read_meta, read_rows
+
+    render = importlib.import_module(MEASUREMENTS[name]).render
+    rows = read_rows(RESULTS / name / "rows.jsonl")
+    assert rows and len({r["id"] for r in rows}) == len(rows)
+    assert all(r["provenance"]["command"] and r["provenance"]["device"] and r["provenance"]["commit"] for r in rows)
+    assert render(rows, read_meta(RESULTS / name)) == (RESULTS / f"{name}.md").read_text()
+
+
+def test_every_committed_table_re_renders_from_rows():
+    """Each results/*.md is a grid's table, the selection's, or a timing table: none is typed by hand."""
+    tables = {p.stem for p in RESULTS.glob("*.md")} - {"README"}
+    covered = {p.stem for p in GRIDS} | {"selection-gpu"} | set(MEASUREMENTS)
+    assert tables <= covered, sorted(tables - covered)
+
+
+def test_measurement_documents_render_blocks_and_refuse_unknown_ones():
+    from prunerzero.errors import UserError
+    from prunerzero.experiments import render_document
+
+    rows = [{"id": "a", "k": "x", "v": 1.23456, "n": 3, "provenance": {"command": "python b.py", "device": "cpu"}},
+            {"id": "b", "k": "y", "v": None, "n": 4, "provenance": {"command": "python b.py", "device": "cpu"}}]
+    meta = {"blocks": [{"text": "# T"}, {"commands": {"k": "x"}},
+                       {"table": {"where": {}, "columns": [["k", "k", "s"], ["v", "v", ".2f"]]}},
+                       {"line": {"where": {"k": "x"}, "text": "n={n:d} v={v:.1f} {__class__} {v.real}"}}]}
+    assert render_document(rows, meta) == ("# T\n\n```\npython b.py\n```\n\nDevice: cpu.\n\n| k | v |\n| --- | ---: |\n"
+                                           "| x | 1.23 |\n| y | - |\n\nn=3 v=1.2 - {v.real}\n")
+    with pytest.raises(UserError, match="block 0 is none of"):
+        render_document(rows, {"blocks": [{"chart": 1}]})
+
+
 def test_selection_with_seeds_needs_more_than_the_spreads():
     ref = {"name": "wanda", "run": None, "ppl": {"u": [50.0, 50.5, 49.5]}}
     close = {"name": "a", "run": "r", "ppl": {"u": [49.6, 50.1, 49.1]}}    # lower mean, inside the spreads

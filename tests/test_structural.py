@@ -3,13 +3,28 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import make_tiny
+
 from prunerzero.calibration import activation_stats
 from prunerzero.metric import parse
-from prunerzero.prune.structural import (ATTN, MLP, BernoulliPolicy, Layout, PolicyConfig, StructureMasks,
-                                         count_params, init_probs, masked_losses, optimise, pg_gradient, project,
-                                         save_structural, slice_model, structure_scores, topk_keep)
+from prunerzero.prune.structural import (
+    ATTN,
+    MLP,
+    BernoulliPolicy,
+    Layout,
+    PolicyConfig,
+    StructureMasks,
+    count_params,
+    init_probs,
+    masked_losses,
+    optimise,
+    pg_gradient,
+    project,
+    save_structural,
+    slice_model,
+    structure_scores,
+    topk_keep,
+)
 
 
 def random_masks(layout, seed=0, keep=0.6):
@@ -161,8 +176,12 @@ def test_structure_score_reductions(attn_from, mlp_from, windows):
 
 
 def test_official_preset_values_and_explicit_overrides():
-    from prunerzero.pipeline import STRUCTURAL_PRESETS, StructuralConfig, structural_config
     from prunerzero.errors import UserError
+    from prunerzero.pipeline import (
+        STRUCTURAL_PRESETS,
+        StructuralConfig,
+        structural_config,
+    )
 
     cfg = structural_config("official-pg")
     assert (cfg.metric, cfg.attn_score, cfg.mlp_score, cfg.init) == ("wanda", "out", "out", "metric")
@@ -209,6 +228,7 @@ def test_uniform_widths_save_a_stock_llama_config(tmp_path, windows):
     import json
 
     from transformers import AutoModelForCausalLM
+
     from prunerzero.prune.structural import uniform_keep, uniform_widths
 
     model = make_tiny(layers=3)
@@ -242,6 +262,11 @@ def test_speed_harness_runs_on_a_tiny_model():
                                                         for b in (1, 2)]
     assert rows[0]["removed"] == 0 and all(0.2 < r["removed"] < 0.4 for r in rows[2:])
     assert all(r["prefill"]["runs"] == 2 and r["decode"]["tokens_per_s"] > 0 for r in rows)
-    text = speed.render(rows, {"model": "tiny", "command": "x", "hardware": "cpu", "prefill": 8, "repeats": 2,
-                               "warmup": 1, "decode_tokens": 3})
-    assert text.count("\n| ") == 8  # header, rule, six rows
+    assert all((r["prefill_tokens"], r["repeats"], r["warmup"], r["decode_tokens"]) == (8, 2, 1, 3) for r in rows)
+    rows = [{**r, "provenance": {"command": "x", "device": "cpu"}} for r in rows]
+    text = speed.render(rows, {"model": "tiny", "notes": ["a note"]})
+    assert text.count("\n| ") == 8 and text.endswith("\n\na note\n")  # header, rule, six rows, the note
+    assert "Command: `x`" in text and "Hardware: cpu. Prefill: 8 tokens" in text
+    again = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1, 2], repeats=2, warmup=1,
+                      decode_tokens=3, log=lambda _: None, skip={speed.row_id("uniform", 0.3, 2, 8, 3)})
+    assert [(r["model"], r["batch"]) for r in again] == [(r["model"], r["batch"]) for r in rows[:-1]]
