@@ -68,7 +68,7 @@ REPORT_BLOCKS = [
                                         "({saved:.0%} saved; audit extras not counted)\nof the best quarter at full "
                                         "fidelity ({top_quarter}), {top_kept} are in the best keep={keep} fraction "
                                         "at {first} (would be promoted from the first rung)"}}]
-DEFAULT_META = {"blocks": [{"text": "# Multi-fidelity fitness"}, {"commands": {"bench": "fidelity"}}, *REPORT_BLOCKS]}
+DEFAULT_META = {"renderer": "fidelity", "blocks": [{"text": "# Multi-fidelity fitness"}, {"commands": {"bench": "fidelity"}}, *REPORT_BLOCKS]}
 
 
 def render(rows: list[dict], meta: dict) -> str:

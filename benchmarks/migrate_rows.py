@@ -225,7 +225,7 @@ def migrate_speed(name: str) -> Path:
         rid = structural_speed.row_id(r["model"], r["sparsity"], r["batch"], meta["prefill"], meta["decode_tokens"])
         rows.append({"id": rid, **fields, "provenance": _origin(path, meta["hardware"], meta["command"],
                                                                 _added_in(path))})
-    out = _write_measurements(name, rows, {"model": meta["model"], "notes": notes})
+    out = _write_measurements(name, rows, {"renderer": "structural_speed", "model": meta["model"], "notes": notes})
     path.unlink()
     return out
 
@@ -328,7 +328,7 @@ def migrate_benchmarks(name: str = "benchmarks") -> Path:
     fmt = {"model": "s", "device": "s", "layers": "d", "windows": "d", "seqlen": "d"}
     cols = [[c, c, fmt.get(c, ".3f")] for c in gpu_cols]
     pe = {"bench": "prune_eval"}
-    meta = {"blocks": [
+    meta = {"renderer": "prune_eval", "blocks": [
         text("# Benchmarks", "```"),
         {"commands": {**pe, "device": "cuda"}},
         {"table": {"where": {**pe, "device": "cuda"}, "columns": cols}},
@@ -367,7 +367,7 @@ def migrate_overhead(name: str = "overhead-cpu") -> Path:
     rows = _prune_eval_rows(_blocks(md)[0], columns, origin, {}, 1)
     fmt = {"model": "s", "device": "s", "layers": "d", "windows": "d", "seqlen": "d"}
     i = md.index("Command")
-    meta = {"blocks": [{"text": md[:i].strip("\n")},
+    meta = {"renderer": "prune_eval", "blocks": [{"text": md[:i].strip("\n")},
                        {"text": md[i:md.index("\n", i)].rstrip(":") + ":"},
                        {"commands": {"bench": "prune_eval"}},
                        {"table": {"where": {"bench": "prune_eval"}, "columns": [[c, c, fmt.get(c, ".3f")]
@@ -400,7 +400,7 @@ def migrate_fidelity(name: str = "fidelity-cpu") -> Path:
                  "flat": int(w.group(2)), "saved": int(w.group(3)) / 100, "top_quarter": int(w.group(4)),
                  "top_kept": int(w.group(5)), "first": w.group(7), "provenance": origin})
     i, j = md.index("Command"), md.index("Setting:")
-    meta = {"blocks": [{"text": md[:i].strip("\n")}, {"text": md[i:md.index("\n", i)]},
+    meta = {"renderer": "fidelity", "blocks": [{"text": md[:i].strip("\n")}, {"text": md[i:md.index("\n", i)]},
                        {"commands": {"bench": "fidelity"}},
                        {"text": md[j:md.index("\n\nrun ", j)].strip("\n")}, *fidelity.REPORT_BLOCKS,
                        {"text": md[md.index("Caveat:"):].strip("\n")}]}

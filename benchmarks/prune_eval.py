@@ -44,7 +44,7 @@ TIMES = ("masks per layer s", "masks s", "fingerprint s", "apply+restore s", "pp
 COLUMNS = ([["model", "model", "s"], ["device", "device", "s"], ["layers", "layers", "d"], ["windows", "windows", "d"],
             ["seqlen", "seqlen", "d"]] + [[t, t, ".3f"] for t in TIMES]
            + [[k, k, ".3f"] for k in ("overhead / ppl", "per-layer overhead / ppl", "peak MB")])
-DEFAULT_META = {"blocks": [{"text": f"# Per-candidate cost of one search evaluation\n\nMetric `{FORMULA}`, 50% per "
+DEFAULT_META = {"renderer": "prune_eval", "blocks": [{"text": f"# Per-candidate cost of one search evaluation\n\nMetric `{FORMULA}`, 50% per "
                                     "row; times are the minimum of the repeats (benchmarks/prune_eval.py)."},
                            {"commands": {"bench": "prune_eval"}},
                            {"table": {"where": {"bench": "prune_eval"}, "columns": COLUMNS}}]}
@@ -138,6 +138,7 @@ def main():
     out = Path(args.out) if args.out else None
     if out is not None and not ex.read_meta(out):
         ex.write_meta(out, DEFAULT_META)
+    done = {r["id"] for r in ex.read_rows(out / "rows.jsonl")} if out is not None else set()
     rows = []
     for device in args.devices.split(","):
         dtype = torch.float32 if device == "cpu" else torch.float16
@@ -147,9 +148,13 @@ def main():
             else:
                 layers = args.cpu_7b_layers if device == "cpu" else 32
                 model = llama7b_shaped(layers, dtype, device)
+            rid = f"prune_eval|{device}|{name}|layers={model.config.num_hidden_layers}|{args.windows}x{args.seqlen}"
+            if rid in done:  # measured already (a rerun into the same --out measures only what is missing)
+                print(f"{rid}: in {out / 'rows.jsonl'} already", flush=True)
+                del model
+                continue
             rows.append(bench(name, model, device, args.windows, args.seqlen, args.batch_size))
             if out is not None:
-                rid = f"prune_eval|{device}|{name}|layers={rows[-1]['layers']}|{args.windows}x{args.seqlen}"
                 ex.record(out, ex.measurement(rid, rows[-1], device))
                 ex.write_measurements(out, render)
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
@@ -157,6 +162,8 @@ def main():
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
+    if not rows:
+        return
     print()
     print(f"Per-candidate cost of one search evaluation (metric {FORMULA}, 50% per row):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -23,7 +23,11 @@ script then checks the harness and the 2:4 masks on the CPU, prints why the spar
 the table with "not yet measured on a GPU".
 
     python benchmarks/sparse24.py                                  # CPU: correctness of the harness only
-    python benchmarks/sparse24.py --device cuda --dtype fp16 --out results/sparse24-gpu.md
+    python benchmarks/sparse24.py --device cuda --dtype fp16 --out results/sparse24-gpu
+    python benchmarks/sparse24.py --out results/sparse24-gpu --render-only
+
+With ``--out``, each model's measurement is a row of ``<out>/rows.jsonl`` (its settings, the numbers, provenance) and
+``<out>.md`` is rendered from the rows (a rerun into the same folder measures only the models not there yet).
 """
 from __future__ import annotations
 
@@ -31,12 +35,13 @@ import argparse
 import inspect
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from prunerzero import experiments as ex
 from prunerzero.export import is_24
-from prunerzero.fsutil import atomic_write_text
 from prunerzero.models import all_prunable, load_model
 from prunerzero.prune.masks import apply_mask, mask_from_scores, parse_pattern
 from prunerzero.timing import timed
@@ -210,6 +215,13 @@ def table(rows: list[dict], on_gpu: bool, device_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(rows: list[dict], meta: dict) -> str:
+    """``table`` of measured rows (their own device and whether it was a GPU)."""
+    on_gpu = rows[0]["on_gpu"]
+    device = rows[0]["provenance"]["device"]
+    return table(rows, on_gpu, device if on_gpu else f"{device} ({NOT_MEASURED})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -222,8 +234,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default=None, help="write the table here (and the rows as JSON next to it)")
+    ex.measurement_args(p, None)
     args = p.parse_args(argv)
+    if ex.rendered_only(p, args, render):
+        return 0
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
         print("error: --device cuda but no GPU is visible", file=sys.stderr)
@@ -233,8 +247,15 @@ def main(argv=None) -> int:
         return 2
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype] if on_gpu else torch.float32
     layers = args.llama_layers or (32 if on_gpu else 1)
+    out = Path(args.out) if args.out else None
+    done = {r["id"] for r in ex.read_rows(out / "rows.jsonl")} if out is not None else set()
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        rid = (f"sparse24|{name}|{args.device}|{args.dtype if on_gpu else 'fp32'}|prefill={args.prefill}"
+               + (f"|layers={layers}" if name == "llama7b" else ""))
+        if rid in done:
+            print(f"{rid}: in {out / 'rows.jsonl'} already", flush=True)
+            continue
         if name == "smollm2":
             model = load_model("smollm2", device=args.device, dtype=dtype, cache=args.cache_dir).model
             label = "SmolLM2-135M"
@@ -244,17 +265,17 @@ def main(argv=None) -> int:
         else:
             print(f"error: unknown model '{name}': use smollm2 or llama7b", file=sys.stderr)
             return 2
-        rows.append(bench_model(label, model, args, args.device, on_gpu))
+        rows.append({**bench_model(label, model, args, args.device, on_gpu), "on_gpu": on_gpu})
         print(json.dumps(rows[-1]), flush=True)
+        if out is not None:
+            ex.record(out, ex.measurement(rid, rows[-1], args.device))
         del model
         if on_gpu:
             torch.cuda.empty_cache()
-    device_name = torch.cuda.get_device_name(0) if on_gpu else f"CPU ({NOT_MEASURED})"
-    text = table(rows, on_gpu, device_name)
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text)
-        atomic_write_text(args.out.rsplit(".", 1)[0] + ".json", json.dumps(rows, indent=2) + "\n")
+    if out is not None:
+        print(ex.write_measurements(out, render).read_text())
+    elif rows:
+        print(table(rows, on_gpu, torch.cuda.get_device_name(0) if on_gpu else f"CPU ({NOT_MEASURED})"))
     return 0
 
 

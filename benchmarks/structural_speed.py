@@ -157,7 +157,7 @@ def main():
         torch.set_num_threads(args.threads)
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     meta = ex.read_meta(out)
-    meta["model"] = args.model
+    meta.update(renderer="structural_speed", model=args.model)
     if args.note and args.note not in meta.setdefault("notes", []):
         meta["notes"].append(args.note)
     ex.write_meta(out, meta)

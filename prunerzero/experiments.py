@@ -668,7 +668,8 @@ def write_table(grid: Grid, out: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------ measurements
 # Timing benchmarks (benchmarks/*.py --out OUT) keep one row per measurement in OUT/rows.jsonl, the prose that goes
-# with them in OUT/meta.json, and render OUT.md from both (``--render-only`` re-renders without measuring).
+# with them in OUT/meta.json (whose "renderer" names the benchmarks/ script that renders it), and render OUT.md from
+# both (``--render-only`` re-renders without measuring).
 
 def measurement(row_id: str, fields: dict, device=None, command: str | None = None) -> dict:
     """One measurement as a row: its id, its fields, and provenance (commit, versions, device, command, time)."""
@@ -709,7 +710,7 @@ def write_measurements(out: str | Path, render) -> Path:
 
 def measurement_args(parser, default_out: str) -> None:
     """The ``--out`` and ``--render-only`` options every timing benchmark takes."""
-    parser.add_argument("--out", default=default_out,
+    parser.add_argument("--out", default=default_out, type=lambda v: v[:-3] if v.endswith(".md") else v,
                         help="rows in OUT/rows.jsonl (prose in OUT/meta.json), table in OUT.md")
     parser.add_argument("--render-only", action="store_true",
                         help="re-render OUT.md from OUT/rows.jsonl and OUT/meta.json; measure nothing")

@@ -49,8 +49,10 @@ stage_baselines() {
 
 stage_bench() {
   local dev_models="smollm2,llama2-7b-shape"
+  # one row per measurement in $RES/prune-eval-gpu/rows.jsonl, table $RES/prune-eval-gpu.md (a rerun measures only
+  # what is missing; results/benchmarks.md holds the committed H100 numbers of this stage)
   $PY benchmarks/prune_eval.py --devices "$DEVICE" --windows 8 --batch-size "$BATCH" --seqlen "$SEQLEN" \
-    --models "$dev_models"
+    --models "$dev_models" --out "$RES/prune-eval-gpu"
 }
 
 stage_search() {

@@ -3,8 +3,8 @@ import sys
 from types import SimpleNamespace
 
 import torch
-
 from conftest import REPO, make_tiny
+
 from prunerzero.export import is_24
 from prunerzero.models import all_prunable
 
@@ -28,3 +28,6 @@ def test_cpu_run_prunes_24_and_reports_not_measured():
         assert not torch.equal(model(torch.arange(32).view(1, 32)).logits, dense)  # the masks were applied
     text = sparse24.table([row], on_gpu=False, device_name="CPU")
     assert sparse24.NOT_MEASURED in text and "CUDA" in text
+    rows = [{**row, "on_gpu": False, "provenance": {"device": "x86_64 CPU, 1 threads", "command": "python x.py"}}]
+    text = sparse24.render(rows, {})   # what --out writes from the rows (and --render-only re-renders)
+    assert text.startswith(f"2:4 semi-structured sparsity, x86_64 CPU, 1 threads ({sparse24.NOT_MEASURED})")
