@@ -359,7 +359,11 @@ def cmd_show(args) -> None:
 def cmd_bench(args) -> None:
     from .experiments import load_grid, read_rows, run_grid, write_table
 
-    grid = load_grid(args.grid).with_protocol(device=checks.device(args.device), seqlen=args.seqlen,
+    grid = load_grid(args.grid)
+    if grid.structural and args.nsamples is not None:
+        raise UserError("--nsamples sets the pruning calibration; the structural methods of this grid set their own "
+                        "'nsamples' in the grid")
+    grid = grid.with_protocol(device=checks.device(args.device), seqlen=args.seqlen,
                                               nsamples=args.nsamples, eval_windows=args.eval_windows,
                                               batch_size=args.batch_size)
     formulas = {}

@@ -330,6 +330,9 @@ def load_grid(path: str | Path) -> Grid:
         if any(":" in p for p in patterns):
             raise UserError(f"grid {path}: structural methods remove a fraction of the parameters; pattern "
                             f"'{next(p for p in patterns if ':' in p)}' is N:M: use fractions such as 0.2")
+        if "nsamples" in (raw.get("protocol") or {}):
+            raise UserError(f"grid {path}: protocol.nsamples is the pruning calibration; structural methods take "
+                            "their own 'nsamples' (C4 windows of the policy): set it on the methods")
         structural = _structural_eval(raw.get("structural"), protocol)
     elif "structural" in raw:
         raise UserError(f"grid {path} has a 'structural' block but no 'kind: structural' method: add one or drop it")
@@ -524,7 +527,8 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
                       + " of each length"
                       + (f"; latency: median of {ev.latency_repeats} forwards of 1 x "
                          f"{ev.latency_seqlen or proto.seqlen} tokens after 2 warm-ups" if ev.latency_repeats else ""))
-    lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in proto.as_dict().items())}{evaluation}; "
+    shown = {k: v for k, v in proto.as_dict().items() if not (grid.structural and k == "nsamples")}  # methods' own
+    lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in shown.items())}{evaluation}; "
               f"seeds {', '.join(map(str, grid.seeds))}; "
               f"{'mean ± std over seeds' if len(grid.seeds) > 1 else 'one seed'}.", ""]
     return lines + provenance_lines(rows, f"{grid.name}/rows.jsonl")

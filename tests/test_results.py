@@ -332,6 +332,7 @@ def test_structural_grid_keys_are_checked_before_a_model_loads(tmp_path, method,
     ({"structural": {"eval_tokens": 64}}, "structural.eval_tokens must be >= 2048"),
     ({"structural": {"latency_repeats": -1}}, "structural.latency_repeats must be >= 0"),
     ({"methods": ["wanda"], "structural": {}}, "no 'kind: structural' method"),
+    ({"protocol": {"model": "/nonexistent", "nsamples": 8}}, "set it on the methods"),
 ])
 def test_structural_grid_shape_is_checked(tmp_path, extra, message):
     import yaml
