@@ -522,9 +522,9 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
     if grid.structural:
         ev = grid.structural
         evaluation = (f"; structural evaluation: window lengths {', '.join(map(str, ev.seqlens))}, "
-                      + (f"the first {ev.tokens} tokens" if ev.tokens else
-                         f"the first {proto.eval_windows} windows" if proto.eval_windows else "every window")
-                      + " of each length"
+                      + (f"the first {ev.tokens} test tokens cut into windows of each length" if ev.tokens else
+                         f"the first {proto.eval_windows} windows of each length" if proto.eval_windows
+                         else "every window of each length")
                       + (f"; latency: median of {ev.latency_repeats} forwards of 1 x "
                          f"{ev.latency_seqlen or proto.seqlen} tokens after 2 warm-ups" if ev.latency_repeats else ""))
     shown = {k: v for k, v in proto.as_dict().items() if not (grid.structural and k == "nsamples")}  # methods' own
