@@ -73,6 +73,23 @@ def test_readme_headline_tables_are_the_rows():
         assert [c.strip("*") for c in cells[1:]] == want, cells
 
 
+def test_readme_structural_table_is_the_rows():
+    """The README's structural table (H100), cell by cell, from results/structural-gpu/rows.jsonl."""
+    _, rows, _ = grid_rows("structural-gpu")
+    table = _md_table((REPO / "README.md").read_text(), "| sparsity | method | ppl @128 | ppl @2048 | params |")
+    modes = {"one-shot": ("found", "oneshot"), "policy gradient from a constant": ("const", "const"),
+             "policy gradient seeded": ("found", "metric")}
+    assert len(table) == 7
+    for cells in table:
+        if cells[1] == "dense":
+            r = rows[("dense", None, "-", 0)]
+        else:
+            method, mode = next(v for k, v in modes.items() if cells[1].startswith(k))
+            r = rows[(method, mode, f"{int(cells[0][:-1]) / 100:g}", 0)]
+        want = [f"{r['ppl']['wikitext2@128']:.2f}", f"{r['ppl']['wikitext2@2048']:.2f}", f"{r['params']:,}"]
+        assert [c.strip("*") for c in cells[2:]] == want, cells
+
+
 def test_full_protocol_baselines_match_the_official_wanda_reference():
     """Issue 3: dense and Wanda 50% sequential within 1% of the official code (numbers in results/reference.json)."""
     ref = json.loads((RESULTS / "reference.json").read_text())
