@@ -37,6 +37,7 @@ import json
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -158,8 +159,8 @@ class Grid:
         for model in self.models:
             for seed in self.seeds:
                 for method in self.methods:
-                    if method.name == "dense":
-                        if seed == self.seeds[0]:
+                    if method.name == "dense":  # seed-independent: once, at the lowest seed
+                        if seed == min(self.seeds):
                             out.append(self.cell(model, method, "-", seed))
                         continue
                     out += [self.cell(model, method, p, seed) for p in self.patterns]
@@ -374,6 +375,58 @@ def _append_row(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+@contextmanager
+def claim(rows_path: Path, cell_id: str):
+    """Yield True when this process may run ``cell_id``: no row holds it yet and no other live runner has claimed
+    it. Several ``prunerzero bench`` processes can thus share one grid and one rows file (one per GPU, say): each
+    cell is run once. A claim is a file under ``<out>/.claims/`` holding host and pid; one left by a runner that
+    died (same host, pid gone) is taken over, and every claim is removed when its cell ends."""
+    import hashlib
+    import os
+    import socket
+
+    folder = rows_path.parent / ".claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / hashlib.sha1(cell_id.encode()).hexdigest()
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().split()
+            except (OSError, ValueError):  # being written or removed just now: leave it to its owner
+                yield False
+                return
+            if host == socket.gethostname() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)   # a runner that died holding it
+                continue
+            yield False
+            return
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    else:
+        yield False
+        return
+    try:
+        yield cell_id not in {r["id"] for r in read_rows(rows_path)}  # another runner may have finished it
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: str | None = None,
              progress: bool = True, only_model: str | None = None) -> list[dict]:
     """Run every cell of ``grid`` that ``<out>/rows.jsonl`` does not hold yet; returns all rows."""
@@ -400,39 +453,42 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
         snapshot = WeightSnapshot(all_prunable(lm.model), device="cpu")
         origin = provenance(lm.device, command)
         for cell in (c for c in todo if c.model == model):
-            method = cell.method
-            t0 = time.time()
-            row = {"id": cell.id, "grid": grid.name, "model": model, "method": method.name,
-                   "formula": None, "key": None, "mode": None if method.name == "dense" else method.mode,
-                   "pattern": cell.pattern, "seed": cell.seed}
-            if method.name != "dense":
-                spec = method.spec
-                if spec != SPARSEGPT:
-                    from .metric.known import resolve_metric
-                    _, node, _ = resolve_metric(spec)
-                    row["formula"], row["key"] = str(node), rank_key(str(node))
-                pattern = (parse_pattern(0.5, cell.pattern) if ":" in cell.pattern
-                           else parse_pattern(float(cell.pattern), None, default_group(spec)))
-                calib = CalibConfig(proto.nsamples, cell.seed, proto.batch_size, data_dir, cache)
-                res = prune(lm, spec, pattern, calib, sequential=method.mode == "sequential", progress=progress)
-                row.update(pattern_text=str(pattern), sparsity=res.sparsity, prune_seconds=round(res.seconds, 3))
-            else:
-                row.update(pattern_text="dense", sparsity=0.0, prune_seconds=0.0)
-            t1 = time.time()
-            ev = evaluate_all(lm, list(proto.eval_datasets), proto.eval_windows, proto.batch_size, data_dir,
-                              progress, split=proto.eval_split)
-            row["ppl"] = {ds: r["ppl"] for ds, r in ev.items()}
-            row["windows"] = {ds: r["windows"] for ds, r in ev.items()}
-            row["eval_seconds"] = round(time.time() - t1, 3)
-            row["seconds"] = round(time.time() - t0, 3)
-            row["protocol"] = {**proto.as_dict(), "model": model, "seed": cell.seed, "seqlen": lm.seqlen,
-                               "dtype": str(lm.model.dtype).replace("torch.", ""), "device": str(lm.device)}
-            row["provenance"] = origin
-            _append_row(rows_path, row)
-            snapshot.restore()
-            if progress:
-                shown = "  ".join(f"{ds} {v:.3f}" for ds, v in row["ppl"].items())
-                print(f"{cell.id}: {shown}", flush=True)
+            with claim(rows_path, cell.id) as mine:
+                if not mine:
+                    continue
+                method = cell.method
+                t0 = time.time()
+                row = {"id": cell.id, "grid": grid.name, "model": model, "method": method.name,
+                       "formula": None, "key": None, "mode": None if method.name == "dense" else method.mode,
+                       "pattern": cell.pattern, "seed": cell.seed}
+                if method.name != "dense":
+                    spec = method.spec
+                    if spec != SPARSEGPT:
+                        from .metric.known import resolve_metric
+                        _, node, _ = resolve_metric(spec)
+                        row["formula"], row["key"] = str(node), rank_key(str(node))
+                    pattern = (parse_pattern(0.5, cell.pattern) if ":" in cell.pattern
+                               else parse_pattern(float(cell.pattern), None, default_group(spec)))
+                    calib = CalibConfig(proto.nsamples, cell.seed, proto.batch_size, data_dir, cache)
+                    res = prune(lm, spec, pattern, calib, sequential=method.mode == "sequential", progress=progress)
+                    row.update(pattern_text=str(pattern), sparsity=res.sparsity, prune_seconds=round(res.seconds, 3))
+                else:
+                    row.update(pattern_text="dense", sparsity=0.0, prune_seconds=0.0)
+                t1 = time.time()
+                ev = evaluate_all(lm, list(proto.eval_datasets), proto.eval_windows, proto.batch_size, data_dir,
+                                  progress, split=proto.eval_split)
+                row["ppl"] = {ds: r["ppl"] for ds, r in ev.items()}
+                row["windows"] = {ds: r["windows"] for ds, r in ev.items()}
+                row["eval_seconds"] = round(time.time() - t1, 3)
+                row["seconds"] = round(time.time() - t0, 3)
+                row["protocol"] = {**proto.as_dict(), "model": model, "seed": cell.seed, "seqlen": lm.seqlen,
+                                   "dtype": str(lm.model.dtype).replace("torch.", ""), "device": str(lm.device)}
+                row["provenance"] = origin
+                _append_row(rows_path, row)
+                snapshot.restore()
+                if progress:
+                    shown = "  ".join(f"{ds} {v:.3f}" for ds, v in row["ppl"].items())
+                    print(f"{cell.id}: {shown}", flush=True)
         del lm, snapshot
     return read_rows(rows_path)
 
@@ -450,47 +506,50 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
 
     proto, ev = grid.protocol, grid.structural
     for cell in todo:
-        method = cell.method
-        t0 = time.time()
-        lm = load_model(cell.model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen)
-        row = {"id": cell.id, "grid": grid.name, "model": cell.model, "method": method.name, "kind": "structural",
-               "formula": None, "key": None, "mode": None, "pattern": cell.pattern, "seed": cell.seed}
-        if method.name == "dense":
-            row.update(sparsity=0.0, removed=0.0, params=count_params(lm.model)["total"], prune_seconds=0.0,
-                       final_loss=None)
-            cfg = None
-        else:
-            cfg = method.structural_config(float(cell.pattern), cell.seed)
-            if cfg.init in ("metric", "oneshot"):
-                _, node, _ = resolve_metric(cfg.metric)
-                row["formula"], row["key"] = str(node), rank_key(str(node))
-            res = structural(lm, cfg, CalibConfig(seed=cell.seed, data_dir=data_dir, cache=cache), progress)
-            row.update(mode=cfg.init, sparsity=cfg.sparsity, removed=res["removed_fraction"],
-                       params=res["params_after"]["total"], prune_seconds=round(res["seconds"], 3),
-                       final_loss=res["history"][-1]["baseline"] if res["history"] else None)
-        t1 = time.time()
-        row["ppl"], row["windows"] = {}, {}
-        for L in ev.seqlens:
-            for ds, r in evaluate_all(lm, list(proto.eval_datasets), ev.windows(L, proto), proto.batch_size,
-                                      data_dir, progress, split=proto.eval_split, seqlen=L).items():
-                row["ppl"][f"{ds}@{L}"], row["windows"][f"{ds}@{L}"] = r["ppl"], r["windows"]
-        row["eval_seconds"] = round(time.time() - t1, 3)
-        row["latency_ms"] = (1000 * forward_latency(lm.model, ev.latency_seqlen or proto.seqlen,
-                                                    repeats=ev.latency_repeats) if ev.latency_repeats else None)
-        row["seconds"] = round(time.time() - t0, 3)
-        row["protocol"] = {**proto.as_dict(), "model": cell.model, "seed": cell.seed, "seqlen": lm.seqlen,
-                           "dtype": str(lm.model.dtype).replace("torch.", ""), "device": str(lm.device),
-                           "evaluation": {**ev.identity(), "latency_seqlen": ev.latency_seqlen or proto.seqlen,
-                                          "latency_repeats": ev.latency_repeats}}
-        row["structural"] = dataclasses.asdict(cfg) if cfg else None
-        if cfg:
-            row["layer_shapes"], row["history"] = res["layer_shapes"], res["history"][-5:]
-        row["provenance"] = provenance(lm.device, command)
-        _append_row(rows_path, row)
-        del lm
-        if progress:
-            shown = "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
-            print(f"{cell.id}: {shown}", flush=True)
+        with claim(rows_path, cell.id) as mine:
+            if not mine:
+                continue
+            method = cell.method
+            t0 = time.time()
+            lm = load_model(cell.model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen)
+            row = {"id": cell.id, "grid": grid.name, "model": cell.model, "method": method.name, "kind": "structural",
+                   "formula": None, "key": None, "mode": None, "pattern": cell.pattern, "seed": cell.seed}
+            if method.name == "dense":
+                row.update(sparsity=0.0, removed=0.0, params=count_params(lm.model)["total"], prune_seconds=0.0,
+                           final_loss=None)
+                cfg = None
+            else:
+                cfg = method.structural_config(float(cell.pattern), cell.seed)
+                if cfg.init in ("metric", "oneshot"):
+                    _, node, _ = resolve_metric(cfg.metric)
+                    row["formula"], row["key"] = str(node), rank_key(str(node))
+                res = structural(lm, cfg, CalibConfig(seed=cell.seed, data_dir=data_dir, cache=cache), progress)
+                row.update(mode=cfg.init, sparsity=cfg.sparsity, removed=res["removed_fraction"],
+                           params=res["params_after"]["total"], prune_seconds=round(res["seconds"], 3),
+                           final_loss=res["history"][-1]["baseline"] if res["history"] else None)
+            t1 = time.time()
+            row["ppl"], row["windows"] = {}, {}
+            for L in ev.seqlens:
+                for ds, r in evaluate_all(lm, list(proto.eval_datasets), ev.windows(L, proto), proto.batch_size,
+                                          data_dir, progress, split=proto.eval_split, seqlen=L).items():
+                    row["ppl"][f"{ds}@{L}"], row["windows"][f"{ds}@{L}"] = r["ppl"], r["windows"]
+            row["eval_seconds"] = round(time.time() - t1, 3)
+            row["latency_ms"] = (1000 * forward_latency(lm.model, ev.latency_seqlen or proto.seqlen,
+                                                        repeats=ev.latency_repeats) if ev.latency_repeats else None)
+            row["seconds"] = round(time.time() - t0, 3)
+            row["protocol"] = {**proto.as_dict(), "model": cell.model, "seed": cell.seed, "seqlen": lm.seqlen,
+                               "dtype": str(lm.model.dtype).replace("torch.", ""), "device": str(lm.device),
+                               "evaluation": {**ev.identity(), "latency_seqlen": ev.latency_seqlen or proto.seqlen,
+                                              "latency_repeats": ev.latency_repeats}}
+            row["structural"] = dataclasses.asdict(cfg) if cfg else None
+            if cfg:
+                row["layer_shapes"], row["history"] = res["layer_shapes"], res["history"][-5:]
+            row["provenance"] = provenance(lm.device, command)
+            _append_row(rows_path, row)
+            del lm
+            if progress:
+                shown = "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
+                print(f"{cell.id}: {shown}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ tables

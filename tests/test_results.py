@@ -147,6 +147,43 @@ def test_bench_runs_a_grid_resumes_and_records_provenance(tiny_model_dir, tmp_pa
     assert (out / "rows.jsonl").read_text() == before
 
 
+def test_runners_sharing_a_grid_skip_claimed_cells_and_take_over_dead_claims(tiny_model_dir, tmp_path):
+    """Two ``prunerzero bench`` processes on one grid: a cell claimed by a live runner is left to it, a claim left
+    by a runner that died is taken over, and a second runner with the seeds reversed adds nothing new."""
+    import hashlib
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from prunerzero.cli import main
+    from prunerzero.experiments import load_grid, read_rows
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "tiny", "protocol": {"model": str(tiny_model_dir), "seqlen": 64, "nsamples": 2, "eval_windows": 1},
+        "seeds": [0, 1], "patterns": [0.5], "methods": ["dense", {"name": "magnitude", "mode": "oneshot"}]}))
+    cells = {c.seed: c for c in load_grid(grid).cells() if c.method.name == "magnitude"}
+    claims = tmp_path / "res" / ".claims"
+    claims.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    (claims / hashlib.sha1(cells[0].id.encode()).hexdigest()).write_text(f"{host} {os.getpid()}")   # live
+    (claims / hashlib.sha1(cells[1].id.encode()).hexdigest()).write_text(f"{host} {dead.pid}")      # dead
+    argv = ["bench", str(grid), "--out", str(tmp_path / "res"), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    ids = [r["id"] for r in read_rows(tmp_path / "res" / "rows.jsonl")]
+    assert cells[1].id in ids and cells[0].id not in ids and len(ids) == 2   # dense + the taken-over cell
+    assert [p.name for p in claims.iterdir()] == [hashlib.sha1(cells[0].id.encode()).hexdigest()]
+    (claims / hashlib.sha1(cells[0].id.encode()).hexdigest()).unlink()
+    assert main(argv + ["--seeds", "1,0"]) == 0      # seeds reversed: the same dense cell (lowest seed), no repeats
+    ids = [r["id"] for r in read_rows(tmp_path / "res" / "rows.jsonl")]
+    assert len(ids) == len(set(ids)) == 3 and cells[0].id in ids and not list(claims.iterdir())
+
+
 def fake_run(tmp_path, name, formulas):
     run = tmp_path / name
     run.mkdir()
