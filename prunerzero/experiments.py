@@ -149,6 +149,13 @@ class Grid:
     seeds: tuple[int, ...]
     path: str | None = None
     structural: StructuralEval | None = None   # set when the grid holds structural methods
+    reference: str | None = None    # a method: tables add each method's ratio to it (transfer reports)
+    searched_on: tuple = ()         # (method, models its formula was searched on): marks search / other models
+
+    @property
+    def dense_seed(self) -> int:
+        """Dense perplexity does not depend on the calibration seed: its one cell is at the lowest seed."""
+        return min(self.seeds)
 
     def cell(self, model: str, method: Method, pattern: str, seed: int) -> Cell:
         ev = self.structural.identity() if self.structural else None
@@ -160,7 +167,7 @@ class Grid:
             for seed in self.seeds:
                 for method in self.methods:
                     if method.name == "dense":  # seed-independent: once, at the lowest seed
-                        if seed == min(self.seeds):
+                        if seed == self.dense_seed:
                             out.append(self.cell(model, method, "-", seed))
                         continue
                     out += [self.cell(model, method, p, seed) for p in self.patterns]
@@ -306,7 +313,8 @@ def load_grid(path: str | Path) -> Grid:
     if not path.is_file():
         raise UserError(f"grid {path} not found: pass a grid YAML (see grids/)")
     raw = checks.yaml_mapping(path, "grid settings (name, protocol, methods, patterns, ...)")
-    allowed = {"name", "description", "protocol", "models", "methods", "patterns", "seeds", "structural"}
+    allowed = {"name", "description", "protocol", "models", "methods", "patterns", "seeds", "structural",
+               "reference", "searched_on"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UserError(f"unknown key '{unknown[0]}' in grid {path}: allowed are {', '.join(sorted(allowed))}")
@@ -337,8 +345,32 @@ def load_grid(path: str | Path) -> Grid:
         structural = _structural_eval(raw.get("structural"), protocol)
     elif "structural" in raw:
         raise UserError(f"grid {path} has a 'structural' block but no 'kind: structural' method: add one or drop it")
+    reference, searched_on = _reference(raw, methods, path)
     return Grid(str(raw.get("name") or path.stem), str(raw.get("description") or ""), protocol, models, methods,
-                patterns, seeds, str(path), structural)
+                patterns, seeds, str(path), structural, reference, searched_on)
+
+
+def _reference(raw: dict, methods: tuple[Method, ...], path: Path) -> tuple[str | None, tuple]:
+    """The grid's optional ``reference`` (a method name) and ``searched_on`` ({method: [models]})."""
+    names = [m.name for m in methods]
+    reference = raw.get("reference")
+    if reference is not None and (reference not in names or reference == "dense"):
+        raise UserError(f"grid {path}: reference '{reference}' is not one of its methods ({', '.join(names)})")
+    searched = raw.get("searched_on") or {}
+    if not isinstance(searched, dict):
+        raise UserError(f"grid {path}: searched_on must map a method to the models its search used, "
+                        "e.g. {found: [smollm2]}")
+    out = []
+    for name, models in searched.items():
+        if name not in names:
+            raise UserError(f"grid {path}: searched_on names '{name}', which is not one of its methods")
+        if (not isinstance(models, list) or not models
+                or not all(isinstance(m, str) and m.strip() for m in models)):
+            raise UserError(f"grid {path}: searched_on.{name} must be a list of models, e.g. [smollm2]")
+        out.append((name, tuple(models)))
+    if out and reference is None:
+        raise UserError(f"grid {path}: searched_on needs a reference method (e.g. reference: wanda)")
+    return reference, tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------ rows
@@ -630,7 +662,7 @@ def render(grid: Grid, rows: list[dict]) -> str:
                       "| --- |" + " ---: |" * len(grid.patterns)]
             for method in grid.methods:
                 if method.name == "dense":
-                    r = by_id.get(grid.cell(model, method, "-", grid.seeds[0]).id)
+                    r = by_id.get(grid.cell(model, method, "-", grid.dense_seed).id)
                     value = f"{r['ppl'][ds]:.2f}" if r and ds in r["ppl"] else "-"
                     lines.append(f"| dense | {value} |" + " |" * (len(grid.patterns) - 1))
                     continue
@@ -641,11 +673,48 @@ def render(grid: Grid, rows: list[dict]) -> str:
                     cells.append(fmt(vals) + ("" if len(vals) in (0, len(grid.seeds)) else f" (n={len(vals)})"))
                 lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
             lines.append("")
+        if grid.reference:
+            lines += _ratio_table(grid, model, by_id)
     formulas = [m for m in grid.methods if m.formula]
     if formulas:
         lines += [", ".join(f"`{m.name}` = `{m.formula}`" for m in formulas), ""]
     lines += _missing(grid, by_id)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _ratio_table(grid: Grid, model: str, by_id: dict) -> list[str]:
+    """Per method and pattern: mean ppl / the reference's mean ppl on ``model`` (first dataset), marked 'better' or
+    'worse' only where one mean wins by more than both spreads (>= 3 seeds each), and whether the method's formula
+    was searched on this model."""
+    ds, ref = grid.protocol.eval_datasets[0], next(m for m in grid.methods if m.name == grid.reference)
+    searched = dict(grid.searched_on)
+
+    def values(method, p):
+        cells = (grid.cell(model, method, p, s) for s in grid.seeds)
+        return [by_id[c.id]["ppl"][ds] for c in cells if c.id in by_id and ds in by_id[c.id]["ppl"]]
+
+    lines = [f"**{model}: ratio to {grid.reference} ({DATASET_TITLES.get(ds, ds)}; below 1 = lower perplexity)**",
+             "", "| method | " + " | ".join(_pattern_header(p) for p in grid.patterns)
+             + (" | this model in its search |" if searched else " |"),
+             "| --- |" + " ---: |" * len(grid.patterns) + (" --- |" if searched else "")]
+    for method in grid.methods:
+        if method.name in ("dense", grid.reference):
+            continue
+        cells = []
+        for p in grid.patterns:
+            mine, theirs = values(method, p), values(ref, p)
+            if not mine or not theirs:
+                cells.append("-")
+                continue
+            verdict = ("better" if better(mine, theirs) else "worse" if better(theirs, mine)
+                       else "within spread" if min(len(mine), len(theirs)) >= 3 else "n<3")
+            cells.append(f"{statistics.fmean(mine) / statistics.fmean(theirs):.3f} ({verdict})")
+        mark = ""
+        if searched:
+            mark = (" | yes" if model in searched.get(method.name, ()) else " | no" if method.name in searched
+                    else " | -")
+        lines.append(f"| {method.label} | " + " | ".join(cells) + mark + " |")
+    return lines + [""]
 
 
 def _structural_settings(methods: list[Method]) -> list[str]:
@@ -701,7 +770,7 @@ def render_structural(grid: Grid, rows: list[dict]) -> str:
                   "| --- | --- | --- |" + " ---: |" * (len(keys) + 4 + timed)]
         for method in grid.methods:
             if method.name == "dense":
-                r = by_id.get(grid.cell(model, method, "-", grid.seeds[0]).id)
+                r = by_id.get(grid.cell(model, method, "-", grid.dense_seed).id)
                 if r:
                     lines.append(f"| 0 | dense | - | {cells_of([r], True)}")
         for p in grid.patterns:

@@ -400,3 +400,36 @@ def test_structural_grid_shape_is_checked(tmp_path, extra, message):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError, match=re.escape(message)):
         load_grid(path)
+
+
+def test_transfer_table_ratio_to_the_reference_and_search_models(tmp_path):
+    """A grid with ``reference`` and ``searched_on`` renders, per model, each method's ratio to the reference with
+    a verdict only where the seeds support it, and marks the models its formula was searched on."""
+    import yaml
+
+    from prunerzero.errors import UserError
+    from prunerzero.experiments import load_grid, render
+
+    raw = {"name": "t", "protocol": {"model": "a"}, "models": ["a", "b"], "seeds": [0, 1, 2], "patterns": [0.5],
+           "reference": "wanda", "searched_on": {"f": ["a"]},
+           "methods": ["dense", "wanda", {"name": "f", "formula": "mul(abs(W), X)"}, "ria"]}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    grid = load_grid(path)
+    ppl = {("a", "wanda"): [50, 51, 52], ("a", "f"): [40, 41, 42], ("a", "ria"): [49, 52, 55],
+           ("b", "wanda"): [50, 51, 52], ("b", "f"): [60, 61, 62], ("b", "ria"): [50, 51, 52]}
+    rows = [{"id": c.id, "ppl": {"wikitext2": 20.0 if c.method.name == "dense" else
+                                 ppl[(c.model, c.method.name)][c.seed]}} for c in grid.cells()]
+    md = render(grid, rows)
+    assert "**a: ratio to wanda" in md and "**b: ratio to wanda" in md
+    a, b = md.split("**b: ratio to wanda")
+    assert "| f (sequential) | 0.804 (better) | yes |" in a
+    assert "| ria (sequential) | 1.020 (within spread) | - |" in a
+    assert "| f (sequential) | 1.196 (worse) | no |" in b
+    for bad, msg in [({"reference": "nope"}, "reference 'nope' is not one of its methods"),
+                     ({"searched_on": {"g": ["a"]}}, "searched_on names 'g'"),
+                     ({"searched_on": {"f": "a"}}, "searched_on.f must be a list of models"),
+                     ({"reference": None}, "searched_on needs a reference")]:
+        path.write_text(yaml.safe_dump({**raw, **bad}))
+        with pytest.raises(UserError, match=msg):
+            load_grid(path)
