@@ -8,6 +8,9 @@ seeds. This is a grid for the experiment runner (``prunerzero.experiments``): th
 ``<out>/grid.yaml``, its rows to ``<out>/rows.jsonl`` (a rerun skips cells already there), and the choice to
 ``<out>.json`` / ``<out>.md``.
 
+``--mode oneshot`` re-scores with the dense model's statistics instead (what the search used; no calibration pass
+per cell, so several seeds fit a CPU), and the table says so.
+
 The chosen formula beats the reference at every pattern and has the lowest mean log-perplexity ratio to it. With
 three or more seeds "beats" means by more than both spreads (mean ± std intervals apart); with fewer it is a plain
 comparison of means and the table says so. If none beats it everywhere, the lowest ratio is chosen and the table
@@ -93,8 +96,10 @@ def build_grid(name: str, cands: list[dict], patterns: list[str], seeds: list[in
     proto = Protocol(model=args.model, dtype=args.dtype, device=args.device, seqlen=args.seqlen,
                      nsamples=args.nsamples, seed=seeds[0], eval_datasets=("wikitext2",), eval_split="validation",
                      eval_windows=args.eval_windows, batch_size=args.batch_size)
-    methods = tuple(Method(c["name"], None if c["run"] is None else c["formula"], "sequential") for c in cands)
-    return Grid(name, "Candidates re-scored on WikiText-2 validation as final runs prune (sequential).", proto,
+    methods = tuple(Method(c["name"], None if c["run"] is None else c["formula"], args.mode) for c in cands)
+    how = ("as final runs prune (sequential)" if args.mode == "sequential" else
+           "with one-shot statistics of the dense model, as the search scores (cheaper; final runs prune sequentially)")
+    return Grid(name, f"Candidates re-scored on WikiText-2 validation {how}.", proto,
                 (args.model,), methods, tuple(PATTERNS[p] for p in patterns), tuple(seeds))
 
 
@@ -164,6 +169,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0", help="comma-separated calibration seeds (3 or more for spreads)")
     ap.add_argument("--out", required=True, help="writes <out>/grid.yaml, <out>/rows.jsonl, <out>.json, <out>.md")
     ap.add_argument("--render-only", action="store_true", help="re-render from <out>/grid.yaml and its rows")
+    ap.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
+                    help="statistics the re-scoring prunes with: sequential (as final runs) or oneshot (as the search)")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default="auto")
