@@ -125,8 +125,12 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
     needs_windows = method == SPARSEGPT or bool(terms & {"X", "Hd"}) or update == "obs" or alloc.kind == "owl"
     # tokenised once, also for G if not cached
     windows = calibration_windows(lm, cfg, seqlen) if needs_windows else None
-    grads = one_shot_stats(lm, cfg, need_x=False, need_g=True, windows=windows, progress=progress,
-                           seqlen=seqlen) if need_g else None
+    # one-shot pruning by a metric reads the dense model's X from the statistics cache (the same numbers a pass
+    # here would collect: tests/test_mask_path.py) instead of running the calibration windows again
+    cached_x = (not sequential and method != SPARSEGPT and update == "none" and "X" in terms
+                and "Hd" not in terms)
+    grads = one_shot_stats(lm, cfg, need_x=cached_x, need_g=need_g, windows=windows, progress=progress,
+                           seqlen=seqlen) if need_g or cached_x else None
     counts = None
     if not alloc.is_uniform:
         if method == SPARSEGPT or pattern.is_nm:

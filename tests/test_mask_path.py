@@ -26,3 +26,24 @@ def test_one_shot_prune_applies_the_search_masks(formula, pattern, windows):
     for key, lin in linears.items():
         applied = (lin.weight == 0) & (snap.saved[key] != 0)
         assert torch.equal(applied, search_masks[key]), key
+
+
+@pytest.mark.parametrize("formula", ["mul(abs(W), sqrt(X))", "mul(sqrt(sub(X, G)), abs(W))"])
+def test_one_shot_prune_from_cached_statistics_equals_a_calibration_pass(formula, tiny_model_dir, tmp_path):
+    """``pipeline.prune(sequential=False)`` reads the dense X from the statistics cache instead of running the
+    calibration windows again: the pruned weights are bit-identical to a prune that runs them."""
+    from prunerzero.models import load_model
+    from prunerzero.pipeline import CalibConfig, calibration_windows, one_shot_stats, prune
+
+    cfg = CalibConfig(nsamples=4, seed=0, cache=str(tmp_path / "cache"))
+    lm = load_model(str(tiny_model_dir), seqlen=32)
+    linears = all_prunable(lm.model)
+    snap = WeightSnapshot(linears)
+    prune(lm, formula, Pattern(0.5, "row"), cfg, sequential=False, progress=False)
+    cached = {k: lin.weight.clone() for k, lin in linears.items()}
+    snap.restore()
+    grads = one_shot_stats(lm, cfg, need_x=False, progress=False)
+    prune_model(lm.model, parse(formula), Pattern(0.5, "row"), calibration_windows(lm, cfg), grads,
+                sequential=False, progress=False)
+    for key, lin in linears.items():
+        assert torch.equal(lin.weight, cached[key]), key

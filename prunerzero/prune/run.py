@@ -82,7 +82,9 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
     if needs_of(terms)[1] and grads is None:
         raise UserError("this metric reads gradients (G): compute gradient statistics first")
     hessian = method == SPARSEGPT or update == "obs" or "Hd" in terms
-    needs_forward = hessian or "X" in terms
+    # one-shot X may come with ``grads`` (the cached dense statistics): then no calibration pass is needed
+    given_x = not sequential and grads is not None and "X" in grads.terms()
+    needs_forward = hessian or ("X" in terms and not given_x)
     pruned: dict[str, int] = {}
     config = getattr(model, "config", None)
 
