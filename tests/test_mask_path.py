@@ -47,3 +47,22 @@ def test_one_shot_prune_from_cached_statistics_equals_a_calibration_pass(formula
                 sequential=False, progress=False)
     for key, lin in linears.items():
         assert torch.equal(lin.weight, cached[key]), key
+
+
+def test_one_shot_prune_from_cached_statistics_on_real_smollm2(smollm2, tmp_path):
+    """The same on the real SmolLM2-135M (all 210 prunable layers, real activation scales, ties included)."""
+    from prunerzero.pipeline import CalibConfig, calibration_windows, prune
+
+    cfg = CalibConfig(nsamples=2, seed=0, cache=str(tmp_path / "cache"))
+    linears = all_prunable(smollm2.model)
+    snap = WeightSnapshot(linears)
+    try:
+        prune(smollm2, "wanda", Pattern(0.5, "row"), cfg, sequential=False, progress=False, seqlen=128)
+        cached = {k: lin.weight == 0 for k, lin in linears.items()}
+        snap.restore()
+        prune_model(smollm2.model, parse("mul(abs(W), sqrt(X))"), Pattern(0.5, "row"),
+                    calibration_windows(smollm2, cfg, 128), None, sequential=False, progress=False)
+        for key, lin in linears.items():
+            assert torch.equal(lin.weight == 0, cached[key]), key
+    finally:
+        snap.restore()
