@@ -187,3 +187,27 @@ def chosen_formula(selection_json) -> str | None:
     """The formula ``benchmarks/select_formula.py`` chose (validation split only), or None if it chose none."""
     chosen = json.loads(Path(selection_json).read_text()).get("chosen")
     return chosen["formula"] if chosen else None
+
+
+def per_model_ratios(run_dir) -> pd.DataFrame:
+    """For a search scored on several models: each evaluated formula's log(ppl / reference ppl) per model (mean
+    over the run's settings) at full fidelity, beside its terminals; the reference's perplexities come from the
+    run's ``references.json``. One row per distinct formula (its first evaluation)."""
+    import math
+
+    refs = json.loads((Path(run_dir) / "references.json").read_text())
+    full = max(refs["levels"], key=lambda k: (refs["levels"][k]["windows"] is None, int(k)))
+    ref_ppl = refs["levels"][full]["ppls"]
+    df = load_run(run_dir)
+    df = df[(df.hit == "eval") & df["ppls"].notna()]
+    if "level" in df:
+        df = df[df["level"].fillna(int(full)).astype(int) == int(full)]
+    models = list(dict.fromkeys(k.split("|", 1)[0] for k in ref_ppl))  # the run's order
+    rows = []
+    for _, r in df.drop_duplicates("key").iterrows():
+        out = {"formula": r["simplified"], "terms": "".join(t for t in "WXG" if r[f"has_{t}"])}
+        for m in models:
+            parts = [math.log(v / ref_ppl[k]) for k, v in r["ppls"].items() if k.split("|", 1)[0] == m]
+            out[f"ratio[{m}]"] = sum(parts) / len(parts) if parts else float("nan")
+        rows.append(out)
+    return pd.DataFrame(rows)

@@ -238,13 +238,21 @@ def test_structural_grids_hold_the_committed_runs(name):
         assert (r["formula"] is None) == (cfg.init == "const")
 
 
-def test_selection_table_re_renders_from_its_rows():
-    """results/selection-gpu.md from its grid, rows and candidates (what --render-only does), and the choice in the
+SELECTIONS = sorted(p.parent.name for p in RESULTS.glob("*/grid.yaml") if (RESULTS / f"{p.parent.name}.json").is_file())
+
+
+def test_the_selections_are_found():
+    assert {"selection-gpu", "selection-cpu"} <= set(SELECTIONS)
+
+
+@pytest.mark.parametrize("name", SELECTIONS)
+def test_selection_table_re_renders_from_its_rows(name):
+    """results/selection-*.md from its grid, rows and candidates (what --render-only does), and the choice in the
     JSON is the one the rows give."""
     from prunerzero.experiments import load_grid, read_rows
 
-    out = RESULTS / "selection-gpu"
-    saved = json.loads((RESULTS / "selection-gpu.json").read_text())
+    out = RESULTS / name
+    saved = json.loads((RESULTS / f"{name}.json").read_text())
     grid, rows = load_grid(out / "grid.yaml"), read_rows(out / "rows.jsonl")
     cands = [{k: c[k] for k in ("name", "formula", "simplified", "search_ppl", "run")} for c in saved["candidates"]]
     scored = select_formula.collect(grid, rows, cands)
@@ -252,7 +260,7 @@ def test_selection_table_re_renders_from_its_rows():
     assert chosen["formula"] == saved["chosen"]["formula"] and beats == saved["beats_reference"]
     md = select_formula.render_selection(grid, rows, scored, saved["meta"]["patterns"], saved["meta"]["reference"],
                                          chosen, beats)
-    assert md == (RESULTS / "selection-gpu.md").read_text()
+    assert md == (RESULTS / f"{name}.md").read_text()
 
 
 # timing / benchmark tables: results/<name>.md = <renderer>.render(rows, meta) of results/<name>/{rows.jsonl,meta.json}
@@ -282,7 +290,7 @@ def test_timing_tables_re_render_from_committed_rows(name):
 def test_every_committed_table_re_renders_from_rows():
     """Each results/*.md is a grid's table, the selection's, or a timing table: none is typed by hand."""
     tables = {p.stem for p in RESULTS.glob("*.md")} - {"README"}
-    covered = {p.stem for p in GRIDS} | {"selection-gpu"} | set(MEASUREMENTS)
+    covered = {p.stem for p in GRIDS} | set(SELECTIONS) | set(MEASUREMENTS)
     assert tables <= covered, sorted(tables - covered)
 
 
