@@ -414,37 +414,41 @@ def claim(rows_path: Path, cell_id: str):
     cell is run once. A claim is a file under ``<out>/.claims/`` holding host and pid; one left by a runner that
     died (same host, pid gone) is taken over, and every claim is removed when its cell ends."""
     import hashlib
-    import os
-    import socket
 
     folder = rows_path.parent / ".claims"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / hashlib.sha1(cell_id.encode()).hexdigest()
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                host, pid = path.read_text().split()
-            except (OSError, ValueError):  # being written or removed just now: leave it to its owner
-                yield False
-                return
-            if host == socket.gethostname() and not _alive(int(pid)):
-                path.unlink(missing_ok=True)   # a runner that died holding it
-                continue
-            yield False
-            return
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
-    else:
+    if not _take_claim(path):
         yield False
         return
     try:
         yield cell_id not in {r["id"] for r in read_rows(rows_path)}  # another runner may have finished it
     finally:
         path.unlink(missing_ok=True)
+
+
+def _take_claim(path: Path) -> bool:
+    """Create the claim file ``path`` (host and pid); one left by a runner that died on this host is taken over."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner, pid = path.read_text().split()
+            except (OSError, ValueError):  # being written or removed just now: leave it to its owner
+                return False
+            if owner != host or _alive(int(pid)):
+                return False
+            path.unlink(missing_ok=True)   # a runner that died holding it
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{host} {os.getpid()}")
+        return True
+    return False
 
 
 def _alive(pid: int) -> bool:

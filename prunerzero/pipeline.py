@@ -135,8 +135,8 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
     if not alloc.is_uniform:
         if method == SPARSEGPT or pattern.is_nm:
             raise UserError("--allocation applies to metrics with unstructured sparsity (not sparsegpt, not N:M)")
-        dense = one_shot_stats(lm, cfg, need_x=alloc.kind == "owl", need_g=False, windows=windows,
-                               progress=progress) if alloc.kind == "owl" else Stats()
+        dense = (grads if cached_x else one_shot_stats(lm, cfg, need_x=True, need_g=False, windows=windows,
+                                                       progress=progress)) if alloc.kind == "owl" else Stats()
         counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])
     pruned = prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential,
                          batch_size=cfg.batch_size, progress=progress, update=update, counts=counts, permute=permute)
