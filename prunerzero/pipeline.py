@@ -56,8 +56,9 @@ def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int, windows_dige
 
 def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_g: bool = True,
                    windows: torch.Tensor | None = None, progress: bool = True, seqlen: int | None = None,
-                   need_h: bool = False) -> Stats:
-    """X and/or G (and with ``need_h`` the Hessian terminal Hd, beside X) of the dense model, each cached as
+                   need_h: bool = False, need_factor: bool = False) -> Stats:
+    """X and/or G (and with ``need_h`` the Hessian terminal Hd, beside X; with ``need_factor`` also each layer's
+    OBS factor, for a fitness that reconstructs after the mask) of the dense model, each cached as
     safetensors under the cache dir (calibration windows of ``seqlen`` tokens, default ``lm.seqlen``, unless
     ``windows`` are given).
 
@@ -73,10 +74,12 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
     def provenance(s: Stats, **extra) -> Stats:
         return Stats(s.tensors, {**s.meta, "windows_sha1": digest, **extra})
 
-    if need_h:  # X and Hd in one file (one pass); percdamp 0.01 as SparseGPT
-        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X+Hd:0.01", seqlen, digest),
+    if need_h or need_factor:  # X and Hd (and the OBS factor) in one file (one pass); percdamp 0.01 as SparseGPT
+        kind = "X+Hd+U:0.01" if need_factor else "X+Hd:0.01"
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, kind, seqlen, digest),
                                           lambda: provenance(activation_stats(lm.model, windows, cfg.batch_size,
-                                                                              progress, hessian=True))))
+                                                                              progress, hessian=True,
+                                                                              factor=need_factor))))
         need_x = False
     if need_x:
         stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X", seqlen, digest),

@@ -269,3 +269,88 @@ def test_search_fitness_reads_the_hessian_terminal(tiny_model_dir, tmp_path):
     obs, wanda = ev("mul(sqr(W), Hd)"), ev("mul(abs(W), sqrt(X))")
     assert obs.hit == wanda.hit == "eval" and math.isfinite(obs.ppl) and obs.fingerprint != wanda.fingerprint
     assert list((tmp_path / "cache" / "stats").glob("*.safetensors"))
+
+
+# ------------------------------------------------------------------------ a fitness that reconstructs (reconstruct.yaml)
+@pytest.mark.parametrize("pattern", [Pattern(0.5, "row"), TWO_FOUR])
+def test_reconstructing_fitness_equals_a_one_shot_prune_with_update(windows, pattern):
+    """A setting with ``update: obs`` prunes the candidate's mask and updates the kept weights from the cached OBS
+    factor: the same weights, bit for bit, as ``prune_model(sequential=False, update="obs")``, so the same
+    perplexity; the dense weights come back afterwards, and without the update the perplexity differs."""
+    from prunerzero.evaluate import perplexity
+    from prunerzero.search.fitness import FitnessEvaluator
+
+    model = make_tiny()
+    stats = activation_stats(model, windows, progress=False, factor=True)
+    assert stats.terms() == {"X", "Hd"} and stats.factor("layers.0.self_attn.q_proj") is not None
+    dense = {k: lin.weight.clone() for k, lin in all_prunable(model).items()}
+    evalw = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(5))
+    ev = FitnessEvaluator(model, stats, [pattern, pattern], evalw, name="tiny", updates=["obs", "none"])
+    res = ev(str(WANDA))
+    label = f"tiny|{pattern.slug}"
+    assert set(res.ppls) == {label + "+obs", label}
+    assert all(torch.equal(lin.weight, dense[k]) for k, lin in all_prunable(model).items())
+
+    ref = make_tiny()
+    prune_model(ref, WANDA, pattern, windows, sequential=False, progress=False, update="obs")
+    assert res.ppls[label + "+obs"] == perplexity(ref, evalw)
+    masked = make_tiny()
+    prune_model(masked, WANDA, pattern, windows, sequential=False, progress=False)
+    assert res.ppls[label] == perplexity(masked, evalw) != res.ppls[label + "+obs"]
+    # the two parts share the mask, not the perplexity: the mask cache is per part
+    assert res.parts[label] == res.parts[label + "+obs"]
+
+
+def test_obs_factor_round_trips_through_the_statistics_file(windows, tmp_path):
+    from prunerzero.calibration import Stats
+
+    stats = activation_stats(make_tiny(), windows, progress=False, factor=True)
+    stats.save(tmp_path / "s.safetensors")
+    back = Stats.load(tmp_path / "s.safetensors")
+    for key in stats.tensors:
+        U, dead = back.factor(key)
+        assert torch.equal(U, stats.factor(key)[0]) and dead.dtype == torch.bool
+    assert "_U" not in back.env("layers.0.mlp.down_proj", all_prunable(make_tiny())["layers.0.mlp.down_proj"].weight)
+    assert activation_stats(make_tiny(), windows, progress=False).factor("layers.0.mlp.down_proj") is None
+
+
+def test_reconstruct_space_and_update_setting_validation():
+    from prunerzero.search.space import load_space, setting_slug, validate
+
+    space = load_space("reconstruct")
+    assert [setting_slug(s) for s in space.fitness["settings"]] == ["u0.5-row+obs", "2of4+obs"]
+    assert "Hd" in space.raw["terminals"] and "mul(sqr(W), Hd)" in space.seeds
+    both = validate({"fitness": {"settings": [{"sparsity": 0.5}, {"sparsity": 0.5, "update": "obs"}]}})
+    assert [s.get("update", "none") for s in both.fitness["settings"]] == ["none", "obs"]
+    # "none" is the default and is not recorded, so earlier runs' settings (and their resume checks) are unchanged
+    assert "update" not in validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "none"}]}}).fitness[
+        "settings"][0]
+    with pytest.raises(UserError, match=r"fitness.settings\[0\].update must be none or obs"):
+        validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "lbfgs"}]}})
+    with pytest.raises(UserError, match="repeats the setting"):
+        validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "obs"}, {"sparsity": 0.5, "update": "obs"}]}})
+
+
+def test_search_with_a_reconstructing_setting_end_to_end(tiny_model_dir, tmp_path):
+    """The CLI search on a space whose setting reconstructs: the statistics file holds the factor, every record
+    has the +obs part, and the reference (Wanda + OBS) scores 0."""
+    import json
+
+    import yaml
+
+    from prunerzero.cli import main
+    from prunerzero.search.engine import read_evaluations
+
+    raw = yaml.safe_load(open("search_spaces/tiny.yaml"))
+    raw["fitness"] = {"model": str(tiny_model_dir), "settings": [{"pattern": "2:4", "update": "obs"}],
+                      "reference": "wanda", "eval_windows": 1, "seqlen": 64, "nsamples": 2, "device": "cpu"}
+    raw["gp"].update(population=4, generations=1)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["search", "--space", str(path), "--out", str(tmp_path / "run"), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    recs = [r for r in read_evaluations(tmp_path / "run") if r["hit"] != "error"]
+    assert recs and all(list(r["ppls"]) == [f"{tiny_model_dir}|2of4+obs"] for r in recs)
+    assert [r["score"] for r in recs if r["formula"] == "mul(abs(W), sqrt(X))"][0] == 0.0
+    refs = json.loads((tmp_path / "run" / "references.json").read_text())
+    assert list(refs["levels"]["0"]["ppls"]) == [f"{tiny_model_dir}|2of4+obs"]

@@ -43,13 +43,19 @@ class InputStats:
 
 
 def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = True,
-                     hessian: bool = False, percdamp: float = 0.01) -> Stats:
+                     hessian: bool = False, percdamp: float = 0.01, factor: bool = False) -> Stats:
     """One-shot X for every prunable layer from the dense model, block by block (bounded memory).
 
     ``hessian=True`` also gives the Hessian-aware terminal Hd = 1 / diag(H_damped^-1), stored as [1, in]
     (``prune.sparsegpt.obs_diag``); the Hessian itself is freed as soon as each layer is done.
+    ``factor=True`` (implies ``hessian``) also keeps what an OBS update after any mask needs, the upper Cholesky
+    factor U of the damped H^-1 and the dead-input flags (``prune.sparsegpt.hinv_factor``), as the reserved terms
+    ``_U`` [in, in] and ``_dead`` [in] (``Stats.factor``; formulas never see them): a search that reconstructs
+    after every candidate's mask factorises each layer once, not once per candidate.
     """
-    from ..prune.sparsegpt import obs_diag
+    from ..prune.sparsegpt import hinv_factor, obs_diag
+
+    hessian = hessian or factor
 
     runner = BlockRunner(model, windows, batch_size)
     out: dict[str, dict[str, torch.Tensor]] = {}
@@ -61,6 +67,9 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
             out[f"layers.{i}.{n}"] = {"X": h.X.cpu()}
             if hessian:
                 out[f"layers.{i}.{n}"]["Hd"] = obs_diag(h.H, percdamp).cpu()
+                if factor:
+                    U, dead = hinv_factor(h.H, percdamp)
+                    out[f"layers.{i}.{n}"].update(_U=U.cpu(), _dead=dead.to(torch.uint8).cpu())
                 h.H = None
         runner.advance(outs)
     meta = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1])}

@@ -23,13 +23,24 @@ class Stats:
         self.meta = meta or {}
 
     def terms(self) -> set[str]:
-        return {t for d in self.tensors.values() for t in d}
+        """The terminals the statistics hold (reserved ``_`` terms, such as the OBS factor, are not terminals)."""
+        return {t for d in self.tensors.values() for t in d if not t.startswith("_")}
+
+    def factor(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(U, dead) of one layer for an OBS update after a fixed mask (``activation_stats(factor=True)``), or
+        None when the statistics were computed without it."""
+        d = self.tensors.get(key, {})
+        if "_U" not in d:
+            return None
+        return d["_U"], d["_dead"].to(torch.bool)
 
     def env(self, key: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The terminal values a formula sees for one layer, in fp32 on the weight's device."""
         w = weight.detach().float()
         env = {"W": w}
         for term, t in self.tensors.get(key, {}).items():
+            if term.startswith("_"):
+                continue
             t = t.to(w.device, torch.float32)
             if term == "X":
                 env["X"] = t.view(1, -1)

@@ -127,8 +127,25 @@ class Target:
         self.snapshot = WeightSnapshot(self.linears)
 
 
-def part_label(model: str, pattern: Pattern) -> str:
-    return f"{model}|{pattern.slug}"
+def part_label(model: str, pattern: Pattern, update: str = "none") -> str:
+    """``<model>|<pattern slug>``, with ``+obs`` when the kept weights are reconstructed after the mask."""
+    return f"{model}|{pattern.slug}" + ("+obs" if update == "obs" else "")
+
+
+@torch.no_grad()
+def reconstruct(linears: dict, masks: dict[str, torch.Tensor], stats: Stats) -> None:
+    """Prune ``masks`` and update the kept weights of each layer by OBS against the dense model's layer Hessian
+    (``prune_model(..., sequential=False, update="obs")`` with the factor precomputed in ``stats``)."""
+    from ..prune.sparsegpt import obs_sweep
+
+    for key, mask in masks.items():
+        factor = stats.factor(key) if stats is not None else None
+        if factor is None:
+            raise UserError(f"statistics lack the OBS factor of {key}: compute them with the reconstructing "
+                            "setting (delete the statistics cache and rerun)")
+        lin = linears[key]
+        U, dead = (t.to(lin.weight.device) for t in factor)
+        lin.weight.copy_(obs_sweep(lin.weight, U, dead, mask=mask)[0].to(lin.weight.dtype))
 
 
 def geometric_mean(values) -> float:
@@ -143,11 +160,15 @@ class FitnessEvaluator:
     A part is one (model, setting). Its masks are fingerprinted; ``by_mask[(label, fingerprint, windows)]`` holds
     its perplexity, so a part whose masks were measured before is not measured again. The candidate is a ``mask``
     hit when every part is. ``FitnessEvaluator(model, stats, pattern, windows)`` is the one-model, one-setting
-    case; ``patterns`` and ``add_model`` make more parts."""
+    case; ``patterns`` and ``add_model`` make more parts. ``updates`` (one per pattern, default ``none``): ``obs``
+    reconstructs the kept weights after the mask (``reconstruct``), from the OBS factor in each model's stats."""
 
     def __init__(self, model, stats: Stats, pattern: Pattern | list[Pattern], windows: torch.Tensor,
-                 batch_size: int = 1, penalty: float = 1e5, name: str = "model"):
+                 batch_size: int = 1, penalty: float = 1e5, name: str = "model", updates: list[str] | None = None):
         self.patterns = list(pattern) if isinstance(pattern, (list, tuple)) else [pattern]
+        self.updates = list(updates) if updates is not None else ["none"] * len(self.patterns)
+        if len(self.updates) != len(self.patterns) or not set(self.updates) <= {"none", "obs"}:
+            raise ValueError(f"updates must be none/obs, one per pattern, got {updates}")
         self.targets = [Target(name, model, stats, windows)]
         self.batch_size = batch_size
         self.penalty = penalty
@@ -177,7 +198,7 @@ class FitnessEvaluator:
 
     @property
     def labels(self) -> list[str]:
-        return [part_label(t.name, p) for t in self.targets for p in self.patterns]
+        return [part_label(t.name, p, u) for t in self.targets for p, u in zip(self.patterns, self.updates)]
 
     def __call__(self, formula: str, windows: int | None = None) -> FitnessResult:
         t0 = time.time()
@@ -187,8 +208,8 @@ class FitnessEvaluator:
             return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc), windows=windows)
         ppls, parts, measured, error = {}, {}, False, None
         for target in self.targets:
-            for pattern in self.patterns:
-                label = part_label(target.name, pattern)
+            for pattern, update in zip(self.patterns, self.updates):
+                label = part_label(target.name, pattern, update)
                 try:
                     masks = batched_masks(node, target.linears, target.stats, pattern)
                 except (MetricError, FormulaError, UserError) as exc:
@@ -203,8 +224,11 @@ class FitnessEvaluator:
                     ppls[label] = cached
                     continue
                 try:
-                    for key, mask in masks.items():
-                        apply_mask(target.linears[key], mask)
+                    if update == "obs":
+                        reconstruct(target.linears, masks, target.stats)
+                    else:
+                        for key, mask in masks.items():
+                            apply_mask(target.linears[key], mask)
                     del masks
                     w = target.windows if windows is None else target.windows[:windows]
                     ppl = perplexity(target.model, w, self.batch_size)

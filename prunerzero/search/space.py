@@ -87,7 +87,8 @@ class SearchSpace:
         return hashlib.sha1(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
 
 
-SETTING_KEYS = ("sparsity", "pattern", "group", "sequential")
+SETTING_KEYS = ("sparsity", "pattern", "group", "sequential", "update")
+UPDATES = ("none", "obs")
 FIDELITY_KEYS = ("windows", "keep", "audit")
 COMBINE = ("mean", "worst")
 
@@ -116,9 +117,15 @@ def settings_of(fit: dict) -> list[dict]:
     return [{"sparsity": fit["sparsity"], "pattern": fit["pattern"], "group": fit["group"], "sequential": False}]
 
 
-def _check_settings(fit: dict, given: dict) -> None:
+def setting_slug(setting: dict) -> str:
+    """A setting's name in part labels and logs: the pattern's slug, ``+obs`` when the kept weights are updated."""
     from ..prune.masks import parse_pattern
 
+    slug = parse_pattern(setting["sparsity"], setting["pattern"], setting["group"]).slug
+    return slug + ("+obs" if setting.get("update", "none") == "obs" else "")
+
+
+def _check_settings(fit: dict, given: dict) -> None:
     settings = fit["settings"]
     if settings is None:
         return
@@ -144,7 +151,13 @@ def _check_settings(fit: dict, given: dict) -> None:
                             "dense model (sequential statistics would cost a calibration forward per candidate and "
                             "setting); remove it")
         one = _check_pattern(one, s, where)
-        slug = parse_pattern(one["sparsity"], one["pattern"], one["group"]).slug
+        update = one.pop("update", "none")
+        if update not in UPDATES:
+            raise UserError(f"{where}update must be none or obs (OBS reconstruction of the kept weights after the "
+                            f"mask), got {update!r}")
+        if update != "none":   # recorded only when used: earlier runs' settings stay as they were
+            one["update"] = update
+        slug = setting_slug(one)
         if slug in slugs:
             raise UserError(f"{where} repeats the setting {slug}: list each setting once")
         slugs.append(slug)

@@ -35,15 +35,29 @@ def fitness_patterns(fitness: dict) -> list:
     return [parse_pattern(s["sparsity"], s["pattern"], s["group"]) for s in settings_of(fitness)]
 
 
+def fitness_updates(fitness: dict) -> list[str]:
+    """Per setting, what happens to the kept weights after the mask: ``none`` or ``obs`` (reconstruction)."""
+    from .space import settings_of
+
+    return [s.get("update", "none") for s in settings_of(fitness)]
+
+
+def _stats_for(lm, fitness: dict, terminals: list[str], data_dir, cache, progress: bool):
+    """One model's one-shot statistics for the space: X/G as the terminals need, Hd when a terminal, the OBS
+    factor when a setting reconstructs (all cached on disk)."""
+    calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
+    need_x, need_g = needs_of(set(terminals))
+    return one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress,
+                          need_h="Hd" in terminals, need_factor="obs" in fitness_updates(fitness))
+
+
 def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=None, progress: bool = False) -> None:
     """Compute the one-shot statistics a space needs (every fitness model's) into the on-disk cache, then drop
     the models."""
     for name in fitness_models(fitness):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
                         seqlen=fitness["seqlen"])
-        calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
-        need_x, need_g = needs_of(set(terminals))
-        one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress)
+        _stats_for(lm, fitness, terminals, data_dir, cache, progress)
         del lm
 
 
@@ -55,15 +69,13 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     for name in fitness_models(fitness):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
                         seqlen=fitness["seqlen"])
-        calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
-        need_x, need_g = needs_of(set(terminals))
-        stats = one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress,
-                               need_h="Hd" in terminals)
+        stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress)
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
         windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"])
         if evaluator is None:
             evaluator = FitnessEvaluator(lm.model, stats.to(lm.device), fitness_patterns(fitness), windows,
-                                         fitness["batch_size"], fitness["penalty"], name=name)
+                                         fitness["batch_size"], fitness["penalty"], name=name,
+                                         updates=fitness_updates(fitness))
         else:
             evaluator.add_model(name, lm.model, stats.to(lm.device), windows)
     return evaluator
