@@ -20,22 +20,36 @@ def require_empty(target: str | os.PathLike, what: str = "folder") -> None:
 
 
 @contextmanager
-def atomic_folder(target: str | os.PathLike, must_be_empty: bool = True):
-    """Yield a temporary folder next to ``target``; on success it is renamed to ``target``."""
+def atomic_folder(target: str | os.PathLike, must_be_empty: bool = True, shared_cache: bool = False):
+    """Yield a temporary folder next to ``target``; on success it is renamed to ``target``.
+
+    ``shared_cache``: ``target`` is a cache entry that another process may complete at the same time (two runners
+    sharing a cache); if a non-empty ``target`` is there when this one finishes, it is kept and this copy dropped.
+    """
     target = Path(target)
-    if must_be_empty:
+    if must_be_empty and not shared_cache:
         require_empty(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the folder the mode a plain mkdir would
     try:
         yield tmp
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
+        if shared_cache and _holds_files(target):
+            return
+        try:
+            if target.exists():
+                target.rmdir()
+            os.replace(tmp, target)
+        except OSError:
+            if not (shared_cache and _holds_files(target)):  # lost the race to another writer: keep its copy
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

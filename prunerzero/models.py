@@ -155,9 +155,11 @@ def _cached_gguf_dir(path: Path, cache: Path, cache_name: str) -> Path:
 
     gguf_architecture(path)  # refuse from the header, before minutes of dequantisation
     model, tokenizer = _load_gguf(path, torch.float32)
-    with atomic_folder(target, must_be_empty=False) as tmp:
+    with atomic_folder(target, shared_cache=True) as tmp:  # another runner may finish the same entry first
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    if not (target / "config.json").is_file():
+        raise UserError(f"{target} holds files but no config.json: delete that folder and run again")
     return target
 
 

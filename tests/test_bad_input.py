@@ -347,3 +347,25 @@ def test_bench_formula_override_names_a_method(capsys):
     line = refused(["bench", str(REPO / "grids" / "confirm-gpu.yaml"), "--formula", "nope=abs(W)", "--quiet"], capsys)
     assert "no method 'nope'" in line
     assert "NAME=FORMULA" in refused(["bench", str(REPO / "grids" / "confirm-gpu.yaml"), "--formula", "x"], capsys)
+
+
+def test_shared_cache_folder_keeps_the_copy_another_runner_finished_first(tmp_path):
+    """Two runners dequantise the same GGUF into one cache entry: the one that finishes second keeps the first's copy
+    (it used to fail with 'Directory not empty'); an ordinary output folder still refuses to be overwritten."""
+    from prunerzero.errors import UserError
+    from prunerzero.fsutil import atomic_folder
+
+    target = tmp_path / "models" / "entry"
+    with atomic_folder(target, shared_cache=True) as tmp:
+        (tmp / "config.json").write_text("mine")
+        target.mkdir(parents=True)                       # the other runner completes the entry meanwhile
+        (target / "config.json").write_text("theirs")
+    assert (target / "config.json").read_text() == "theirs"
+    assert [p.name for p in target.parent.iterdir()] == ["entry"]   # no temporary folder left behind
+    fresh = tmp_path / "models" / "fresh"
+    with atomic_folder(fresh, shared_cache=True) as tmp:
+        (tmp / "config.json").write_text("mine")
+    assert (fresh / "config.json").read_text() == "mine"
+    with pytest.raises(UserError, match="not empty"):
+        with atomic_folder(target):
+            pass
