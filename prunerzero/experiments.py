@@ -58,6 +58,26 @@ class Method:
                                     # structural methods: their init (metric | const | random | oneshot)
     kind: str = "prune"             # prune | structural
     settings: tuple = ()            # structural: the (StructuralConfig field, value) pairs the grid sets, and preset
+    update: str = "none"            # pruning procedure beyond the mask: obs = reconstruct the kept weights
+    allocation: str = "uniform"     # uniform | owl (per-block sparsity; unstructured patterns only)
+    owl_lambda: float = 0.08
+    owl_m: float = 5.0
+    permute: bool = False           # N:M input-channel permutation (N:M patterns only)
+
+    @property
+    def procedure(self) -> str:
+        """The procedure settings that differ from a plain metric ('' for a plain metric: ids stay as before)."""
+        parts = [f"update={self.update}"] if self.update != "none" else []
+        if self.allocation != "uniform":
+            parts.append(f"allocation={self.allocation}(lambda={self.owl_lambda:g},m={self.owl_m:g})")
+        if self.permute:
+            parts.append("permute")
+        return "|".join(parts)
+
+    def applies_to(self, pattern: str) -> bool:
+        """OWL allocation is defined for unstructured sparsity, channel permutation for N:M: other cells are not run."""
+        nm = ":" in pattern
+        return not ((self.allocation != "uniform" and nm) or (self.permute and not nm))
 
     @property
     def spec(self) -> str:
@@ -65,7 +85,11 @@ class Method:
 
     @property
     def label(self) -> str:
-        return self.name if self.name == "dense" or self.kind == "structural" else f"{self.name} ({self.mode})"
+        if self.name == "dense" or self.kind == "structural":
+            return self.name
+        extra = ((", +OBS" if self.update == "obs" else "") + (", OWL" if self.allocation == "owl" else "")
+                 + (", permuted" if self.permute else ""))
+        return f"{self.name} ({self.mode}{extra})"
 
     def structural_config(self, sparsity: float, seed: int):
         """The StructuralConfig of this method at one removed fraction and seed (defaults: ``structural_config``)."""
@@ -99,6 +123,8 @@ class Cell:
     @property
     def id(self) -> str:
         extra = f"|config={self.method.config_key}" if self.method.kind == "structural" else ""
+        if self.method.procedure:
+            extra += f"|{self.method.procedure}"
         return (f"{self.model}|{self.method.name}|{self.method.mode}|{self.pattern}|seed={self.seed}"
                 f"|protocol={self.protocol_key}{extra}")
 
@@ -170,7 +196,7 @@ class Grid:
                         if seed == self.dense_seed:
                             out.append(self.cell(model, method, "-", seed))
                         continue
-                    out += [self.cell(model, method, p, seed) for p in self.patterns]
+                    out += [self.cell(model, method, p, seed) for p in self.patterns if method.applies_to(p)]
         return out
 
     def with_protocol(self, **changes) -> "Grid":
@@ -213,10 +239,42 @@ def _method(raw, where: str) -> Method:
         return _structural_method(raw, where)
     if kind != "prune":
         raise UserError(f"{where}.kind '{kind}' is unknown: use prune (the default) or structural")
-    unknown = sorted(set(raw) - {"name", "formula", "mode", "kind"})
+    allowed = ("name", "formula", "mode", "kind") + PROCEDURE_KEYS
+    unknown = sorted(set(raw) - set(allowed))
     if unknown:
-        raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are name, formula, mode, kind")
-    return _checked(Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential")), where)
+        raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are {', '.join(allowed)}")
+    return _checked(Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential"),
+                           **_procedure(raw, where)), where)
+
+
+PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute")
+
+
+def _procedure(raw: dict, where: str) -> dict:
+    """A pruning method's procedure keys (as ``prunerzero prune`` --update/--allocation/--owl-*/--permute)."""
+    out = {}
+    for key, choices in (("update", ("none", "obs")), ("allocation", ("uniform", "owl"))):
+        if key in raw:
+            if raw[key] not in choices:
+                raise UserError(f"{where}.{key} '{raw[key]}' is unknown: use {' or '.join(choices)}")
+            out[key] = raw[key]
+    for key, high, open_low in (("owl_lambda", 0.5, False), ("owl_m", None, True)):
+        if key in raw:
+            if out.get("allocation") != "owl":
+                raise UserError(f"{where}.{key} sets the OWL allocation: add 'allocation: owl' or drop it")
+            out[key] = checks.real(raw[key], f"{where}.{key}", 0.0, high, open_low=open_low)
+    if "permute" in raw:
+        if not isinstance(raw["permute"], bool):
+            raise UserError(f"{where}.permute must be true or false, got {raw['permute']!r}")
+        out["permute"] = raw["permute"]
+    name = str(raw["name"])
+    if out and name == "dense":
+        raise UserError(f"{where}: dense is not pruned: drop {', '.join(sorted(out))}")
+    if name == "sparsegpt" and not raw.get("formula") and (out.get("update", "none") != "none" or out.get("permute")
+                                                           or out.get("allocation", "uniform") != "uniform"):
+        raise UserError(f"{where}: sparsegpt already reconstructs (OBS) and has no metric to permute or allocate "
+                        "by: use a metric with 'update: obs' instead")
+    return out
 
 
 # minimum of each integer StructuralConfig field a grid may set (the others: >= 0)
@@ -506,8 +564,15 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
                     pattern = (parse_pattern(0.5, cell.pattern) if ":" in cell.pattern
                                else parse_pattern(float(cell.pattern), None, default_group(spec)))
                     calib = CalibConfig(proto.nsamples, cell.seed, proto.batch_size, data_dir, cache)
-                    res = prune(lm, spec, pattern, calib, sequential=method.mode == "sequential", progress=progress)
+                    res = prune(lm, spec, pattern, calib, sequential=method.mode == "sequential", progress=progress,
+                                update=method.update, allocation=method.allocation, owl_lambda=method.owl_lambda,
+                                owl_m=method.owl_m, permute=method.permute)
                     row.update(pattern_text=str(pattern), sparsity=res.sparsity, prune_seconds=round(res.seconds, 3))
+                    if method.procedure:
+                        row["procedure"] = {"update": method.update, "allocation": method.allocation,
+                                            "permute": method.permute}
+                        if method.allocation == "owl":
+                            row["procedure"].update(owl_lambda=method.owl_lambda, owl_m=method.owl_m)
                 else:
                     row.update(pattern_text="dense", sparsity=0.0, prune_seconds=0.0)
                 t1 = time.time()
@@ -672,6 +737,9 @@ def render(grid: Grid, rows: list[dict]) -> str:
                     continue
                 cells = []
                 for p in grid.patterns:
+                    if not method.applies_to(p):
+                        cells.append("n/a")
+                        continue
                     vals = [by_id[c.id]["ppl"][ds] for c in (grid.cell(model, method, p, s) for s in grid.seeds)
                             if c.id in by_id and ds in by_id[c.id]["ppl"]]
                     cells.append(fmt(vals) + ("" if len(vals) in (0, len(grid.seeds)) else f" (n={len(vals)})"))
@@ -707,6 +775,9 @@ def _ratio_table(grid: Grid, model: str, by_id: dict) -> list[str]:
         cells = []
         for p in grid.patterns:
             mine, theirs = values(method, p), values(ref, p)
+            if not method.applies_to(p):
+                cells.append("n/a")
+                continue
             if not mine or not theirs:
                 cells.append("-")
                 continue

@@ -333,6 +333,14 @@ def test_console_script_prints_no_traceback(tmp_path):
     ({"methods": ["wanda"], "protocol": {"nsamples": "many"}}, "protocol.nsamples"),
     ({"methods": ["wanda"], "protocol": {"colour": 1}}, "protocol.colour"),
     ({"methods": ["wanda"], "colour": 1}, "colour"),
+    ({"methods": [{"name": "w", "formula": "wanda", "update": "sgd"}]}, "methods[0].update 'sgd' is unknown"),
+    ({"methods": [{"name": "w", "formula": "wanda", "allocation": "owls"}]}, "methods[0].allocation 'owls'"),
+    ({"methods": [{"name": "w", "formula": "wanda", "owl_m": 3}]}, "add 'allocation: owl'"),
+    ({"methods": [{"name": "w", "formula": "wanda", "allocation": "owl", "owl_lambda": 0.9}]},
+     "methods[0].owl_lambda"),
+    ({"methods": [{"name": "w", "formula": "wanda", "permute": "yes"}]}, "methods[0].permute must be true or false"),
+    ({"methods": [{"name": "sparsegpt", "update": "obs"}]}, "sparsegpt already reconstructs"),
+    ({"methods": [{"name": "dense", "update": "obs"}]}, "dense is not pruned"),
 ])
 def test_bad_grid_refused_before_loading(tmp_path, grid, names, capsys):
     import yaml

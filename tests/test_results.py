@@ -147,6 +147,51 @@ def test_bench_runs_a_grid_resumes_and_records_provenance(tiny_model_dir, tmp_pa
     assert (out / "rows.jsonl").read_text() == before
 
 
+def test_bench_runs_procedures_as_prune_does(tiny_model_dir, tmp_path):
+    """Grid methods with a procedure (OBS update, OWL allocation, N:M permutation): each cell equals ``pipeline.prune``
+    with the same settings, OWL runs only at unstructured patterns and permutation only at N:M (the table says n/a),
+    and a plain method keeps the cell id it had before procedures existed."""
+    import yaml
+
+    from prunerzero.cli import main
+    from prunerzero.experiments import load_grid, read_rows
+    from prunerzero.models import load_model
+    from prunerzero.pipeline import CalibConfig, evaluate_all, prune
+    from prunerzero.prune.masks import parse_pattern
+
+    grid = tmp_path / "p.yaml"
+    grid.write_text(yaml.safe_dump({
+        "name": "tiny-procedures", "protocol": {"model": str(tiny_model_dir), "seqlen": 64, "nsamples": 2,
+                                                "eval_windows": 2},
+        "seeds": [0], "patterns": [0.5, "2:4"],
+        "methods": [{"name": "wanda"}, {"name": "wanda-obs", "formula": "wanda", "update": "obs"},
+                    {"name": "owl", "formula": "wanda", "allocation": "owl", "owl_lambda": 0.1, "owl_m": 3},
+                    {"name": "ria-perm", "formula": "ria", "permute": True}]}))
+    g = load_grid(grid)
+    assert g.cells()[0].id == f"{tiny_model_dir}|wanda|sequential|0.5|seed=0|protocol={g.cells()[0].protocol_key}"
+    assert [(c.method.name, c.pattern) for c in g.cells()] == [
+        ("wanda", "0.5"), ("wanda", "2:4"), ("wanda-obs", "0.5"), ("wanda-obs", "2:4"), ("owl", "0.5"),
+        ("ria-perm", "2:4")]
+    out = tmp_path / "res"
+    assert main(["bench", str(grid), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    rows = {(r["method"], r["pattern"]): r for r in read_rows(out / "rows.jsonl")}
+    assert len(rows) == 6 and "procedure" not in rows[("wanda", "0.5")]
+    assert rows[("owl", "0.5")]["procedure"] == {"update": "none", "allocation": "owl", "permute": False,
+                                                 "owl_lambda": 0.1, "owl_m": 3.0}
+    md = (tmp_path / "res.md").read_text()
+    assert "| owl (sequential, OWL) | " in md and "| n/a |" in md and "| ria-perm (sequential, permuted) | n/a |" in md
+    for (name, pat), kw in {("wanda-obs", "2:4"): {"update": "obs"},
+                            ("owl", "0.5"): {"allocation": "owl", "owl_lambda": 0.1, "owl_m": 3.0},
+                            ("ria-perm", "2:4"): {"permute": True}}.items():
+        lm = load_model(str(tiny_model_dir), seqlen=64, cache=tmp_path / "cache")
+        metric = {"wanda-obs": "wanda", "owl": "wanda", "ria-perm": "ria"}[name]
+        pattern = parse_pattern(0.5, pat) if ":" in pat else parse_pattern(0.5, None, "row")
+        prune(lm, metric, pattern, CalibConfig(2, 0, 1, None, tmp_path / "cache"), progress=False, **kw)
+        ppl = evaluate_all(lm, ["wikitext2"], 2, 1, None, False, split="test")["wikitext2"]["ppl"]
+        assert ppl == pytest.approx(rows[(name, pat)]["ppl"]["wikitext2"], rel=1e-6), name
+    assert rows[("wanda-obs", "2:4")]["ppl"]["wikitext2"] != rows[("wanda", "2:4")]["ppl"]["wikitext2"]
+
+
 def test_runners_sharing_a_grid_skip_claimed_cells_and_take_over_dead_claims(tiny_model_dir, tmp_path):
     """Two ``prunerzero bench`` processes on one grid: a cell claimed by a live runner is left to it, a claim left
     by a runner that died is taken over, and a second runner with the seeds reversed adds nothing new."""
