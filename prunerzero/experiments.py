@@ -175,7 +175,7 @@ class Grid:
     seeds: tuple[int, ...]
     path: str | None = None
     structural: StructuralEval | None = None   # set when the grid holds structural methods
-    reference: str | None = None    # a method: tables add each method's ratio to it (transfer reports)
+    reference: tuple = ()           # methods: tables add each method's ratio to each (transfer reports)
     searched_on: tuple = ()         # (method, models its formula was searched on): marks search / other models
 
     @property
@@ -408,12 +408,16 @@ def load_grid(path: str | Path) -> Grid:
                 patterns, seeds, str(path), structural, reference, searched_on)
 
 
-def _reference(raw: dict, methods: tuple[Method, ...], path: Path) -> tuple[str | None, tuple]:
-    """The grid's optional ``reference`` (a method name) and ``searched_on`` ({method: [models]})."""
+def _reference(raw: dict, methods: tuple[Method, ...], path: Path) -> tuple[tuple, tuple]:
+    """The grid's optional ``reference`` (a method name or a list of them) and ``searched_on`` ({method: [models]})."""
     names = [m.name for m in methods]
     reference = raw.get("reference")
-    if reference is not None and (reference not in names or reference == "dense"):
-        raise UserError(f"grid {path}: reference '{reference}' is not one of its methods ({', '.join(names)})")
+    reference = () if reference is None else tuple(reference) if isinstance(reference, list) else (reference,)
+    for ref in reference:
+        if not isinstance(ref, str) or ref not in names or ref == "dense":
+            raise UserError(f"grid {path}: reference '{ref}' is not one of its methods ({', '.join(names)})")
+    if len(set(reference)) != len(reference):
+        raise UserError(f"grid {path}: reference repeats a method: list each once")
     searched = raw.get("searched_on") or {}
     if not isinstance(searched, dict):
         raise UserError(f"grid {path}: searched_on must map a method to the models its search used, "
@@ -426,7 +430,7 @@ def _reference(raw: dict, methods: tuple[Method, ...], path: Path) -> tuple[str 
                 or not all(isinstance(m, str) and m.strip() for m in models)):
             raise UserError(f"grid {path}: searched_on.{name} must be a list of models, e.g. [smollm2]")
         out.append((name, tuple(models)))
-    if out and reference is None:
+    if out and not reference:
         raise UserError(f"grid {path}: searched_on needs a reference method (e.g. reference: wanda)")
     return reference, tuple(out)
 
@@ -745,8 +749,8 @@ def render(grid: Grid, rows: list[dict]) -> str:
                     cells.append(fmt(vals) + ("" if len(vals) in (0, len(grid.seeds)) else f" (n={len(vals)})"))
                 lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
             lines.append("")
-        if grid.reference:
-            lines += _ratio_table(grid, model, by_id)
+        for ref in grid.reference:
+            lines += _ratio_table(grid, model, by_id, ref)
     formulas = [m for m in grid.methods if m.formula]
     if formulas:
         lines += [", ".join(f"`{m.name}` = `{m.formula}`" for m in formulas), ""]
@@ -754,23 +758,23 @@ def render(grid: Grid, rows: list[dict]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _ratio_table(grid: Grid, model: str, by_id: dict) -> list[str]:
+def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str) -> list[str]:
     """Per method and pattern: mean ppl / the reference's mean ppl on ``model`` (first dataset), marked 'better' or
     'worse' only where one mean wins by more than both spreads (>= 3 seeds each), and whether the method's formula
     was searched on this model."""
-    ds, ref = grid.protocol.eval_datasets[0], next(m for m in grid.methods if m.name == grid.reference)
+    ds, ref = grid.protocol.eval_datasets[0], next(m for m in grid.methods if m.name == reference)
     searched = dict(grid.searched_on)
 
     def values(method, p):
         cells = (grid.cell(model, method, p, s) for s in grid.seeds)
         return [by_id[c.id]["ppl"][ds] for c in cells if c.id in by_id and ds in by_id[c.id]["ppl"]]
 
-    lines = [f"**{model}: ratio to {grid.reference} ({DATASET_TITLES.get(ds, ds)}; below 1 = lower perplexity)**",
+    lines = [f"**{model}: ratio to {reference} ({DATASET_TITLES.get(ds, ds)}; below 1 = lower perplexity)**",
              "", "| method | " + " | ".join(_pattern_header(p) for p in grid.patterns)
              + (" | this model in its search |" if searched else " |"),
              "| --- |" + " ---: |" * len(grid.patterns) + (" --- |" if searched else "")]
     for method in grid.methods:
-        if method.name in ("dense", grid.reference):
+        if method.name in ("dense", reference):
             continue
         cells = []
         for p in grid.patterns:

@@ -479,10 +479,16 @@ def test_transfer_table_ratio_to_the_reference_and_search_models(tmp_path):
     assert "| f (sequential) | 0.804 (better) | yes |" in a
     assert "| ria (sequential) | 1.020 (within spread) | - |" in a
     assert "| f (sequential) | 1.196 (worse) | no |" in b
+    path.write_text(yaml.safe_dump({**raw, "reference": ["wanda", "ria"]}))  # two references: a table for each
+    md = render(load_grid(path), rows)
+    assert md.count("ratio to wanda") == 2 and md.count("ratio to ria") == 2
+    assert "| wanda (sequential) | 0.981 (within spread) | - |" in md.split("**a: ratio to ria")[1]
     for bad, msg in [({"reference": "nope"}, "reference 'nope' is not one of its methods"),
                      ({"searched_on": {"g": ["a"]}}, "searched_on names 'g'"),
                      ({"searched_on": {"f": "a"}}, "searched_on.f must be a list of models"),
-                     ({"reference": None}, "searched_on needs a reference")]:
+                     ({"reference": None}, "searched_on needs a reference"),
+                     ({"reference": ["wanda", "wanda"]}, "reference repeats a method"),
+                     ({"reference": [{"x": 1}]}, "is not one of its methods")]:
         path.write_text(yaml.safe_dump({**raw, **bad}))
         with pytest.raises(UserError, match=msg):
             load_grid(path)
