@@ -211,3 +211,59 @@ def per_model_ratios(run_dir) -> pd.DataFrame:
             out[f"ratio[{m}]"] = sum(parts) / len(parts) if parts else float("nan")
         rows.append(out)
     return pd.DataFrame(rows)
+
+
+def term_scales(stats) -> pd.DataFrame:
+    """How large the statistics are, per module type (medians per layer, averaged over layers): X, the share of
+    input channels where |log X| exceeds √X (there a formula's log term outweighs Wanda's), and, where the
+    statistics hold the gradient, G, G/X and the share of weights with G > X."""
+    from collections import defaultdict
+
+    import torch
+
+    acc = defaultdict(lambda: defaultdict(list))
+    for key, terms in stats.tensors.items():
+        if "X" not in terms:
+            continue
+        x = terms["X"].double().view(1, -1)
+        a = acc[key.split(".", 2)[2]]
+        a["median X"].append(float(x.median()))
+        a["|log X| > √X"].append(float((x.clamp_min(1e-30).log().abs() > x.sqrt()).double().mean()))
+        if "G2" in terms:
+            g = terms["G2"].double()
+            a["median G"].append(float(g.median()))
+            a["median G/X"].append(float((g / x.clamp_min(1e-30)).median()))
+            a["G > X"].append(float((g > x).double().mean()))
+    return pd.DataFrame([{"module": m, **{k: float(torch.tensor(v).mean()) for k, v in cols.items()}}
+                         for m, cols in acc.items()])
+
+
+def transfer_table(rows_path, reference: str = "wanda", dataset: str = "wikitext2") -> pd.DataFrame:
+    """From an experiment grid's rows (a transfer report): per method, model and pattern, the mean ± std perplexity
+    over calibration seeds, the ratio of means to ``reference`` and the grid's verdict (better / worse only by more
+    than both spreads, >= 3 seeds), with what the method's formula reads (terminals and operations)."""
+    import statistics
+
+    from .experiments import better, read_rows
+
+    rows = [r for r in read_rows(rows_path) if r["method"] != "dense" and dataset in r.get("ppl", {})]
+    groups: dict[tuple, list[float]] = {}
+    formulas = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["model"], r["pattern"]), []).append(r["ppl"][dataset])
+        formulas[r["method"]] = r.get("formula")
+    out = []
+    for (method, model, pattern), vals in groups.items():
+        ref = groups.get((reference, model, pattern), [])
+        formula = formulas[method]
+        ops = sorted(op_counts(formula)) if formula else []
+        verdict = ("reference" if method == reference else "better" if better(vals, ref)
+                   else "worse" if better(ref, vals) else "within spread" if min(len(vals), len(ref)) >= 3
+                   else "n<3")
+        out.append({"method": method, "model": model, "pattern": pattern, "seeds": len(vals),
+                    "ppl": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
+                    "ratio": statistics.fmean(vals) / statistics.fmean(ref) if ref else float("nan"),
+                    "verdict": verdict, "formula": formula,
+                    "reads": " ".join(t for t in "WXG" if formula and t in parse(formula).terminals()),
+                    "ops": " ".join(ops)})
+    return pd.DataFrame(out)

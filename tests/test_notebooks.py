@@ -24,6 +24,8 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
 def test_notebook_runs_headless(name, tiny_run, tiny_model_dir, monkeypatch):
     for key, value in {"PZ_RUN": str(tiny_run), "PZ_MODEL": str(tiny_model_dir), "PZ_SEQLEN": "64",
                        "PZ_NSAMPLES": "4", "PZ_EVAL_WINDOWS": "2", "PZ_STEPS": "2", "PZ_MAX_OVERLAP": "8",
+                       "PZ_TRANSFER_MODELS": str(tiny_model_dir), "PZ_TRANSFER_SEQLEN": "64",
+                       "PZ_TRANSFER_NSAMPLES": "4",
                        "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
