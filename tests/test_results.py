@@ -492,3 +492,23 @@ def test_transfer_table_ratio_to_the_reference_and_search_models(tmp_path):
         path.write_text(yaml.safe_dump({**raw, **bad}))
         with pytest.raises(UserError, match=msg):
             load_grid(path)
+
+
+def test_notebook_transfer_table_agrees_with_the_rendered_report():
+    """report.transfer_table (the metric_principles lesson) gives each method the ratio and verdict that the
+    committed transfer report prints."""
+    from prunerzero.experiments import load_grid, read_rows, render
+    from prunerzero.report import transfer_table
+
+    grid = load_grid(REPO / "grids" / "transfer-cpu.yaml")
+    md = render(grid, read_rows(RESULTS / "transfer-cpu" / "rows.jsonl"))
+    tt = transfer_table(RESULTS / "transfer-cpu" / "rows.jsonl")
+    assert set(tt.model) == set(grid.models) and (tt.seeds == 3).all()
+    for model in grid.models:
+        section = md.split(f"**{model}: ratio to wanda")[1].split("**")[1]  # past the heading, to the next
+        for method, sub in tt[(tt.model == model) & (tt.method != "wanda")].groupby("method"):
+            label = next(m.label for m in grid.methods if m.name == method)
+            line = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+            for p in grid.patterns:
+                r = sub[sub.pattern == p].iloc[0]
+                assert f"{r.ratio:.3f} ({r.verdict})" in line, (model, method, p)
