@@ -678,6 +678,12 @@ def better(a: list[float], b: list[float]) -> bool:
     return mb - ma > sa + sb
 
 
+def verdict(mine: list[float], theirs: list[float]) -> str:
+    """How ``mine`` compares with a reference's perplexities: better / worse only beyond both spreads (``better``)."""
+    return ("better" if better(mine, theirs) else "worse" if better(theirs, mine)
+            else "within spread" if min(len(mine), len(theirs)) >= 3 else "n<3")
+
+
 def _header(grid: Grid, rows: list[dict]) -> list[str]:
     """Title, description, protocol, and where the rows came from (commands, devices, commits)."""
     lines = [f"# {grid.name}", "", grid.description, ""] if grid.description else [f"# {grid.name}", ""]
@@ -778,16 +784,14 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str) -> list[st
             continue
         cells = []
         for p in grid.patterns:
-            mine, theirs = values(method, p), values(ref, p)
             if not method.applies_to(p):
                 cells.append("n/a")
                 continue
+            mine, theirs = values(method, p), values(ref, p)
             if not mine or not theirs:
                 cells.append("-")
                 continue
-            verdict = ("better" if better(mine, theirs) else "worse" if better(theirs, mine)
-                       else "within spread" if min(len(mine), len(theirs)) >= 3 else "n<3")
-            cells.append(f"{statistics.fmean(mine) / statistics.fmean(theirs):.3f} ({verdict})")
+            cells.append(f"{statistics.fmean(mine) / statistics.fmean(theirs):.3f} ({verdict(mine, theirs)})")
         mark = ""
         if searched:
             mark = (" | yes" if model in searched.get(method.name, ()) else " | no" if method.name in searched

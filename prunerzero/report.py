@@ -244,7 +244,7 @@ def transfer_table(rows_path, reference: str = "wanda", dataset: str = "wikitext
     than both spreads, >= 3 seeds), with what the method's formula reads (terminals and operations)."""
     import statistics
 
-    from .experiments import better, read_rows
+    from .experiments import read_rows, verdict
 
     rows = [r for r in read_rows(rows_path) if r["method"] != "dense" and dataset in r.get("ppl", {})]
     groups: dict[tuple, list[float]] = {}
@@ -257,13 +257,10 @@ def transfer_table(rows_path, reference: str = "wanda", dataset: str = "wikitext
         ref = groups.get((reference, model, pattern), [])
         formula = formulas[method]
         ops = sorted(op_counts(formula)) if formula else []
-        verdict = ("reference" if method == reference else "better" if better(vals, ref)
-                   else "worse" if better(ref, vals) else "within spread" if min(len(vals), len(ref)) >= 3
-                   else "n<3")
         out.append({"method": method, "model": model, "pattern": pattern, "seeds": len(vals),
                     "ppl": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else float("nan"),
                     "ratio": statistics.fmean(vals) / statistics.fmean(ref) if ref else float("nan"),
-                    "verdict": verdict, "formula": formula,
+                    "verdict": "reference" if method == reference else verdict(vals, ref), "formula": formula,
                     "reads": " ".join(t for t in "WXG" if formula and t in parse(formula).terminals()),
                     "ops": " ".join(ops)})
     return pd.DataFrame(out)
