@@ -192,12 +192,10 @@ def _prune_pattern(args):
                             f"--pattern {args.pattern}")
         return pattern
     if args.group is not None and args.metric == SPARSEGPT:
-        raise UserError("--group does not apply to sparsegpt (it selects within blocks of 128 columns per row): "
+        raise UserError("--group does not apply to sparsegpt (it selects within blocks of 128 columns of the whole layer): "
                         "drop --group")
     if args.permute:
         raise UserError("--permute applies to N:M patterns only: add e.g. --pattern 2:4, or drop --permute")
-    if args.allocation == "owl" and args.metric == SPARSEGPT:
-        raise UserError("--allocation owl applies to metrics, not sparsegpt: use e.g. --metric wanda --update obs")
     return parse_pattern(0.5 if args.sparsity is None else args.sparsity, None, args.group or group)
 
 
@@ -338,7 +336,7 @@ def cmd_search(args) -> None:
     if args.workers > 1:
         checks.module_available("ray", "--workers", "pip install 'prunerzero[ray]'")
     require_data(args.data_dir, (fit["eval_dataset"],), (fit["eval_split"],), calibration=True)
-    terminals = space.raw["terminals"]
+    terminals = space.stat_terminals
     if args.workers > 1:
         evaluate_many = RayPool(space.fitness, terminals, args.workers, args.data_dir, args.cache_dir)
     else:

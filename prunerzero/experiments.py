@@ -270,10 +270,9 @@ def _procedure(raw: dict, where: str) -> dict:
     name = str(raw["name"])
     if out and name == "dense":
         raise UserError(f"{where}: dense is not pruned: drop {', '.join(sorted(out))}")
-    if name == "sparsegpt" and not raw.get("formula") and (out.get("update", "none") != "none" or out.get("permute")
-                                                           or out.get("allocation", "uniform") != "uniform"):
-        raise UserError(f"{where}: sparsegpt already reconstructs (OBS) and has no metric to permute or allocate "
-                        "by: use a metric with 'update: obs' instead")
+    if name == "sparsegpt" and not raw.get("formula") and (out.get("update", "none") != "none" or out.get("permute")):
+        raise UserError(f"{where}: sparsegpt already reconstructs (OBS) and has no metric to permute by: use a "
+                        "metric with 'update: obs' instead")
     return out
 
 

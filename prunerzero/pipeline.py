@@ -136,8 +136,8 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
                            seqlen=seqlen) if need_g or cached_x else None
     counts = None
     if not alloc.is_uniform:
-        if method == SPARSEGPT or pattern.is_nm:
-            raise UserError("--allocation applies to metrics with unstructured sparsity (not sparsegpt, not N:M)")
+        if pattern.is_nm:
+            raise UserError("--allocation applies to unstructured sparsity: N:M fixes every group")
         dense = (grads if cached_x else one_shot_stats(lm, cfg, need_x=True, need_g=False, windows=windows,
                                                        progress=progress)) if alloc.kind == "owl" else Stats()
         counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])

@@ -98,7 +98,7 @@ def test_common_options(command, extra, names, capsys):
     (["prune", "--metric", "mul(W,\x00X)"], "\\x00"),
     (["prune", "--nsamples", "0"], "--nsamples"),
     (["prune", "--metric", "sparsegpt", "--update", "obs"], "--update"),
-    (["prune", "--metric", "sparsegpt", "--allocation", "owl"], "--allocation"),
+    (["prune", "--metric", "sparsegpt", "--allocation", "owl", "--pattern", "2:4"], "--allocation"),
     (["prune", "--pattern", "2:4", "--allocation", "owl"], "--allocation"),
     (["prune", "--permute"], "--permute"),
     (["prune", "--owl-m", "3"], "--allocation owl"),

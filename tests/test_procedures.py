@@ -144,6 +144,29 @@ def test_owl_allocation_keeps_the_total_sparsity_exact(windows, group):
             assert ((lin.weight == 0).sum(1) == counts[k]).all(), k
 
 
+def test_owl_allocation_drives_sparsegpt_per_layer(windows):
+    """OWL + SparseGPT: each layer is pruned by SparseGPT at its allocated sparsity (its count per row as a
+    fraction); SparseGPT selects within blocks of columns, so a layer meets its count up to one weight per block.
+    Uniform counts reproduce plain SparseGPT exactly."""
+    model = make_tiny(layers=4)
+    stats = activation_stats(model, windows, progress=False)
+    pattern = Pattern(0.5)
+    counts = allocate(model, Allocation("owl", lam=0.08, m=2.0), pattern, _x_of(stats))
+    linears = all_prunable(model)
+    prune_model(model, SPARSEGPT, pattern, windows, sequential=True, progress=False, counts=counts)
+    for key, lin in linears.items():
+        blocks = -(-lin.in_features // 128)
+        zeros = int((lin.weight == 0).sum())
+        assert 0 <= counts[key] * lin.out_features - zeros <= blocks, key
+    assert len({counts[k] for k in linears if k.endswith("mlp.down_proj")}) > 1   # really non-uniform
+    plain, uniform = make_tiny(layers=4), make_tiny(layers=4)
+    prune_model(plain, SPARSEGPT, pattern, windows, sequential=True, progress=False)
+    flat = {k: lin.in_features // 2 for k, lin in all_prunable(uniform).items()}
+    prune_model(uniform, SPARSEGPT, pattern, windows, sequential=True, progress=False, counts=flat)
+    for key, lin in all_prunable(plain).items():
+        assert torch.equal(lin.weight, all_prunable(uniform)[key].weight), key
+
+
 def test_allocation_family_and_its_validation():
     sizes = [100, 100, 100, 100]
     owl = block_sparsities(Allocation("owl", lam=0.1), 0.5, sizes, ratios=[0.01, 0.03, 0.02, 0.05])

@@ -52,13 +52,23 @@ def _formula_terms(method) -> set[str]:
 def _check_options(method, pattern: Pattern, update: str, counts, permute: bool) -> None:
     if update not in UPDATES:
         raise UserError(f"unknown update '{update}': use none or obs")
-    if method == SPARSEGPT and (update != "none" or counts is not None or permute):
-        raise UserError("sparsegpt chooses its own mask and updates the weights itself: --update, --allocation "
-                        "and --permute apply to metrics")
+    if method == SPARSEGPT and (update != "none" or permute):
+        raise UserError("sparsegpt chooses its own mask and updates the weights itself: --update and --permute "
+                        "apply to metrics")
     if permute and not pattern.is_nm:
         raise UserError("--permute reorders input channels for N:M patterns: pass --pattern N:M")
     if counts is not None and pattern.is_nm:
         raise UserError("a layer-wise sparsity allocation needs unstructured sparsity: N:M fixes every group")
+
+
+def _layer_pattern(pattern: Pattern, counts: dict[str, int] | None, key: str, lin: nn.Linear) -> Pattern:
+    """The pattern SparseGPT prunes one layer with: the uniform one, or the layer's allocated sparsity (its prune
+    count per row, or per layer, as a fraction; SparseGPT then selects within blocks of columns, so a layer's
+    count is met up to one weight per block, as with uniform SparseGPT)."""
+    if counts is None:
+        return pattern
+    unit = lin.in_features if pattern.group == "row" else lin.in_features * lin.out_features
+    return Pattern(sparsity=counts[key] / unit, group=pattern.group)
 
 
 @torch.no_grad()
@@ -92,7 +102,8 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
 
     def prune_one(key: str, lin: nn.Linear, inp: InputStats | None):
         if method == SPARSEGPT:
-            new = sparsegpt_prune(lin.weight, inp.H, pattern, percdamp=percdamp, blocksize=blocksize)
+            new = sparsegpt_prune(lin.weight, inp.H, _layer_pattern(pattern, counts, key, lin), percdamp=percdamp,
+                                  blocksize=blocksize)
             lin.weight.copy_(new.to(lin.weight.dtype))
             pruned[key] = int((new == 0).sum())
             return

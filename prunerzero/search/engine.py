@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..fsutil import atomic_write_text
 from ..metric.simplify import simplify
+from .genes import join_candidate, split_candidate
 from .space import SearchSpace, reference_formula, validate
-from .toolbox import build_pset, build_toolbox, to_individual
+from .toolbox import build_pset, build_toolbox, text_of, to_individual
 
 HOF_SIZE = 30
 KEY_AUDIT_EVERY = 10  # about one key hit in this many is also evaluated and its mask fingerprint compared
@@ -84,6 +85,11 @@ def _signature(rec: dict) -> str | None:
 
 
 RECORD_KEYS = ("generation", "formula", "simplified", "latex", "key", "size", "depth", "ppl", "hit")
+
+
+def candidate_of(rec: dict) -> str:
+    """The candidate a record is about: its formula, with `` @ <allocation>`` when the gene is not uniform."""
+    return join_candidate(rec["formula"], rec.get("allocation"))
 
 
 def read_evaluations(root: str | Path, quiet: bool = False) -> list[dict]:
@@ -178,6 +184,7 @@ class Search:
         self.on_resume = on_resume
         self.pset = build_pset(space)
         self.toolbox = build_toolbox(space, self.pset)
+        self.genes = space.raw.get("allocation") is not None   # an allocation gene is evolved with the formula
         self.by_text: dict[str, float] = {}
         self.by_key: dict[str, float] = {}
         self.answers: dict[str, dict] = {}      # "text:"/"key:" + text/key -> the answer fields a cache hit copies
@@ -209,17 +216,18 @@ class Search:
             return
         value = fitness_value(rec)
         answer = {k: rec[k] for k in ANSWER_KEYS if k in rec}
-        self.by_text.setdefault(rec["formula"], value)
+        self.by_text.setdefault(candidate_of(rec), value)
         self.by_key.setdefault(rec["key"], value)
-        self.answers.setdefault("text:" + rec["formula"], answer)
+        self.answers.setdefault("text:" + candidate_of(rec), answer)
         self.answers.setdefault("key:" + rec["key"], answer)
         sig = _signature(rec)
         if sig is not None:
             self.by_key_sig.setdefault(rec["key"], sig)
         best = self.hof.get(rec["key"])
         if rec["hit"] != "error" and (best is None or value < fitness_value(best)):
-            self.hof[rec["key"]] = {k: rec[k] for k in ("formula", "simplified", "latex", "size", "depth", "ppl",
-                                                         "generation", "key") + ANSWER_KEYS[1:] if k in rec}
+            self.hof[rec["key"]] = {k: rec[k] for k in ("formula", "allocation", "simplified", "latex", "size",
+                                                         "depth", "ppl", "generation", "key") + ANSWER_KEYS[1:]
+                                    if k in rec}
 
     def _stage(self, texts: list[str], level: int):
         if self.fidelity is None:   # the evaluate_many(formulas) contract of a one-fidelity run
@@ -305,22 +313,26 @@ class Search:
         queued: set[str] = set()
         seed = self.space.gp["seed"]
         for ind in todo:
-            text = str(ind)
-            simp = simplify(text)
-            base = {"generation": generation, "formula": text, "simplified": simp.text, "latex": simp.latex,
-                    "key": simp.key, "size": len(ind), "depth": ind.height + 1}
-            known = simp.key in self.by_key or simp.key in waiting
+            text = text_of(ind)
+            formula, slug = split_candidate(text)
+            simp = simplify(formula)
+            key = join_candidate(simp.key, slug)   # a gene other than uniform is part of what is evaluated
+            base = {"generation": generation, "formula": formula, "simplified": simp.text, "latex": simp.latex,
+                    "key": key, "size": len(ind), "depth": ind.height + 1}
+            if self.genes:
+                base["allocation"] = slug
+            known = key in self.by_key or key in waiting
             if text in self.by_text:
                 self._log({**base, **self.answers["text:" + text], "seconds": 0.0, "hit": "text"})
             elif known and text not in queued and audit_selected(text, seed, self.key_audit_every):
                 queued.add(text)
                 pending.append({"text": text, "base": base, "audit": True})
-            elif simp.key in self.by_key:
-                self._log({**base, **self.answers["key:" + simp.key], "seconds": 0.0, "hit": "key"})
-            elif simp.key in waiting:
-                waiting[simp.key].append(base)
+            elif key in self.by_key:
+                self._log({**base, **self.answers["key:" + key], "seconds": 0.0, "hit": "key"})
+            elif key in waiting:
+                waiting[key].append(base)
             else:
-                waiting[simp.key] = []
+                waiting[key] = []
                 queued.add(text)
                 pending.append({"text": text, "base": base, "audit": False})
         for i, it in enumerate(pending):
@@ -338,7 +350,7 @@ class Search:
             for it in pending:
                 self._finish(it, waiting, this_gen)
         for ind in todo:
-            ind.fitness.values = (self.by_text.get(str(ind), this_gen.get(str(ind))),)
+            ind.fitness.values = (self.by_text.get(text_of(ind), this_gen.get(text_of(ind))),)
 
     def _finish(self, it: dict, waiting: dict, this_gen: dict) -> None:
         base, audit = it["base"], it["audit"]
@@ -352,9 +364,9 @@ class Search:
                 self._log({**other, **{k: rec[k] for k in ANSWER_KEYS if k in rec}, "seconds": 0.0, "hit": "error",
                            "error": rec["error"], "retryable": True})
             else:
-                hit = "text" if other["formula"] in self.by_text else "key"
+                hit = "text" if candidate_of(other) in self.by_text else "key"
                 self._log({**other, **self.answers["key:" + base["key"]], "seconds": 0.0, "hit": hit})
-            this_gen.setdefault(other["formula"], fitness_value(rec))
+            this_gen.setdefault(candidate_of(other), fitness_value(rec))
 
     def _audited(self, rec: dict) -> dict:
         """An audited key hit: the key's answer if the masks agree, else the real result, reported loudly."""
@@ -424,7 +436,7 @@ class Search:
 
     # ------------------------------------------------------------------------------------------ state
     def _checkpoint(self, generation: int, population: list) -> None:
-        state = {"generation": generation, "population": [str(i) for i in population],
+        state = {"generation": generation, "population": [text_of(i) for i in population],
                  "fitness": [i.fitness.values[0] for i in population],
                  "random_state": list(random.getstate()), "counts": dict(self.counts),
                  "hall_of_fame": self.best(HOF_SIZE), "wall_seconds": round(self.wall, 1)}
@@ -455,7 +467,7 @@ class Search:
             self.on_resume(kept)
         pop = []
         for text, fit in zip(state["population"], state["fitness"]):
-            ind = to_individual(text, self.pset)
+            ind = to_individual(text, self.pset, self.genes)
             ind.fitness.values = (fit,)
             pop.append(ind)
         version, internal, gauss = state["random_state"]
@@ -495,7 +507,7 @@ class Search:
             atomic_write_text(self.files.config, json.dumps({"space": self.space.raw, "meta": self.meta}, indent=2))
             self.files.evaluations.write_text("")
             random.seed(gp_cfg["seed"])
-            pop = [to_individual(s, self.pset) for s in self.space.seeds[: gp_cfg["population"]]]
+            pop = [to_individual(s, self.pset, self.genes) for s in self.space.seeds[: gp_cfg["population"]]]
             pop += self.toolbox.population(n=gp_cfg["population"] - len(pop))
             start = 0
         bar = tqdm(range(start, gp_cfg["generations"] + 1), desc="search", disable=not self.progress,

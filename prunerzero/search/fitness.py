@@ -28,6 +28,8 @@ from ..metric.expr import FormulaError, evaluate, parse
 from ..models import all_prunable
 from ..prune.masks import MetricError, Pattern, WeightSnapshot, apply_mask, check_scores, mask_from_scores
 from ..prune.run import metric_masks as per_layer_masks
+from ..prune.run import metric_score
+from .genes import allocation_dict, split_candidate
 
 _K1, _K2 = 0x9E3779B97F4A7C15 - (1 << 64), 0x632BE59BD9B4E019
 
@@ -173,6 +175,7 @@ class FitnessEvaluator:
         self.batch_size = batch_size
         self.penalty = penalty
         self.by_mask: dict[tuple, float] = {}
+        self.counts: dict[tuple, dict] = {}   # (model, allocation slug, pattern slug) -> per-layer prune counts
 
     # the one-model attributes older callers use
     @property
@@ -203,15 +206,19 @@ class FitnessEvaluator:
     def __call__(self, formula: str, windows: int | None = None) -> FitnessResult:
         t0 = time.time()
         try:
-            node = parse(formula)
-        except FormulaError as exc:
+            text, slug = split_candidate(formula)
+            node = parse(text)
+        except (FormulaError, UserError) as exc:
             return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc), windows=windows)
         ppls, parts, measured, error = {}, {}, False, None
         for target in self.targets:
             for pattern, update in zip(self.patterns, self.updates):
                 label = part_label(target.name, pattern, update)
                 try:
-                    masks = batched_masks(node, target.linears, target.stats, pattern)
+                    if slug == "uniform" or pattern.is_nm:   # N:M fixes every group: the gene does not apply
+                        masks = batched_masks(node, target.linears, target.stats, pattern)
+                    else:
+                        masks = self._allocated_masks(node, target, pattern, slug)
                 except (MetricError, FormulaError, UserError) as exc:
                     return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc),
                                          windows=windows)
@@ -246,6 +253,32 @@ class FitnessEvaluator:
         hit = "error" if error else ("eval" if measured else "mask")
         return FitnessResult(formula, geometric_mean(ppls.values()), hit, time.time() - t0, fp, error,
                              ppls=ppls, parts=parts, windows=windows)
+
+    def _allocated_masks(self, node, target: Target, pattern: Pattern, slug: str) -> dict[str, torch.Tensor]:
+        """Masks with a layer-wise allocation gene: per-layer prune counts (``allocation.allocate``: OWL from
+        the dense one-shot X of the statistics, or a per-depth schedule; the total exact), then the formula's
+        lowest scores per row (or per layer) up to each count."""
+        from ..prune.allocation import Allocation, allocate, mask_with_count
+
+        key = (target.name, slug, pattern.slug)
+        if key not in self.counts:
+            alloc = Allocation.from_dict(allocation_dict(slug))
+            stats = target.stats
+
+            def x_of(b, n):
+                x = stats.tensors.get(f"layers.{b}.{n}", {}).get("X") if stats is not None else None
+                if x is None:
+                    raise UserError("OWL allocation reads X: the statistics lack it (add X to the terminals, or "
+                                    "delete the statistics cache and rerun)")
+                return x
+
+            self.counts[key] = allocate(target.model, alloc, pattern, x_of)
+        counts = self.counts[key]
+        out = {}
+        for name, lin in target.linears.items():
+            env = target.stats.env(name, lin.weight) if target.stats is not None else {"W": lin.weight.detach().float()}
+            out[name] = mask_with_count(metric_score(node, env, name), pattern, counts[name])
+        return out
 
     def learn(self, records) -> None:
         """Parts measured elsewhere (another worker, or the run before a resume) answer from the cache."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from .. import checks
+from . import genes
 from ..errors import UserError
 from ..metric.expr import parse
 from ..metric.known import KNOWN_METRICS
@@ -38,6 +39,8 @@ DEFAULTS = {
                 # multi-setting, multi-model, multi-fidelity fitness (see ``settings_of`` and search/engine.py)
                 "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None},
     "seed_population": [],
+    # a layer-wise sparsity allocation gene evolved with the formula (search/genes.py); null: uniform, not searched
+    "allocation": None,
 }
 
 
@@ -79,9 +82,20 @@ class SearchSpace:
 
     def allows(self, formula) -> bool:
         """Whether a formula tree uses only this space's terminals and operations (and no constants)."""
+        if isinstance(formula, str) and genes.SEP in formula:
+            raise UserError(f"'{formula}' carries an allocation gene: pass the formula alone")
         node = parse(formula) if isinstance(formula, str) else formula
         return all((n.op in self.raw["terminals"]) if n.is_terminal else (not n.is_const and n.op in self.ops)
                    for n in node.walk())
+
+    @property
+    def stat_terminals(self) -> list[str]:
+        """The terminals whose statistics fitness needs: the formulas', and X when an OWL allocation gene reads it."""
+        terms = list(self.raw["terminals"])
+        alloc = self.raw.get("allocation")
+        if alloc is not None and "owl" in alloc["kinds"] and "X" not in terms:
+            terms.append("X")
+        return terms
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
@@ -290,7 +304,15 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
     if sum(gp["mutation"].values()) <= 0:
         raise UserError("gp.mutation weights must be >= 0 and not all 0")
     _check_fitness(cfg["fitness"], (raw or {}).get("fitness") or {})
+    cfg["allocation"] = genes.validate_section(cfg["allocation"])
+    if cfg["allocation"] is not None:
+        from ..prune.masks import parse_pattern
+
+        if all(parse_pattern(s["sparsity"], s["pattern"], s["group"]).is_nm for s in settings_of(cfg["fitness"])):
+            raise UserError("allocation needs an unstructured fitness setting (N:M fixes every group): add one such "
+                            "as {sparsity: 0.7} to fitness.settings, or remove allocation")
     space = SearchSpace(cfg, path)
+    pool = genes.Genes(cfg["allocation"]) if cfg["allocation"] is not None else None
     ref = cfg["fitness"]["reference"]
     if ref is not None:
         try:
@@ -303,10 +325,19 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
             raise UserError(f"fitness.reference {ref} reads {', '.join(missing)}, which the space's terminals "
                             "lack (no statistics are computed for it): choose a reference such as magnitude")
     for s in cfg["seed_population"]:
-        node = parse(KNOWN_METRICS[s].formula if s in KNOWN_METRICS else s)
+        text, sep, slug = s.partition(genes.SEP.strip())
+        text = text.strip()
+        if sep and pool is None:
+            raise UserError(f"seed '{s}' carries an allocation gene but the space has no allocation section: "
+                            "add one, or drop ' @ ...' from the seed")
+        node = parse(KNOWN_METRICS[text].formula if text in KNOWN_METRICS else text)
         if not space.allows(node):
             raise UserError(f"seed '{s}' uses terminals or operations outside this space: remove it or widen the space")
-        space.seeds.append(str(node))
+        slug = genes.slug_of(genes.parse_slug(slug)) if sep else "uniform"
+        if pool is not None and not pool.allows(slug):
+            raise UserError(f"seed '{s}': allocation {slug} is outside allocation.kinds / lam / m / slope: widen "
+                            "them or change the seed")
+        space.seeds.append(genes.join_candidate(str(node), slug))
     return space
 
 

@@ -1,7 +1,8 @@
 """A run as a table of equations (after PySR): the best distinct formulas with size and fitness.
 
 A scored run (records with ``score``: the combined log ratio to the reference metric over models x settings)
-is ranked by score, on full-fidelity records only (a multi-fidelity run's candidates that were not promoted to
+is ranked by score, on full-fidelity records only (with an ``allocation`` column when the run evolves a layer-wise
+allocation gene with the formula) (a multi-fidelity run's candidates that were not promoted to
 all fitness windows are left out), with one perplexity column per part (``ppl[<model>|<setting>]``). A log
 written before scores existed is ranked by its perplexity, as it always was.
 """
@@ -54,7 +55,8 @@ def shown_columns(df: pd.DataFrame) -> list[str]:
     parts = [c for c in df.columns if c.startswith("ppl[")]
     if "score" not in df.columns:
         return COLUMNS
-    return ["formula", "simplified", "size", "score"] + parts + ["generation"]
+    gene = ["allocation"] if "allocation" in df.columns else []   # a search that evolves the allocation too
+    return ["formula", "simplified"] + gene + ["size", "score"] + parts + ["generation"]
 
 
 def cache_counts(run_dir) -> dict[str, int]:

@@ -11,6 +11,7 @@ from deap import base, creator, gp, tools
 
 from ..metric.expr import Node, parse
 from ..metric.ops import OPS
+from .genes import Genes, join_candidate, split_candidate
 from .space import SearchSpace
 
 if not hasattr(creator, "PZFitness"):
@@ -31,19 +32,30 @@ def build_pset(space: SearchSpace) -> gp.PrimitiveSet:
     return pset
 
 
-def to_individual(formula: "str | Node", pset: gp.PrimitiveSet):
-    """A formula tree as a DEAP individual (prefix list of the pset's primitives and terminals)."""
+def to_individual(formula: "str | Node", pset: gp.PrimitiveSet, genes: bool = False):
+    """A formula tree as a DEAP individual (prefix list of the pset's primitives and terminals). ``genes``: the
+    space evolves an allocation gene, carried as ``ind.alloc`` (a candidate text ``<formula> @ <slug>`` sets it,
+    a formula alone is uniform)."""
+    slug = None
+    if isinstance(formula, str):
+        formula, slug = split_candidate(formula)
+        if slug != "uniform" and not genes:
+            raise ValueError(f"{formula} carries an allocation gene the space does not search")
     node = parse(formula) if isinstance(formula, str) else formula
     seq = []
     for n in node.walk():
         if n.is_const or n.op not in pset.mapping:
             raise ValueError(f"{n.op} is not in the search space")
         seq.append(pset.mapping[n.op])
-    return creator.PZIndividual(seq)
+    ind = creator.PZIndividual(seq)
+    if genes:
+        ind.alloc = slug or "uniform"
+    return ind
 
 
 def text_of(ind) -> str:
-    return str(ind)
+    """The candidate an individual stands for: its formula, with `` @ <allocation>`` when the gene is not uniform."""
+    return join_candidate(str(ind), getattr(ind, "alloc", None))
 
 
 def _mutate(ind, toolbox, pset, weights: dict):
@@ -70,5 +82,36 @@ def build_toolbox(space: SearchSpace, pset: gp.PrimitiveSet) -> base.Toolbox:
     for op in ("mate", "mutate"):  # bloat control: children over the limits are replaced by their parents
         tb.decorate(op, gp.staticLimit(key=operator.attrgetter("height"), max_value=lim["max_depth"] - 1))
         tb.decorate(op, gp.staticLimit(key=len, max_value=lim["max_size"]))
+    if space.raw.get("allocation") is not None:
+        _gene_variation(tb, Genes(space.raw["allocation"]))
     tb.register("map", map)
     return tb
+
+
+def _gene_variation(tb: base.Toolbox, pool: Genes) -> None:
+    """Variation of the allocation gene around the tree operators: a mutation changes the gene instead of the
+    tree with probability ``allocation.mutpb``; a crossover also exchanges the parents' genes half the time.
+    New random individuals draw their gene (``allocation.init``)."""
+    tree_mate, tree_mutate, tree_individual = tb.mate, tb.mutate, tb.individual
+
+    def individual():
+        ind = tree_individual()
+        ind.alloc = pool.initial()
+        return ind
+
+    def mate(a, b):
+        ga, gb = pool.cross(a.alloc, b.alloc)
+        a, b = tree_mate(a, b)
+        a.alloc, b.alloc = ga, gb
+        return a, b
+
+    def mutate(ind):
+        if random.random() < pool.cfg["mutpb"]:
+            ind.alloc = pool.mutate(ind.alloc)
+            return (ind,)
+        return tree_mutate(ind)
+
+    tb.register("individual", individual)
+    tb.register("population", tools.initRepeat, list, tb.individual)
+    tb.register("mate", mate)
+    tb.register("mutate", mutate)
