@@ -755,7 +755,8 @@ def render(grid: Grid, rows: list[dict]) -> str:
                 lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
             lines.append("")
         for ref in grid.reference:
-            lines += _ratio_table(grid, model, by_id, ref)
+            for ds in proto.eval_datasets:
+                lines += _ratio_table(grid, model, by_id, ref, ds)
     formulas = [m for m in grid.methods if m.formula]
     if formulas:
         lines += [", ".join(f"`{m.name}` = `{m.formula}`" for m in formulas), ""]
@@ -763,11 +764,11 @@ def render(grid: Grid, rows: list[dict]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str) -> list[str]:
-    """Per method and pattern: mean ppl / the reference's mean ppl on ``model`` (first dataset), marked 'better' or
+def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -> list[str]:
+    """Per method and pattern: mean ppl / the reference's mean ppl on ``model`` and dataset ``ds``, marked 'better' or
     'worse' only where one mean wins by more than both spreads (>= 3 seeds each), and whether the method's formula
     was searched on this model."""
-    ds, ref = grid.protocol.eval_datasets[0], next(m for m in grid.methods if m.name == reference)
+    ref = next(m for m in grid.methods if m.name == reference)
     searched = dict(grid.searched_on)
 
     def values(method, p):
