@@ -749,8 +749,7 @@ def render(grid: Grid, rows: list[dict]) -> str:
                     if not method.applies_to(p):
                         cells.append("n/a")
                         continue
-                    vals = [by_id[c.id]["ppl"][ds] for c in (grid.cell(model, method, p, s) for s in grid.seeds)
-                            if c.id in by_id and ds in by_id[c.id]["ppl"]]
+                    vals = _seed_values(grid, by_id, model, method, p, ds)
                     cells.append(fmt(vals) + ("" if len(vals) in (0, len(grid.seeds)) else f" (n={len(vals)})"))
                 lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
             lines.append("")
@@ -764,16 +763,18 @@ def render(grid: Grid, rows: list[dict]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _seed_values(grid: Grid, by_id: dict, model: str, method, pattern, ds: str) -> list[float]:
+    """The perplexities on ``ds`` of the cells (model, method, pattern) that have run, one per seed."""
+    cells = (grid.cell(model, method, pattern, s) for s in grid.seeds)
+    return [by_id[c.id]["ppl"][ds] for c in cells if c.id in by_id and ds in by_id[c.id]["ppl"]]
+
+
 def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -> list[str]:
     """Per method and pattern: mean ppl / the reference's mean ppl on ``model`` and dataset ``ds``, marked 'better' or
     'worse' only where one mean wins by more than both spreads (>= 3 seeds each), and whether the method's formula
     was searched on this model."""
     ref = next(m for m in grid.methods if m.name == reference)
     searched = dict(grid.searched_on)
-
-    def values(method, p):
-        cells = (grid.cell(model, method, p, s) for s in grid.seeds)
-        return [by_id[c.id]["ppl"][ds] for c in cells if c.id in by_id and ds in by_id[c.id]["ppl"]]
 
     lines = [f"**{model}: ratio to {reference} ({DATASET_TITLES.get(ds, ds)}; below 1 = lower perplexity)**",
              "", "| method | " + " | ".join(_pattern_header(p) for p in grid.patterns)
@@ -787,7 +788,8 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
             if not method.applies_to(p):
                 cells.append("n/a")
                 continue
-            mine, theirs = values(method, p), values(ref, p)
+            mine = _seed_values(grid, by_id, model, method, p, ds)
+            theirs = _seed_values(grid, by_id, model, ref, p, ds)
             if not mine or not theirs:
                 cells.append("-")
                 continue

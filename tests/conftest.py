@@ -54,6 +54,18 @@ def make_tiny(arch: str = "llama", seed: int = 0, layers: int = 2, vocab: int = 
     return model
 
 
+
+def tiny_with_stats(layers: int = 2):
+    """A tiny random model, its one-shot X and G statistics (4 x 32 random tokens) and 2 x 32 evaluation tokens."""
+    from prunerzero.calibration import activation_stats, gradient_stats
+
+    model = make_tiny(layers=layers)
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randint(0, 256, (4, 32), generator=g)
+    evalw = torch.randint(0, 256, (2, 32), generator=g)
+    stats = activation_stats(model, calib, progress=False).merged(gradient_stats(model, calib, progress=False))
+    return model, stats, evalw
+
 @pytest.fixture
 def tiny():
     return make_tiny()

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny
-from prunerzero.calibration import activation_stats, gradient_stats
+from conftest import tiny_with_stats
 from prunerzero.errors import UserError
 from prunerzero.metric.expr import parse
 from prunerzero.models import all_prunable
@@ -114,12 +113,7 @@ def test_toolbox_carries_the_gene_through_variation():
 # ---------------------------------------------------------------------------------------------- fitness
 @pytest.fixture(scope="module")
 def tiny4():
-    model = make_tiny(layers=4)
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randint(0, 256, (4, 32), generator=g)
-    evalw = torch.randint(0, 256, (2, 32), generator=g)
-    stats = activation_stats(model, calib, progress=False).merged(gradient_stats(model, calib, progress=False))
-    return model, stats, evalw
+    return tiny_with_stats(layers=4)
 
 
 @pytest.mark.parametrize("slug", ["owl(lam=0.1,m=2)", "linear(slope=-0.2)"])

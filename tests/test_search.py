@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny
-from prunerzero.calibration import activation_stats, gradient_stats
+from conftest import tiny_with_stats
 from prunerzero.errors import UserError
 from prunerzero.prune.masks import Pattern
 from prunerzero.search.engine import Search, read_evaluations
@@ -21,11 +20,7 @@ SPACE = REPO / "search_spaces" / "tiny.yaml"
 
 @pytest.fixture(scope="module")
 def evaluator_factory():
-    model = make_tiny(layers=2)
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randint(0, 256, (4, 32), generator=g)
-    evalw = torch.randint(0, 256, (2, 32), generator=g)
-    stats = activation_stats(model, calib, progress=False).merged(gradient_stats(model, calib, progress=False))
+    model, stats, evalw = tiny_with_stats(layers=2)
 
     def make():
         return InProcess(FitnessEvaluator(model, stats, Pattern(0.5, "row"), evalw))
