@@ -744,13 +744,11 @@ def render(grid: Grid, rows: list[dict]) -> str:
                     value = f"{r['ppl'][ds]:.2f}" if r and ds in r["ppl"] else "-"
                     lines.append(f"| dense | {value} |" + " |" * (len(grid.patterns) - 1))
                     continue
-                cells = []
-                for p in grid.patterns:
-                    if not method.applies_to(p):
-                        cells.append("n/a")
-                        continue
+                def mean_std(p, method=method, ds=ds):
                     vals = _seed_values(grid, by_id, model, method, p, ds)
-                    cells.append(fmt(vals) + ("" if len(vals) in (0, len(grid.seeds)) else f" (n={len(vals)})"))
+                    return fmt(vals) + ("" if len(vals) in (0, len(grid.seeds)) else f" (n={len(vals)})")
+
+                cells = _pattern_cells(grid, method, mean_std)
                 lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
             lines.append("")
         for ref in grid.reference:
@@ -761,6 +759,11 @@ def render(grid: Grid, rows: list[dict]) -> str:
         lines += [", ".join(f"`{m.name}` = `{m.formula}`" for m in formulas), ""]
     lines += _missing(grid, by_id)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _pattern_cells(grid: Grid, method, text_of) -> list[str]:
+    """One table cell per pattern of the grid: ``text_of(pattern)``, or n/a where the method does not apply."""
+    return [text_of(p) if method.applies_to(p) else "n/a" for p in grid.patterns]
 
 
 def _seed_values(grid: Grid, by_id: dict, model: str, method, pattern, ds: str) -> list[float]:
@@ -783,17 +786,14 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
     for method in grid.methods:
         if method.name in ("dense", reference):
             continue
-        cells = []
-        for p in grid.patterns:
-            if not method.applies_to(p):
-                cells.append("n/a")
-                continue
+        def ratio(p, method=method):
             mine = _seed_values(grid, by_id, model, method, p, ds)
             theirs = _seed_values(grid, by_id, model, ref, p, ds)
             if not mine or not theirs:
-                cells.append("-")
-                continue
-            cells.append(f"{statistics.fmean(mine) / statistics.fmean(theirs):.3f} ({verdict(mine, theirs)})")
+                return "-"
+            return f"{statistics.fmean(mine) / statistics.fmean(theirs):.3f} ({verdict(mine, theirs)})"
+
+        cells = _pattern_cells(grid, method, ratio)
         mark = ""
         if searched:
             mark = (" | yes" if model in searched.get(method.name, ()) else " | no" if method.name in searched
