@@ -192,8 +192,8 @@ def _prune_pattern(args):
                             f"--pattern {args.pattern}")
         return pattern
     if args.group is not None and args.metric == SPARSEGPT:
-        raise UserError("--group does not apply to sparsegpt (it selects within blocks of 128 columns of the whole layer): "
-                        "drop --group")
+        raise UserError("--group does not apply to sparsegpt (it selects within blocks of 128 columns of the "
+                        "whole layer): drop --group")
     if args.permute:
         raise UserError("--permute applies to N:M patterns only: add e.g. --pattern 2:4, or drop --permute")
     return parse_pattern(0.5 if args.sparsity is None else args.sparsity, None, args.group or group)

@@ -70,9 +70,15 @@ def parse_slug(text: str) -> dict:
     return {"kind": kind, **values}
 
 
+def has_gene(text: str) -> bool:
+    """Whether a candidate text carries an allocation gene (``@``, which no formula contains)."""
+    return SEP.strip() in text
+
+
 def split_candidate(text: str) -> tuple[str, str]:
-    """(formula, slug) of a candidate text; a candidate without a gene is uniform."""
-    formula, sep, slug = text.partition(SEP)
+    """(formula, canonical slug) of a candidate text (``formula @ slug``, spaces around ``@`` optional); a
+    candidate without a gene is uniform."""
+    formula, sep, slug = text.partition(SEP.strip())
     return formula.strip(), slug_of(parse_slug(slug)) if sep else "uniform"
 
 

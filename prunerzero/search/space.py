@@ -82,7 +82,7 @@ class SearchSpace:
 
     def allows(self, formula) -> bool:
         """Whether a formula tree uses only this space's terminals and operations (and no constants)."""
-        if isinstance(formula, str) and genes.SEP in formula:
+        if isinstance(formula, str) and genes.has_gene(formula):
             raise UserError(f"'{formula}' carries an allocation gene: pass the formula alone")
         node = parse(formula) if isinstance(formula, str) else formula
         return all((n.op in self.raw["terminals"]) if n.is_terminal else (not n.is_const and n.op in self.ops)
@@ -325,15 +325,13 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
             raise UserError(f"fitness.reference {ref} reads {', '.join(missing)}, which the space's terminals "
                             "lack (no statistics are computed for it): choose a reference such as magnitude")
     for s in cfg["seed_population"]:
-        text, sep, slug = s.partition(genes.SEP.strip())
-        text = text.strip()
-        if sep and pool is None:
+        if genes.has_gene(s) and pool is None:
             raise UserError(f"seed '{s}' carries an allocation gene but the space has no allocation section: "
                             "add one, or drop ' @ ...' from the seed")
+        text, slug = genes.split_candidate(s)
         node = parse(KNOWN_METRICS[text].formula if text in KNOWN_METRICS else text)
         if not space.allows(node):
             raise UserError(f"seed '{s}' uses terminals or operations outside this space: remove it or widen the space")
-        slug = genes.slug_of(genes.parse_slug(slug)) if sep else "uniform"
         if pool is not None and not pool.allows(slug):
             raise UserError(f"seed '{s}': allocation {slug} is outside allocation.kinds / lam / m / slope: widen "
                             "them or change the seed")

@@ -1,10 +1,10 @@
 """A run as a table of equations (after PySR): the best distinct formulas with size and fitness.
 
 A scored run (records with ``score``: the combined log ratio to the reference metric over models x settings)
-is ranked by score, on full-fidelity records only (with an ``allocation`` column when the run evolves a layer-wise
-allocation gene with the formula) (a multi-fidelity run's candidates that were not promoted to
-all fitness windows are left out), with one perplexity column per part (``ppl[<model>|<setting>]``). A log
-written before scores existed is ranked by its perplexity, as it always was.
+is ranked by score, on full-fidelity records only (a multi-fidelity run's candidates that were not promoted to
+all fitness windows are left out), with one perplexity column per part (``ppl[<model>|<setting>]``), and an
+``allocation`` column when the run evolves a layer-wise allocation gene with the formula. A log written before
+scores existed is ranked by its perplexity, as it always was.
 """
 from __future__ import annotations
 
