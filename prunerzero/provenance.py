@@ -43,13 +43,39 @@ def versions() -> dict:
     return out
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``, else ``platform``) and the vector ISA torch's kernels use.
+
+    Recorded because float reductions differ between ISAs (AVX2 vs AVX512 kernels sum in different orders): the same
+    cell is bit-identical when rerun on one machine but can differ in the last digits, and at high sparsity in more,
+    on another.
+    """
+    import torch
+
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown"
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        isa = None
+    return f"{name} ({isa})" if isa else name
+
+
 def device_name(device=None) -> str:
-    """The accelerator's name, or the CPU and its torch thread count."""
+    """The accelerator's name, or the CPU (model, ISA) and its torch thread count."""
     import torch
 
     if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{cpu_model()} CPU, {torch.get_num_threads()} threads"
 
 
 def command_line(argv=None) -> str:

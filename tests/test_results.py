@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 
 from prunerzero.metric.simplify import simplify
+from prunerzero.provenance import cpu_model
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import select_formula  # noqa: E402
@@ -23,6 +24,12 @@ def grid_rows(name):
     rows = read_rows(RESULTS / name / "rows.jsonl")
     return grid, {(r["method"], r["mode"], r["pattern"], r["seed"]): r for r in rows}, rows
 
+
+
+def test_cpu_model_names_the_isa_torch_uses():
+    import torch
+
+    assert torch.backends.cpu.get_cpu_capability() in cpu_model()
 
 def test_every_grid_has_committed_rows():
     assert GRIDS, "no grids/*.yaml found"
@@ -136,6 +143,8 @@ def test_bench_runs_a_grid_resumes_and_records_provenance(tiny_model_dir, tmp_pa
     assert len(rows) == 1 + 2 * 2 * 2
     for r in rows:
         assert r["provenance"]["commit"] and r["provenance"]["versions"]["torch"] and r["provenance"]["command"]
+        # the CPU's model and the vector ISA torch's kernels use: float sums differ between ISAs
+        assert r["provenance"]["device"].startswith(cpu_model()) and r["provenance"]["device"].endswith(" threads")
         assert r["protocol"]["seqlen"] == 64 and r["protocol"]["nsamples"] == 2
         if r["method"] != "dense":
             assert r["sparsity"] == 0.5

@@ -184,7 +184,7 @@ class Search:
         self.on_resume = on_resume
         self.pset = build_pset(space)
         self.toolbox = build_toolbox(space, self.pset)
-        self.genes = space.raw.get("allocation") is not None   # an allocation gene is evolved with the formula
+        self.genes = space.allocation is not None   # an allocation gene is evolved with the formula
         self.by_text: dict[str, float] = {}
         self.by_key: dict[str, float] = {}
         self.answers: dict[str, dict] = {}      # "text:"/"key:" + text/key -> the answer fields a cache hit copies

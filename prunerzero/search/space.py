@@ -77,6 +77,11 @@ class SearchSpace:
         return self.raw["fitness"]
 
     @property
+    def allocation(self) -> dict | None:
+        """The validated ``allocation:`` section (a gene evolved with the formula), or None: uniform, not searched."""
+        return self.raw.get("allocation")
+
+    @property
     def ops(self) -> set[str]:
         return set(self.raw["unary"]) | set(self.raw["binary"])
 
@@ -92,7 +97,7 @@ class SearchSpace:
     def stat_terminals(self) -> list[str]:
         """The terminals whose statistics fitness needs: the formulas', and X when an OWL allocation gene reads it."""
         terms = list(self.raw["terminals"])
-        alloc = self.raw.get("allocation")
+        alloc = self.allocation
         if alloc is not None and "owl" in alloc["kinds"] and "X" not in terms:
             terms.append("X")
         return terms

@@ -82,8 +82,8 @@ def build_toolbox(space: SearchSpace, pset: gp.PrimitiveSet) -> base.Toolbox:
     for op in ("mate", "mutate"):  # bloat control: children over the limits are replaced by their parents
         tb.decorate(op, gp.staticLimit(key=operator.attrgetter("height"), max_value=lim["max_depth"] - 1))
         tb.decorate(op, gp.staticLimit(key=len, max_value=lim["max_size"]))
-    if space.raw.get("allocation") is not None:
-        _gene_variation(tb, Genes(space.raw["allocation"]))
+    if space.allocation is not None:
+        _gene_variation(tb, Genes(space.allocation))
     tb.register("map", map)
     return tb
 
