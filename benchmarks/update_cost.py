@@ -7,16 +7,24 @@ it once per run ("factor, once"); each candidate then pays its masks and one fix
 
     python benchmarks/update_cost.py                       # CPU, the cpu.yaml fitness shape (4 x 1024 tokens)
     python benchmarks/update_cost.py --blocks 6 --nsamples 4
+    python benchmarks/update_cost.py --out results/update-cost # one row per measurement, table in OUT.md
+    python benchmarks/update_cost.py --out results/update-cost --render-only
+
+With ``--out``, each measurement (device x blocks x calibration x evaluation) is a row of ``<out>/rows.jsonl`` with
+provenance, and ``<out>.md`` is rendered from the rows and ``<out>/meta.json`` (a default one is written on the first
+run); a rerun into the same ``--out`` measures only what is missing.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from prunerzero import data
+from prunerzero import experiments as ex
 from prunerzero.calibration import BlockRunner, InputStats
 from prunerzero.evaluate import perplexity
 from prunerzero.metric import parse
@@ -26,6 +34,23 @@ from prunerzero.prune.run import metric_mask
 from prunerzero.prune.sparsegpt import hinv_factor, obs_sweep
 
 WANDA = "mul(abs(W), sqrt(X))"
+COLUMNS = [[k, k, f] for k, f in (
+    ("device", "s"), ("threads", "d"), ("blocks updated", "d"), ("calib", "s"), ("eval", "s"),
+    ("stats+H s (once)", ".1f"), ("factor s (once)", ".1f"), ("factor MB", ".0f"), ("masks s", ".2f"),
+    ("update s", ".2f"), ("ppl s", ".2f"), ("update / ppl", ".2f"),
+    ("update / ppl, all 30 blocks (linear in blocks)", ".2f"), ("ppl (Wanda + update)", ".2f"))]
+DEFAULT_META = {"renderer": "update_cost", "blocks": [
+    {"text": "# Cost of the OBS update per search candidate\n\nSmolLM2-135M, Wanda masks (50% per row), a "
+             "fixed-mask OBS sweep per layer with the Cholesky factors of the damped H^-1 computed once per run "
+             "(`factor s (once)`), against the candidate's perplexity evaluation on WikiText-2 validation windows "
+             "(`ppl s`); times are the minimum of the repeats (benchmarks/update_cost.py). `update / ppl` is the "
+             "per-candidate overhead the update adds, relative to the evaluation every candidate pays anyway."},
+    {"commands": {"bench": "update_cost"}},
+    {"table": {"where": {"bench": "update_cost"}, "columns": COLUMNS}}]}
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def main():
@@ -38,9 +63,30 @@ def main():
     ap.add_argument("--blocks", type=int, default=None, help="update only the first N blocks (default: all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1, help="candidates timed (the minimum is reported)")
+    ex.measurement_args(ap, None)
     args = ap.parse_args()
+    if ex.rendered_only(ap, args, render):
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else None
+    if out is not None and not ex.read_meta(out):
+        ex.write_meta(out, DEFAULT_META)
+    rid = (f"update_cost|{args.device}|threads={torch.get_num_threads()}|blocks={args.blocks or 'all'}|"
+           f"{args.nsamples}x{args.calib_seqlen}|{args.windows}x{args.seqlen}")
+    if out is not None and rid in {r["id"] for r in ex.read_rows(out / "rows.jsonl")}:
+        print(f"{rid}: in {out / 'rows.jsonl'} already (delete the row to measure again)")
+        return
+    row = measure(args)
+    print("Per-candidate cost of the OBS update (Wanda masks, 50% per row, fixed-mask sweep with cached factors):")
+    print(pd.DataFrame([row]).T.to_string(header=False, float_format=lambda v: f"{v:.3f}"))
+    if out is not None:
+        ex.record(out, ex.measurement(rid, {"bench": "update_cost", **row}, args.device))
+        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+
+
+def measure(args) -> dict:
+    """One timed measurement: statistics and factors once, then ``args.repeats`` candidates (masks, update, ppl)."""
     lm = load_model("smollm2", device=args.device, dtype="fp32", seqlen=args.seqlen)
     model = lm.model
     calib = data.calibration_windows(lm.tokenizer, args.nsamples, args.calib_seqlen, 0)
@@ -94,8 +140,7 @@ def main():
     row["update / ppl"] = row["update s"] / row["ppl s"]
     row["update / ppl, all 30 blocks (linear in blocks)"] = row["update / ppl"] * 30 / len(blocks)
     row["ppl (Wanda + update)"] = ppl
-    print("Per-candidate cost of the OBS update (Wanda masks, 50% per row, fixed-mask sweep with cached factors):")
-    print(pd.DataFrame([row]).T.to_string(header=False, float_format=lambda v: f"{v:.3f}"))
+    return row
 
 
 if __name__ == "__main__":
