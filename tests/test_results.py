@@ -25,7 +25,6 @@ def grid_rows(name):
     return grid, {(r["method"], r["mode"], r["pattern"], r["seed"]): r for r in rows}, rows
 
 
-
 def test_cpu_model_names_the_isa_torch_uses():
     import torch
 
