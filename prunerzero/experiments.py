@@ -696,7 +696,8 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
                          else "every window of each length")
                       + (f"; latency: median of {ev.latency_repeats} forwards of 1 x "
                          f"{ev.latency_seqlen or proto.seqlen} tokens after 2 warm-ups" if ev.latency_repeats else ""))
-    shown = {k: v for k, v in proto.as_dict().items() if not (grid.structural and k == "nsamples")}  # methods' own
+    # the device is the environment (the rows' devices are listed below); a structural grid's methods set nsamples
+    shown = {k: v for k, v in proto.as_dict().items() if k != "device" and not (grid.structural and k == "nsamples")}
     lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in shown.items())}{evaluation}; "
               f"seeds {', '.join(map(str, grid.seeds))}; "
               f"{'mean ± std over seeds' if len(grid.seeds) > 1 else 'one seed'}.", ""]

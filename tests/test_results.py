@@ -30,6 +30,7 @@ def test_cpu_model_names_the_isa_torch_uses():
 
     assert torch.backends.cpu.get_cpu_capability() in cpu_model()
 
+
 def test_every_grid_has_committed_rows():
     assert GRIDS, "no grids/*.yaml found"
     for path in GRIDS:
@@ -44,6 +45,8 @@ def test_tables_re_render_from_committed_rows(name):
     grid, _, rows = grid_rows(name)
     assert rows and all(r["id"] in {c.id for c in grid.cells()} for r in rows)
     assert render(grid, rows) == (RESULTS / f"{name}.md").read_text()
+    # the device a run was given (`--device cpu`) is the environment: the table a run writes is the committed one
+    assert render(grid.with_protocol(device="cpu"), rows) == render(grid, rows)
 
 
 def _md_table(text: str, header_start: str) -> list[list[str]]:
