@@ -19,7 +19,11 @@ LIBRARIES = ("prunerzero", "torch", "transformers", "deap", "sympy", "safetensor
 
 @lru_cache(maxsize=1)
 def git_state() -> dict:
-    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout prunerzero runs from."""
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout prunerzero runs from.
+
+    Dirty means a tracked file that makes numbers (code, grids, spaces, tests) differs from the commit; ``results/``
+    is left out, since it is what runs write: a second runner of one grid sees the first one's new rows there.
+    """
     def git(*args):
         return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
 
@@ -27,7 +31,7 @@ def git_state() -> dict:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

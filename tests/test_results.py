@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 
 from prunerzero.metric.simplify import simplify
+from prunerzero import provenance
 from prunerzero.provenance import cpu_model
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -29,6 +30,35 @@ def test_cpu_model_names_the_isa_torch_uses():
     import torch
 
     assert torch.backends.cpu.get_cpu_capability() in cpu_model()
+
+
+def test_git_state_is_dirty_for_code_but_not_for_results(tmp_path, monkeypatch):
+    """A runner's rows under results/ do not make the next row 'dirty'; an edit to code or a grid does."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "rows.jsonl").write_text("{}\n")
+    (tmp_path / "grid.yaml").write_text("name: g\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    provenance.git_state.cache_clear()
+    try:
+        assert provenance.git_state()["dirty"] is False
+        (tmp_path / "results" / "rows.jsonl").write_text("{}\n{}\n")
+        provenance.git_state.cache_clear()
+        state = provenance.git_state()
+        assert state["dirty"] is False and len(state["commit"]) == 40
+        (tmp_path / "grid.yaml").write_text("name: h\n")
+        provenance.git_state.cache_clear()
+        assert provenance.git_state()["dirty"] is True
+    finally:
+        provenance.git_state.cache_clear()
 
 
 def test_every_grid_has_committed_rows():
