@@ -87,8 +87,12 @@ class Method:
     def label(self) -> str:
         if self.name == "dense" or self.kind == "structural":
             return self.name
-        extra = ((", +OBS" if self.update == "obs" else "") + (", OWL" if self.allocation == "owl" else "")
-                 + (", permuted" if self.permute else ""))
+        owl = ""
+        if self.allocation == "owl":
+            params = ([f"λ {self.owl_lambda:g}"] if self.owl_lambda != 0.08 else []) + \
+                     ([f"M {self.owl_m:g}"] if self.owl_m != 5.0 else [])
+            owl = ", OWL" + (f" {' '.join(params)}" if params else "")
+        extra = (", +OBS" if self.update == "obs" else "") + owl + (", permuted" if self.permute else "")
         return f"{self.name} ({self.mode}{extra})"
 
     def structural_config(self, sparsity: float, seed: int):

@@ -220,7 +220,7 @@ def test_bench_runs_procedures_as_prune_does(tiny_model_dir, tmp_path):
     assert rows[("owl", "0.5")]["procedure"] == {"update": "none", "allocation": "owl", "permute": False,
                                                  "owl_lambda": 0.1, "owl_m": 3.0}
     md = (tmp_path / "res.md").read_text()
-    assert "| owl (sequential, OWL) | " in md and "| n/a |" in md and "| ria-perm (sequential, permuted) | n/a |" in md
+    assert "| owl (sequential, OWL λ 0.1 M 3) | " in md and "| n/a |" in md and "| ria-perm (sequential, permuted) | n/a |" in md
     for (name, pat), kw in {("wanda-obs", "2:4"): {"update": "obs"},
                             ("owl", "0.5"): {"allocation": "owl", "owl_lambda": 0.1, "owl_m": 3.0},
                             ("ria-perm", "2:4"): {"permute": True}}.items():
