@@ -129,6 +129,22 @@ def test_readme_structural_table_is_the_rows():
         assert [c.strip("*") for c in cells[2:]] == want, cells
 
 
+def test_readme_allocation_table_is_the_rows():
+    """The README's formula x allocation table (mean ± std over seeds 0, 1, 2) from procedures-alloc-cpu's rows."""
+    from prunerzero.experiments import fmt
+
+    _, rows, _ = grid_rows("procedures-alloc-cpu")
+    table = _md_table((REPO / "README.md").read_text(), "| method | 50% WikiText-2 | 70% WikiText-2 | 50% C4 |")
+    methods = {"Wanda": "wanda", "OWL + Wanda": "wanda-owl", "Wanda with the found allocation": "wanda-owl-m7",
+               "the found formula, uniform": "alloc-pick-formula", "**the search's pick**": "alloc-pick"}
+    assert len(table) == len(methods)
+    for cells in table:
+        method = next(methods[k] for k in sorted(methods, key=len, reverse=True) if cells[0].startswith(k))
+        want = [fmt([rows[(method, "sequential", p, seed)]["ppl"][ds] for seed in (0, 1, 2)])
+                for ds in ("wikitext2", "c4") for p in ("0.5", "0.7")]
+        assert [c.strip("*") for c in cells[1:]] == want, cells
+
+
 def test_full_protocol_baselines_match_the_official_wanda_reference():
     """Issue 3: dense and Wanda 50% sequential within 1% of the official code (numbers in results/reference.json)."""
     ref = json.loads((RESULTS / "reference.json").read_text())
