@@ -23,7 +23,7 @@ import pandas as pd
 from prunerzero import experiments as ex
 
 COLUMNS = [["model", "model", "s"], ["statistics", "statistics", "s"], ["module", "module", "s"],
-           ["median X", "median X", ".4g"], ["|log X| > √X", "|log X| > √X", ".4f"], ["median G", "median G", ".4g"],
+           ["median X", "median X", ".4g"], ["\\|log X\\| > √X", "|log X| > √X", ".4f"], ["median G", "median G", ".4g"],
            ["median G/X", "median G/X", ".4g"], ["G > X", "G > X", ".4f"]]
 DEFAULT_META = {"renderer": "term_scales", "blocks": [
     {"text": "# Term scales: G next to X, per module type\n\nPer module type of the dense model, from the one-shot "

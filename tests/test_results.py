@@ -145,6 +145,24 @@ def test_readme_allocation_table_is_the_rows():
         assert [c.strip("*") for c in cells[1:]] == want, cells
 
 
+def test_readme_term_scales_are_the_rows():
+    """The README's "median G/X a–b per module type, G > X for 0–c% of weights" from results/term-scales-cpu."""
+    from prunerzero.experiments import read_rows
+
+    rows = read_rows(RESULTS / "term-scales-cpu" / "rows.jsonl")
+    readme = " ".join((REPO / "README.md").read_text().split())
+    m = re.search(r"median G/X ([\d.]+)–([\d.]+) per module type, G > X for ([\d.]+)–([\d.]+)% of weights", readme)
+    assert m, "README no longer quotes the term scales"
+
+    def shown(value, text):  # the value written with as many decimals as the README uses
+        return f"{value:.{len(text.split('.')[1]) if '.' in text else 0}f}" == text
+
+    ratio, share = [r["median G/X"] for r in rows], [100 * r["G > X"] for r in rows]
+    assert shown(min(ratio), m[1]) and shown(max(ratio), m[2]), (min(ratio), max(ratio))
+    assert shown(min(share), m[3]) and shown(max(share), m[4]), (min(share), max(share))
+    assert max(rows, key=lambda r: r["G > X"])["module"].endswith("o_proj")
+
+
 def test_full_protocol_baselines_match_the_official_wanda_reference():
     """Issue 3: dense and Wanda 50% sequential within 1% of the official code (numbers in results/reference.json)."""
     ref = json.loads((RESULTS / "reference.json").read_text())
