@@ -225,11 +225,11 @@ def cmd_prune(args) -> None:
     payload.update(sparsity=res.sparsity, prune_seconds=res.seconds)
     t0 = time.time()
     payload["pruned"] = _evaluate(lm, args)
-    procedure = ([", +OBS"] if args.update == "obs" else []) + (
-        [f", OWL (lambda {owl_lambda:g}, M {owl_m:g})"] if args.allocation == "owl" else []) + (
-        [", permuted"] if args.permute else [])
+    from .experiments import procedure_suffix
+
+    procedure = procedure_suffix(args.update, args.allocation, owl_lambda, owl_m, args.permute)
     print(f"pruned  {_ppl_line(payload['pruned'])}  [{res.method}, {pattern}, "
-          f"{'sequential' if args.sequential else 'one-shot'}{''.join(procedure)}]")
+          f"{'sequential' if args.sequential else 'one-shot'}{procedure}]")
     print(f"sparsity {res.sparsity:.4f} of prunable weights; prune {res.seconds:.1f}s, eval {time.time() - t0:.1f}s")
     if args.save:
         save_model(lm, args.save)

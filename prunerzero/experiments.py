@@ -50,6 +50,16 @@ MODES = ("sequential", "oneshot")
 DATASET_TITLES = {"wikitext2": "WikiText-2", "c4": "C4"}
 
 
+def procedure_suffix(update: str, allocation: str, owl_lambda: float, owl_m: float, permute: bool) -> str:
+    """What a pruning run does beyond its metric's mask, as tables and ``prunerzero prune`` print it:
+    ", +OBS", ", OWL" (with λ / M where they differ from OWL's 0.08 / 5), ", permuted"; '' for a plain metric."""
+    owl = ""
+    if allocation == "owl":
+        params = ([f"λ {owl_lambda:g}"] if owl_lambda != 0.08 else []) + ([f"M {owl_m:g}"] if owl_m != 5.0 else [])
+        owl = ", OWL" + (f" {' '.join(params)}" if params else "")
+    return (", +OBS" if update == "obs" else "") + owl + (", permuted" if permute else "")
+
+
 @dataclass(frozen=True)
 class Method:
     name: str                       # a known metric, 'sparsegpt', 'dense', or a label of ``formula``
@@ -87,12 +97,7 @@ class Method:
     def label(self) -> str:
         if self.name == "dense" or self.kind == "structural":
             return self.name
-        owl = ""
-        if self.allocation == "owl":
-            params = ([f"λ {self.owl_lambda:g}"] if self.owl_lambda != 0.08 else []) + \
-                     ([f"M {self.owl_m:g}"] if self.owl_m != 5.0 else [])
-            owl = ", OWL" + (f" {' '.join(params)}" if params else "")
-        extra = (", +OBS" if self.update == "obs" else "") + owl + (", permuted" if self.permute else "")
+        extra = procedure_suffix(self.update, self.allocation, self.owl_lambda, self.owl_m, self.permute)
         return f"{self.name} ({self.mode}{extra})"
 
     def structural_config(self, sparsity: float, seed: int):
