@@ -23,8 +23,8 @@ import pandas as pd
 from prunerzero import experiments as ex
 
 COLUMNS = [["model", "model", "s"], ["statistics", "statistics", "s"], ["module", "module", "s"],
-           ["median X", "median X", ".4g"], ["\\|log X\\| > √X", "|log X| > √X", ".4f"], ["median G", "median G", ".4g"],
-           ["median G/X", "median G/X", ".4g"], ["G > X", "G > X", ".4f"]]
+           ["median X", "median X", ".4g"], ["\\|log X\\| > √X", "|log X| > √X", ".4f"],
+           ["median G", "median G", ".4g"], ["median G/X", "median G/X", ".4g"], ["G > X", "G > X", ".4f"]]
 DEFAULT_META = {"renderer": "term_scales", "blocks": [
     {"text": "# Term scales: G next to X, per module type\n\nPer module type of the dense model, from the one-shot "
              "statistics a search uses (C4 calibration windows, Wanda's sampler): the median of X (input-activation "
