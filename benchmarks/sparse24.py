@@ -219,7 +219,14 @@ def render(rows: list[dict], meta: dict) -> str:
     """``table`` of measured rows (their own device and whether it was a GPU)."""
     on_gpu = rows[0]["on_gpu"]
     device = rows[0]["provenance"]["device"]
-    return table(rows, on_gpu, device if on_gpu else f"{device} ({NOT_MEASURED})")
+    head = ["# 2:4 speed: dense vs semi-structured sparse weights", ""]
+    if not on_gpu:
+        head += ["On a CPU this only checks the harness (2:4 masks on every prunable Linear, the dense forward, the "
+                 "KV-cache decode, the conversion): PyTorch's semi-structured kernels are CUDA-only, so the prefill "
+                 "length, decode steps and runs are cut to a smoke test and no speed-up is measured. On a GPU: "
+                 "`python benchmarks/sparse24.py --device cuda --dtype fp16 --out results/sparse24-gpu`.", ""]
+    return "\n".join(head + ex.provenance_lines(rows, "rows.jsonl in the folder of this name")) + table(
+        rows, on_gpu, device if on_gpu else f"{device} ({NOT_MEASURED})")
 
 
 def main(argv=None) -> int:

@@ -30,4 +30,5 @@ def test_cpu_run_prunes_24_and_reports_not_measured():
     assert sparse24.NOT_MEASURED in text and "CUDA" in text
     rows = [{**row, "on_gpu": False, "provenance": {"device": "x86_64 CPU, 1 threads", "command": "python x.py"}}]
     text = sparse24.render(rows, {})   # what --out writes from the rows (and --render-only re-renders)
-    assert text.startswith(f"2:4 semi-structured sparsity, x86_64 CPU, 1 threads ({sparse24.NOT_MEASURED})")
+    assert text.startswith("# 2:4 speed") and "CUDA-only" in text and "Command: `python x.py`" in text
+    assert f"2:4 semi-structured sparsity, x86_64 CPU, 1 threads ({sparse24.NOT_MEASURED})" in text
