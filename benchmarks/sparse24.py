@@ -225,7 +225,7 @@ def render(rows: list[dict], meta: dict) -> str:
                  "KV-cache decode, the conversion): PyTorch's semi-structured kernels are CUDA-only, so the prefill "
                  "length, decode steps and runs are cut to a smoke test and no speed-up is measured. On a GPU: "
                  "`python benchmarks/sparse24.py --device cuda --dtype fp16 --out results/sparse24-gpu`.", ""]
-    return "\n".join(head + ex.provenance_lines(rows, "rows.jsonl in the folder of this name")) + table(
+    return "\n".join(head + ex.provenance_lines(rows, "rows.jsonl in the folder of this name")) + "\n" + table(
         rows, on_gpu, device if on_gpu else f"{device} ({NOT_MEASURED})")
 
 
