@@ -280,6 +280,8 @@ def main(argv=None) -> int:
         if on_gpu:
             torch.cuda.empty_cache()
     if out is not None:
+        if not ex.read_meta(out):
+            ex.write_meta(out, {"renderer": "sparse24"})
         print(ex.write_measurements(out, render).read_text())
     elif rows:
         print(table(rows, on_gpu, torch.cuda.get_device_name(0) if on_gpu else f"CPU ({NOT_MEASURED})"))
