@@ -64,6 +64,36 @@ def decode(model, batch: int, tokens: int, repeats: int, warmup: int, prompt: in
     return res
 
 
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+@torch.no_grad()
+def memory(model, batch: int, prefill_len: int, tokens: int, prompt: int = 16, seed: int = 0) -> dict:
+    """Bytes a user sizes a machine by: the weights (parameters and buffers), the KV cache after a ``prompt``-token
+    prefill and ``tokens`` decode steps at ``batch``, and on CUDA the peak allocated above the resident model during
+    a [batch, prefill_len] forward (torch's CPU allocator keeps no peak statistics: None there)."""
+    dev = model.get_input_embeddings().weight.device
+    g = torch.Generator().manual_seed(seed)
+    weights = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
+    out = model(torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).to(dev), use_cache=True)
+    cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    for _ in range(tokens):
+        out = model(nxt, cache=cache, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    kv = sum(tensor_bytes(vars(layer).values()) for layer in cache.layers)
+    peak = None
+    if str(dev).startswith("cuda"):
+        del out, cache
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        model(torch.randint(0, model.config.vocab_size, (batch, prefill_len), generator=g).to(dev), use_cache=False)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - base
+    return {"weights_bytes": weights, "kv_cache_bytes": kv, "kv_tokens": prompt + tokens, "prefill_peak_bytes": peak}
+
+
 def variants(model_fn, sparsities: list[float], seed: int = 0):
     """(name, sparsity, model) for dense and, per sparsity, per-layer and uniform widths from random masks."""
     yield "dense", 0.0, model_fn()
@@ -78,13 +108,16 @@ def variants(model_fn, sparsities: list[float], seed: int = 0):
             yield kind, sp, model
 
 
-def row_id(kind: str, sparsity: float, batch: int, prefill_len: int, decode_tokens: int) -> str:
-    return f"{kind}|{sparsity:g}|batch={batch}|prefill={prefill_len}|decode={decode_tokens}"
+def row_id(kind: str, sparsity: float, batch: int, prefill_len: int, decode_tokens: int, what: str = "speed") -> str:
+    """A speed row's id (as committed before memory rows existed), or a memory row's (``memory|`` first)."""
+    rid = f"{kind}|{sparsity:g}|batch={batch}|prefill={prefill_len}|decode={decode_tokens}"
+    return rid if what == "speed" else f"{what}|{rid}"
 
 
 def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int, warmup: int,
-        decode_tokens: int, log=print, done=lambda row: None, skip=frozenset()) -> list[dict]:
-    """Every variant at every batch size (but the ids in ``skip``); ``done(row)`` after each measurement."""
+        decode_tokens: int, log=print, done=lambda row: None, skip=frozenset(), what: str = "speed") -> list[dict]:
+    """Every variant at every batch size (but the ids in ``skip``); ``done(row)`` after each measurement.
+    ``what``: "speed" (timed prefill and decode) or "memory" (weights, KV cache, CUDA peak: one pass each)."""
     rows = []
     dense_prunable = None
     for kind, sp, model in variants(model_fn, sparsities):
@@ -92,26 +125,61 @@ def run(model_fn, sparsities, prefill_len: int, batches: list[int], repeats: int
         params = st.count_params(model)
         dense_prunable = dense_prunable or params["prunable"]
         for b in batches:
-            if row_id(kind, sp, b, prefill_len, decode_tokens) in skip:
+            if row_id(kind, sp, b, prefill_len, decode_tokens, what) in skip:
                 continue
             row = {"model": kind, "sparsity": sp, "batch": b, "params": params["total"],
                    "removed": 1 - params["prunable"] / dense_prunable, "prefill_tokens": prefill_len,
-                   "repeats": repeats, "warmup": warmup, "decode_tokens": decode_tokens,
-                   "prefill": prefill(model, prefill_len, b, repeats, warmup),
-                   "decode": decode(model, b, decode_tokens, repeats, warmup)}
+                   "decode_tokens": decode_tokens}
+            if what == "memory":
+                row.update(what="memory", memory=memory(model, b, prefill_len, decode_tokens))
+                log(f"{kind:9s} {sp:.0%} batch {b}: weights {row['memory']['weights_bytes'] / 2**20:.1f} MiB, "
+                    f"KV cache {row['memory']['kv_cache_bytes'] / 2**20:.2f} MiB")
+            else:
+                row.update(repeats=repeats, warmup=warmup, prefill=prefill(model, prefill_len, b, repeats, warmup),
+                           decode=decode(model, b, decode_tokens, repeats, warmup))
+                log(f"{kind:9s} {sp:.0%} batch {b}: prefill {row['prefill']['median_s'] * 1000:.1f} ms, "
+                    f"decode {row['decode']['tokens_per_s']:.1f} tok/s")
             rows.append(row)
             done(row)
-            log(f"{kind:9s} {sp:.0%} batch {b}: prefill {row['prefill']['median_s'] * 1000:.1f} ms, "
-                f"decode {row['decode']['tokens_per_s']:.1f} tok/s")
         del model
     return rows
 
 
+def mib(n) -> str:
+    return "-" if n is None else f"{n / 2**20:,.1f}"
+
+
+def render_memory(rows: list[dict]) -> list[str]:
+    """The memory table (markdown lines) of the ``what: memory`` rows, against the dense row of the same batch."""
+    if not rows:
+        return []
+    dense = {r["batch"]: r["memory"] for r in rows if r["model"] == "dense"}
+    r0 = rows[0]
+    lines = ["", "## Memory", "",
+             f"Weights: parameters and buffers as loaded (float32 here). KV cache: every cached tensor after a 16-token "
+             f"prompt and {r0['decode_tokens']} decode steps ({r0['memory']['kv_tokens']} tokens per sequence). "
+             f"Prefill peak: the most allocated above the resident model during one [batch, {r0['prefill_tokens']}] "
+             "forward, CUDA only (torch's CPU allocator keeps no peak statistics: '-').", "",
+             "| model | removed | params | batch | weights MiB | vs dense | KV cache MiB | vs dense | prefill peak MiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        m, d = r["memory"], dense.get(r["batch"])
+        name = "dense" if r["model"] == "dense" else f"{r['model']} {r['sparsity']:.0%}"
+        lines.append(f"| {name} | {r['removed']:.1%} | {r['params']:,} | {r['batch']} | {mib(m['weights_bytes'])} | "
+                     + (f"{m['weights_bytes'] / d['weights_bytes']:.3f} | " if d else "- | ")
+                     + f"{mib(m['kv_cache_bytes'])} | "
+                     + (f"{m['kv_cache_bytes'] / d['kv_cache_bytes']:.3f} | " if d else "- | ")
+                     + f"{mib(m['prefill_peak_bytes'])} |")
+    return lines
+
+
 def render(rows: list[dict], meta: dict) -> str:
     """The table of ``rows`` (speed-up against the dense row of the same batch); ``meta``: base model, notes."""
-    r0 = rows[0]
     commands = list(dict.fromkeys(r["provenance"]["command"] for r in rows if r.get("provenance")))
     devices = list(dict.fromkeys(r["provenance"]["device"] for r in rows if r.get("provenance")))
+    mem = [r for r in rows if r.get("what") == "memory"]
+    rows = [r for r in rows if r.get("what", "speed") == "speed"]
+    r0 = rows[0]
     lines = [f"# Structural pruning: speed of the sliced models ({meta.get('model', 'smollm2')})", "",
              "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), "",
              f"Hardware: {', '.join(devices)}. Prefill: {r0['prefill_tokens']} tokens per sequence, {r0['warmup']} "
@@ -131,7 +199,7 @@ def render(rows: list[dict], meta: dict) -> str:
                      f"{c['tokens_per_s'] / d['decode']['tokens_per_s']:.2f}x |")
     for note in meta.get("notes", []):
         lines += ["", note]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + render_memory(mem)) + "\n"
 
 
 def main():
@@ -146,6 +214,9 @@ def main():
     ap.add_argument("--decode-tokens", type=int, default=32, help="greedy steps of one decode run")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--note", default="", help="a paragraph written under the table (e.g. the machine's load)")
+    ap.add_argument("--what", choices=["speed", "memory"], default="speed",
+                    help="speed: timed prefill and decode; memory: weights, KV cache and (CUDA) prefill peak, "
+                         "one untimed pass per variant and batch (default: speed)")
     ex.measurement_args(ap, "results/structural-speed")
     args = ap.parse_args()
     if ex.rendered_only(ap, args, render):
@@ -164,13 +235,13 @@ def main():
     skip = {r["id"] for r in ex.read_rows(out / "rows.jsonl")}
 
     def done(row):
-        rid = row_id(row["model"], row["sparsity"], row["batch"], args.prefill, args.decode_tokens)
+        rid = row_id(row["model"], row["sparsity"], row["batch"], args.prefill, args.decode_tokens, args.what)
         ex.record(out, ex.measurement(rid, row, dev))
         ex.write_measurements(out, render)
 
     run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
         args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup, args.decode_tokens,
-        done=done, skip=skip)
+        done=done, skip=skip, what=args.what)
     print(ex.write_measurements(out, render).read_text())
 
 

@@ -270,3 +270,34 @@ def test_speed_harness_runs_on_a_tiny_model():
     again = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1, 2], repeats=2, warmup=1,
                       decode_tokens=3, log=lambda _: None, skip={speed.row_id("uniform", 0.3, 2, 8, 3)})
     assert [(r["model"], r["batch"]) for r in again] == [(r["model"], r["batch"]) for r in rows[:-1]]
+
+
+def test_speed_harness_measures_memory_exactly_on_a_tiny_model():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "structural_speed.py"
+    spec = importlib.util.spec_from_file_location("structural_speed", path)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    rows = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1, 2], repeats=1, warmup=0,
+                     decode_tokens=3, log=lambda _: None, what="memory")
+    dense = make_tiny(layers=2)
+    cfg = dense.config
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    # fp32 keys and values of every layer, batch x kv heads x (16-token prompt + 3 steps) x head_dim
+    kv = {b: cfg.num_hidden_layers * 2 * b * cfg.num_key_value_heads * 19 * head_dim * 4 for b in (1, 2)}
+    weights = 4 * (sum(p.numel() for p in dense.parameters()) + sum(b.numel() for b in dense.buffers()))
+    by = {(r["model"], r["batch"]): r["memory"] for r in rows}
+    assert all(r["what"] == "memory" and "prefill" not in r for r in rows)
+    assert by[("dense", 1)]["weights_bytes"] == by[("dense", 2)]["weights_bytes"] == weights
+    assert by[("dense", 1)]["kv_cache_bytes"] == kv[1] and by[("dense", 2)]["kv_cache_bytes"] == kv[2]
+    assert all(m["kv_tokens"] == 19 and m["prefill_peak_bytes"] is None for m in by.values())
+    for kind in ("per-layer", "uniform"):
+        assert by[(kind, 1)]["weights_bytes"] < weights and by[(kind, 1)]["kv_cache_bytes"] <= kv[1]
+    timing = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1], repeats=1, warmup=0,
+                       decode_tokens=3, log=lambda _: None)
+    both = [{**r, "provenance": {"command": "x", "device": "cpu"}} for r in timing + rows]
+    text = speed.render(both, {"model": "tiny"})
+    assert text.count("## Memory") == 1 and text.count("\n| ") == 2 + 3 + 2 + 6   # speed table, memory table
+    assert speed.row_id("dense", 0, 1, 8, 3, "memory") == "memory|" + speed.row_id("dense", 0, 1, 8, 3)
