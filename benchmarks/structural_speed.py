@@ -91,7 +91,7 @@ def memory(model, batch: int, prefill_len: int, tokens: int, prompt: int = 16, s
         model(torch.randint(0, model.config.vocab_size, (batch, prefill_len), generator=g).to(dev), use_cache=False)
         torch.cuda.synchronize(dev)
         peak = torch.cuda.max_memory_allocated(dev) - base
-    return {"weights_bytes": weights, "kv_cache_bytes": kv, "kv_tokens": prompt + tokens, "prefill_peak_bytes": peak}
+    return {"dtype": str(model.dtype).replace("torch.", ""), "weights_bytes": weights, "kv_cache_bytes": kv, "kv_tokens": prompt + tokens, "prefill_peak_bytes": peak}
 
 
 def variants(model_fn, sparsities: list[float], seed: int = 0):
@@ -156,7 +156,7 @@ def render_memory(rows: list[dict]) -> list[str]:
     dense = {r["batch"]: r["memory"] for r in rows if r["model"] == "dense"}
     r0 = rows[0]
     lines = ["", "## Memory", "",
-             f"Weights: parameters and buffers as loaded (float32 here). KV cache: every cached tensor after a 16-token "
+             f"Weights: parameters and buffers as loaded ({r0['memory']['dtype']}). KV cache: every cached tensor after a 16-token "
              f"prompt and {r0['decode_tokens']} decode steps ({r0['memory']['kv_tokens']} tokens per sequence). "
              f"Prefill peak: the most allocated above the resident model during one [batch, {r0['prefill_tokens']}] "
              "forward, CUDA only (torch's CPU allocator keeps no peak statistics: '-').", "",
