@@ -176,9 +176,9 @@ def render_memory(rows: list[dict]) -> list[str]:
 def render(rows: list[dict], meta: dict) -> str:
     """The table of ``rows`` (speed-up against the dense row of the same batch); ``meta``: base model, notes."""
     commands = list(dict.fromkeys(r["provenance"]["command"] for r in rows if r.get("provenance")))
-    devices = list(dict.fromkeys(r["provenance"]["device"] for r in rows if r.get("provenance")))
     mem = [r for r in rows if r.get("what") == "memory"]
-    rows = [r for r in rows if r.get("what", "speed") == "speed"]
+    rows = [r for r in rows if r.get("what", "speed") == "speed"]   # the timed rows' hardware (memory: bytes)
+    devices = list(dict.fromkeys(r["provenance"]["device"] for r in rows if r.get("provenance")))
     r0 = rows[0]
     lines = [f"# Structural pruning: speed of the sliced models ({meta.get('model', 'smollm2')})", "",
              "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), "",
