@@ -55,3 +55,24 @@ def test_prune_save_loads_with_plain_transformers(tiny_model_dir, tmp_path, caps
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["pruned"]["wikitext2"]["windows"] == 2 and res["sparsity"] == 0.5
     assert torch.isfinite(torch.tensor(res["pruned"]["wikitext2"]["ppl"]))
+
+
+def test_readme_commands_parse():
+    """Every `prunerzero ...` line of the README's code blocks is a valid command line (options and values)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from prunerzero.cli import build_parser
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    lines = [ln.split(" #")[0].strip() for b in blocks for ln in b.splitlines()]
+    commands = [shlex.split(ln)[1:] for ln in lines if ln.startswith("prunerzero ") and "&&" not in ln]
+    assert len(commands) >= 15 and any(c[:1] == ["search"] and "--model" in c for c in commands)
+    parser = build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"README command does not parse: prunerzero {shlex.join(argv)}")
