@@ -248,7 +248,8 @@ def test_uniform_widths_save_a_stock_llama_config(tmp_path, windows):
         torch.testing.assert_close(loaded(windows).logits, model(windows).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_speed_harness_runs_on_a_tiny_model():
+def _speed_benchmark():
+    """benchmarks/structural_speed.py as a module."""
     import importlib.util
     from pathlib import Path
 
@@ -256,6 +257,11 @@ def test_speed_harness_runs_on_a_tiny_model():
     spec = importlib.util.spec_from_file_location("structural_speed", path)
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
+    return speed
+
+
+def test_speed_harness_runs_on_a_tiny_model():
+    speed = _speed_benchmark()
     rows = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1, 2], repeats=2, warmup=1,
                      decode_tokens=3, log=lambda _: None)
     assert [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("dense", "per-layer", "uniform")
@@ -273,13 +279,7 @@ def test_speed_harness_runs_on_a_tiny_model():
 
 
 def test_speed_harness_measures_memory_exactly_on_a_tiny_model():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "structural_speed.py"
-    spec = importlib.util.spec_from_file_location("structural_speed", path)
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = _speed_benchmark()
     rows = speed.run(lambda: make_tiny(layers=2), [0.3], prefill_len=8, batches=[1, 2], repeats=1, warmup=0,
                      decode_tokens=3, log=lambda _: None, what="memory")
     dense = make_tiny(layers=2)
