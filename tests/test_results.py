@@ -145,6 +145,35 @@ def test_readme_allocation_table_is_the_rows():
         assert [c.strip("*") for c in cells[1:]] == want, cells
 
 
+def test_readme_transfer_table_is_the_rows():
+    """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
+    ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
+    import statistics
+
+    from prunerzero.experiments import fmt, read_rows, verdict
+
+    rows = read_rows(RESULTS / "transfer-cpu" / "rows.jsonl")
+    ppl = {}
+    for r in rows:
+        ppl.setdefault((r["model"], r["method"], r["pattern"]), {})[r["seed"]] = r["ppl"]["wikitext2"]
+    seeds = {k: [v[s] for s in (0, 1, 2)] for k, v in ppl.items() if len(v) == 3}
+    table = _md_table((REPO / "README.md").read_text(), "| method | SmolLM2 50% | SmolLM2 2:4 | Gemma 3 50% |")
+    methods = {"Wanda (ppl)": "wanda", "RIA": "ria", "SparseGPT": "sparsegpt", "found on SmolLM2": "found-1m",
+               "found on both, G": "found-2m", "found on both, relative": "found-2m-rel"}
+    cols = [(m, p) for m in ("smollm2", "gemma3-270m") for p in ("0.5", "2:4")]
+    assert len(table) >= 5 and table[0][0] == "Wanda (ppl)"
+    for cells in table:
+        method = next(v for k, v in methods.items() if cells[0].startswith(k))
+        for cell, (model, p) in zip(cells[1:], cols):
+            mine, wanda = seeds[(model, method, p)], seeds[(model, "wanda", p)]
+            if method == "wanda":
+                assert cell == fmt(mine), (cells[0], model, p)
+                continue
+            v = verdict(mine, wanda)
+            want = f"{statistics.fmean(mine) / statistics.fmean(wanda):.3f}" + ("" if v == "within spread" else f" {v}")
+            assert cell == (f"**{want}**" if v == "better" else want), (cells[0], model, p)
+
+
 def test_readme_term_scales_are_the_rows():
     """The README's "median G/X a–b per module type, G > X for 0–c% of weights" from results/term-scales-cpu."""
     from prunerzero.experiments import read_rows
