@@ -159,9 +159,11 @@ def test_readme_transfer_table_is_the_rows():
     seeds = {k: [v[s] for s in (0, 1, 2)] for k, v in ppl.items() if len(v) == 3}
     table = _md_table((REPO / "README.md").read_text(), "| method | SmolLM2 50% | SmolLM2 2:4 | Gemma 3 50% |")
     methods = {"Wanda (ppl)": "wanda", "RIA": "ria", "SparseGPT": "sparsegpt", "found on SmolLM2": "found-1m",
-               "found on both, G": "found-2m", "found on both, relative": "found-2m-rel"}
+               "found on both, G": "found-2m",
+               "found on both (W, X search), \\|W\\|·(W²": "found-2m-w2",
+               "found on both (W, X search), \\|W\\|·(\\|zsn": "found-2m-zsn"}
     cols = [(m, p) for m in ("smollm2", "gemma3-270m") for p in ("0.5", "2:4")]
-    assert len(table) >= 5 and table[0][0] == "Wanda (ppl)"
+    assert len(table) == 7 and table[0][0] == "Wanda (ppl)"
     for cells in table:
         method = next(v for k, v in methods.items() if cells[0].startswith(k))
         for cell, (model, p) in zip(cells[1:], cols):
