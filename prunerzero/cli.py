@@ -317,8 +317,18 @@ def _new_space(args):
                         "or choose a new --out")
     from .provenance import provenance
 
-    return space, {"command": _command(), "space_file": str(space.path),
+    return space, {"command": _command(), "space_file": _portable_path(space.path),
                    "provenance": provenance(space.fitness.get("device"), _command())}, out
+
+
+def _portable_path(path) -> str:
+    """``path`` relative to the working directory or to the installed package's folder when inside one (a run's
+    record names the space file without this machine's absolute prefix), else as given."""
+    resolved = Path(path).resolve()
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    return str(path)
 
 
 def cmd_search(args) -> None:

@@ -76,3 +76,16 @@ def test_readme_commands_parse():
             parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"README command does not parse: prunerzero {shlex.join(argv)}")
+
+
+def test_a_run_records_its_space_file_without_the_machine_prefix(tmp_path, monkeypatch):
+    from prunerzero.cli import _portable_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spaces").mkdir()
+    assert _portable_path(tmp_path / "spaces" / "a.yaml") == "spaces/a.yaml"
+    import prunerzero
+
+    packaged = __import__("pathlib").Path(prunerzero.__file__).parent / "spaces" / "cpu.yaml"
+    assert _portable_path(packaged) == "prunerzero/spaces/cpu.yaml"
+    assert _portable_path("/elsewhere/b.yaml") == "/elsewhere/b.yaml"
