@@ -785,8 +785,9 @@ def _seed_values(grid: Grid, by_id: dict, model: str, method, pattern, ds: str) 
 def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -> list[str]:
     """Per method and pattern: mean ppl / the reference's mean ppl on ``model`` and dataset ``ds``, marked 'better' or
     'worse' only where one mean wins by more than both spreads (>= 3 seeds each), and whether the method's formula
-    was searched on this model."""
-    ref = next(m for m in grid.methods if m.name == reference)
+    was searched on this model. Where the grid has the reference in several statistics modes, each method is
+    compared with the reference of its own mode (one-shot with one-shot, sequential with sequential)."""
+    refs = [m for m in grid.methods if m.name == reference]
     searched = dict(grid.searched_on)
 
     lines = [f"**{model}: ratio to {reference} ({DATASET_TITLES.get(ds, ds)}; below 1 = lower perplexity)**",
@@ -798,6 +799,7 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
             continue
         def ratio(p, method=method):
             mine = _seed_values(grid, by_id, model, method, p, ds)
+            ref = next((m for m in refs if m.mode == method.mode), refs[0])
             theirs = _seed_values(grid, by_id, model, ref, p, ds)
             if not mine or not theirs:
                 return "-"

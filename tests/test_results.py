@@ -537,6 +537,26 @@ def test_structural_grid_keys_are_checked_before_a_model_loads(tmp_path, method,
         load_grid(path)
 
 
+def test_ratio_tables_compare_with_the_reference_of_the_same_mode(tmp_path):
+    """With the reference in two statistics modes, one-shot methods are compared with one-shot Wanda and sequential
+    ones with sequential Wanda (grids/fitness-mode-cpu.yaml)."""
+    import yaml
+
+    from prunerzero.experiments import load_grid, render
+
+    raw = {"name": "t", "protocol": {"model": "a"}, "seeds": [0, 1, 2], "patterns": [0.5], "reference": "wanda",
+           "methods": [{"name": "wanda", "mode": "oneshot"}, {"name": "ria", "mode": "oneshot"},
+                       {"name": "wanda", "mode": "sequential"}, {"name": "ria", "mode": "sequential"}]}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    grid = load_grid(path)
+    ppl = {("wanda", "oneshot"): 100, ("ria", "oneshot"): 110, ("wanda", "sequential"): 50, ("ria", "sequential"): 40}
+    rows = [{"id": c.id, "ppl": {"wikitext2": ppl[(c.method.name, c.method.mode)] + c.seed * 0.1}}
+            for c in grid.cells()]
+    md = render(grid, rows)
+    assert "| ria (oneshot) | 1.100 (worse) |" in md and "| ria (sequential) | 0.800 (better) |" in md
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"patterns": ["2:4"]}, "is N:M"),
     ({"methods": [{"name": "s", "kind": "structural"}, "wanda"]}, "mixes structural methods"),
