@@ -41,6 +41,14 @@ def prefill(model, seqlen: int, batch: int, repeats: int, warmup: int, seed: int
     return out
 
 
+def greedy_steps(model, cache, nxt, tokens: int):
+    """``tokens`` greedy single-token steps with the KV cache from ``nxt``; returns the cache and the next token."""
+    for _ in range(tokens):
+        out = model(nxt, cache=cache, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    return cache, nxt
+
+
 @torch.no_grad()
 def decode(model, batch: int, tokens: int, repeats: int, warmup: int, prompt: int = 16, seed: int = 0) -> dict:
     """Greedy decoding of ``tokens`` steps with a KV cache after a ``prompt``-token prefill: tokens/s of the steps."""
@@ -53,13 +61,8 @@ def decode(model, batch: int, tokens: int, repeats: int, warmup: int, prompt: in
         out = model(ids, use_cache=True)
         state["cache"], state["next"] = out.cache, out.logits[:, -1:].argmax(-1)
 
-    def steps():
-        cache, nxt = state["cache"], state["next"]
-        for _ in range(tokens):
-            out = model(nxt, cache=cache, use_cache=True)
-            cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-
-    res = timed(steps, dev, repeats, warmup, setup=setup)
+    res = timed(lambda: greedy_steps(model, state["cache"], state["next"], tokens), dev, repeats, warmup,
+                setup=setup)
     res["tokens_per_s"] = batch * tokens / res["median_s"]
     return res
 
@@ -77,10 +80,7 @@ def memory(model, batch: int, prefill_len: int, tokens: int, prompt: int = 16, s
     g = torch.Generator().manual_seed(seed)
     weights = tensor_bytes(model.parameters()) + tensor_bytes(model.buffers())
     out = model(torch.randint(0, model.config.vocab_size, (batch, prompt), generator=g).to(dev), use_cache=True)
-    cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-    for _ in range(tokens):
-        out = model(nxt, cache=cache, use_cache=True)
-        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
+    cache, _ = greedy_steps(model, out.cache, out.logits[:, -1:].argmax(-1), tokens)
     kv = sum(tensor_bytes(vars(layer).values()) for layer in cache.layers)
     peak = None
     if str(dev).startswith("cuda"):
@@ -91,7 +91,8 @@ def memory(model, batch: int, prefill_len: int, tokens: int, prompt: int = 16, s
         model(torch.randint(0, model.config.vocab_size, (batch, prefill_len), generator=g).to(dev), use_cache=False)
         torch.cuda.synchronize(dev)
         peak = torch.cuda.max_memory_allocated(dev) - base
-    return {"dtype": str(model.dtype).replace("torch.", ""), "weights_bytes": weights, "kv_cache_bytes": kv, "kv_tokens": prompt + tokens, "prefill_peak_bytes": peak}
+    return {"dtype": str(model.dtype).replace("torch.", ""), "weights_bytes": weights, "kv_cache_bytes": kv,
+            "kv_tokens": prompt + tokens, "prefill_peak_bytes": peak}
 
 
 def variants(model_fn, sparsities: list[float], seed: int = 0):
@@ -156,11 +157,12 @@ def render_memory(rows: list[dict]) -> list[str]:
     dense = {r["batch"]: r["memory"] for r in rows if r["model"] == "dense"}
     r0 = rows[0]
     lines = ["", "## Memory", "",
-             f"Weights: parameters and buffers as loaded ({r0['memory']['dtype']}). KV cache: every cached tensor after a 16-token "
-             f"prompt and {r0['decode_tokens']} decode steps ({r0['memory']['kv_tokens']} tokens per sequence). "
+             f"Weights: parameters and buffers as loaded ({r0['memory']['dtype']}). KV cache: every cached tensor "
+             f"after a 16-token prompt and {r0['decode_tokens']} decode steps ({r0['memory']['kv_tokens']} tokens per sequence). "
              f"Prefill peak: the most allocated above the resident model during one [batch, {r0['prefill_tokens']}] "
              "forward, CUDA only (torch's CPU allocator keeps no peak statistics: '-').", "",
-             "| model | removed | params | batch | weights MiB | vs dense | KV cache MiB | vs dense | prefill peak MiB |",
+             "| model | removed | params | batch | weights MiB | vs dense | KV cache MiB | vs dense | "
+             "prefill peak MiB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         m, d = r["memory"], dense.get(r["batch"])

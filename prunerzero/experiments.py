@@ -797,9 +797,10 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
     for method in grid.methods:
         if method.name in ("dense", reference):
             continue
-        def ratio(p, method=method):
+        ref = next((m for m in refs if m.mode == method.mode), refs[0])
+
+        def ratio(p, method=method, ref=ref):
             mine = _seed_values(grid, by_id, model, method, p, ds)
-            ref = next((m for m in refs if m.mode == method.mode), refs[0])
             theirs = _seed_values(grid, by_id, model, ref, p, ds)
             if not mine or not theirs:
                 return "-"
