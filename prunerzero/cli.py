@@ -504,8 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unstructured comparison group (default: the metric's paper: layer for magnitude, else row)")
     p.add_argument("--sequential", action="store_true",
                    help="Wanda's layer-by-layer calibration through the already pruned blocks (else one-shot)")
-    p.add_argument("--update", default="none", choices=["none", "obs"],
-                   help="obs: after the metric's mask, reconstruct the kept weights (SparseGPT's OBS update)")
+    p.add_argument("--update", default="none", choices=["none", "obs", "lsq", "admm"],
+                   help="obs: after the metric's mask, reconstruct the kept weights (SparseGPT's OBS update); "
+                        "lsq: their exact least-squares values; admm: the metric re-selects its mask on the "
+                        "weights as ADMM updates them, then lsq")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "owl"],
                    help="layer-wise sparsity: uniform, or OWL (outlier-weighted; unstructured metrics only)")
     p.add_argument("--owl-lambda", type=_number(0.0, 0.5), default=None,
@@ -530,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in this directory with its recorded settings (default: a new run)")
     p.add_argument("--generations", type=_at_least(1), default=None,
                    help="generations after the initial population (default: the space's gp.generations)")
-    p.add_argument("--population", type=_at_least(2), default=None, help="individuals per generation (default: the space's gp.population)")
+    p.add_argument("--population", type=_at_least(2), default=None,
+                   help="individuals per generation (default: the space's gp.population)")
     p.add_argument("--seed", type=_at_least(0), default=None, help="GP seed (default: the space's gp.seed)")
     p.add_argument("--model", default=None,
                    help="model to prune for fitness, any that loads; replaces the space's fitness.models "

@@ -52,12 +52,12 @@ DATASET_TITLES = {"wikitext2": "WikiText-2", "c4": "C4"}
 
 def procedure_suffix(update: str, allocation: str, owl_lambda: float, owl_m: float, permute: bool) -> str:
     """What a pruning run does beyond its metric's mask, as tables and ``prunerzero prune`` print it:
-    ", +OBS", ", OWL" (with λ / M where they differ from OWL's 0.08 / 5), ", permuted"; '' for a plain metric."""
+    ", +OBS" (", +LSQ", ", +ADMM"), ", OWL" (with λ / M where they differ from OWL's 0.08 / 5), ", permuted"; '' for a plain metric."""
     owl = ""
     if allocation == "owl":
         params = ([f"λ {owl_lambda:g}"] if owl_lambda != 0.08 else []) + ([f"M {owl_m:g}"] if owl_m != 5.0 else [])
         owl = ", OWL" + (f" {' '.join(params)}" if params else "")
-    return (", +OBS" if update == "obs" else "") + owl + (", permuted" if permute else "")
+    return (f", +{update.upper()}" if update != "none" else "") + owl + (", permuted" if permute else "")
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute")
 def _procedure(raw: dict, where: str) -> dict:
     """A pruning method's procedure keys (as ``prunerzero prune`` --update/--allocation/--owl-*/--permute)."""
     out = {}
-    for key, choices in (("update", ("none", "obs")), ("allocation", ("uniform", "owl"))):
+    for key, choices in (("update", ("none", "obs", "lsq", "admm")), ("allocation", ("uniform", "owl"))):
         if key in raw:
             if raw[key] not in choices:
                 raise UserError(f"{where}.{key} '{raw[key]}' is unknown: use {' or '.join(choices)}")

@@ -113,7 +113,8 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
     ``seqlen`` tokens, default ``lm.seqlen``).
 
     ``update="obs"`` reconstructs the kept weights after the metric's mask (OBS, the layer Hessian of the same
-    pass); ``allocation="owl"`` spreads the sparsity over blocks by OWL (dense one-shot X, cached); ``permute``
+    pass), ``"lsq"`` solves them exactly, ``"admm"`` lets the metric re-select its mask while ADMM updates the
+    weights (``prune.admm``); ``allocation="owl"`` spreads the sparsity over blocks by OWL (dense one-shot X, cached); ``permute``
     reorders input channels for N:M (see ``prune.permute``).
     """
     from .prune.allocation import Allocation, allocate
@@ -125,7 +126,7 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
         terms = formula.terminals()
     alloc = Allocation(allocation, lam=owl_lambda, m=owl_m)
     need_g = needs_of(terms)[1]
-    needs_windows = method == SPARSEGPT or bool(terms & {"X", "Hd"}) or update == "obs" or alloc.kind == "owl"
+    needs_windows = method == SPARSEGPT or bool(terms & {"X", "Hd"}) or update != "none" or alloc.kind == "owl"
     # tokenised once, also for G if not cached
     windows = calibration_windows(lm, cfg, seqlen) if needs_windows else None
     # one-shot pruning by a metric reads the dense model's X from the statistics cache (the same numbers a pass

@@ -21,10 +21,12 @@ from ..errors import UserError
 from ..metric.expr import Node, evaluate
 from ..models import all_prunable, decoder_layers, prunable_linears
 from .masks import Pattern, apply_mask, check_scores, mask_from_scores
+from .admm import admm_prune, lsq_update
 from .sparsegpt import obs_diag, obs_update, sparsegpt_prune
 
 SPARSEGPT = "sparsegpt"
-UPDATES = ("none", "obs")
+UPDATES = ("none", "obs", "lsq", "admm")
+HESSIAN_UPDATES = ("obs", "lsq", "admm")
 
 
 def metric_score(formula: Node, env: dict, where: str = "") -> torch.Tensor:
@@ -51,12 +53,15 @@ def _formula_terms(method) -> set[str]:
 
 def _check_options(method, pattern: Pattern, update: str, counts, permute: bool) -> None:
     if update not in UPDATES:
-        raise UserError(f"unknown update '{update}': use none or obs")
+        raise UserError(f"unknown update '{update}': use none, obs, lsq or admm")
     if method == SPARSEGPT and (update != "none" or permute):
         raise UserError("sparsegpt chooses its own mask and updates the weights itself: --update and --permute "
                         "apply to metrics")
     if permute and not pattern.is_nm:
         raise UserError("--permute reorders input channels for N:M patterns: pass --pattern N:M")
+    if permute and update == "admm":
+        raise UserError("--update admm re-selects the mask while it updates the weights: --permute applies to "
+                        "--update none, obs or lsq")
     if counts is not None and pattern.is_nm:
         raise UserError("a layer-wise sparsity allocation needs unstructured sparsity: N:M fixes every group")
 
@@ -79,7 +84,10 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
     """Prune every prunable Linear in place; returns the number of weights pruned per layer.
 
     ``update="obs"``: after a metric's mask, the kept weights of each row are updated by OBS against the layer's
-    Hessian from the same pass (``sparsegpt.obs_update``; SparseGPT's reconstruction for any mask).
+    Hessian from the same pass (``sparsegpt.obs_update``; SparseGPT's reconstruction for any mask); ``"lsq"``
+    gives them their exact least-squares values instead (``admm.lsq_update``); ``"admm"`` lets the metric
+    re-select the mask on the weights as ADMM updates them, with a sparsity rising to the target, then solves the
+    final mask exactly (``admm.admm_prune``).
     ``counts``: per-layer prune counts (per row, or per layer for the per-layer group) from
     ``allocation.allocate`` instead of the pattern's uniform sparsity. ``permute``: N:M with input-channel
     permutation applied to o_proj/down_proj and their producers (``permute.py``).
@@ -91,7 +99,7 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
     terms = _formula_terms(method)
     if needs_of(terms)[1] and grads is None:
         raise UserError("this metric reads gradients (G): compute gradient statistics first")
-    hessian = method == SPARSEGPT or update == "obs" or "Hd" in terms
+    hessian = method == SPARSEGPT or update in HESSIAN_UPDATES or "Hd" in terms
     # one-shot X may come with ``grads`` (the cached dense statistics): then no calibration pass is needed
     given_x = not sequential and grads is not None and "X" in grads.terms()
     needs_forward = hessian or ("X" in terms and not given_x)
@@ -113,6 +121,15 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
             if "Hd" in terms:
                 env["Hd"] = obs_diag(inp.H, percdamp).to(env["W"].device)
         found = perm = None
+        if update == "admm":
+            def score_of(w: torch.Tensor) -> torch.Tensor:
+                return metric_score(method, {**env, "W": w}, key)
+
+            new, mask = admm_prune(lin.weight, inp.H, pattern, score_of, percdamp=percdamp,
+                                   count=None if counts is None else counts[key])
+            lin.weight.copy_(new.to(lin.weight.dtype))
+            pruned[key] = int(mask.sum())
+            return
         if counts is None and not permute:
             mask = metric_mask(method, env, pattern, key)
         else:
@@ -124,9 +141,10 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
             mask = mask_from_scores(score, pattern) if counts is None else mask_with_count(score, pattern,
                                                                                             counts[key])
         weight = lin.weight if perm is None else lin.weight[:, perm]
-        if update == "obs":
+        if update in ("obs", "lsq"):
             H = inp.H if perm is None else inp.H[perm][:, perm]
-            new = obs_update(weight, H, mask, percdamp=percdamp, blocksize=blocksize)
+            new = (obs_update(weight, H, mask, percdamp=percdamp, blocksize=blocksize) if update == "obs"
+                   else lsq_update(weight, H, mask, percdamp=percdamp))
             lin.weight.copy_(new.to(lin.weight.dtype))
         elif perm is not None:
             lin.weight.copy_(weight.masked_fill(mask.to(weight.device), 0))
