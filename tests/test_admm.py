@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny
+from conftest import REPO, make_tiny
 from prunerzero import data
 from prunerzero.calibration import BlockRunner, InputStats
 from prunerzero.errors import UserError
@@ -149,3 +149,21 @@ def test_admm_in_the_layer_loop_keeps_the_pattern_and_the_allocation(windows):
         assert ((lins[k].weight == 0).sum(1) >= counts[k]).all()
     with pytest.raises(UserError, match="--permute"):
         prune_model(make_tiny(), WANDA, TWO_FOUR, windows, update="admm", permute=True, progress=False)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("update", ["obs", "lsq", "admm"])
+def test_update_cost_benchmark_times_each_update_on_one_real_block(update):
+    """benchmarks/update_cost.py with one SmolLM2 block and one short window: the row every table is rendered from."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import update_cost
+
+    args = argparse.Namespace(device="cpu", nsamples=1, calib_seqlen=128, windows=1, seqlen=128, blocks=1,
+                              threads=None, repeats=1, update=update)
+    row = update_cost.measure(args)
+    assert row["update"] == update and row["blocks updated"] == 1
+    assert row["update s"] > 0 and row["factor MB"] > 0 and row["ppl (Wanda + update)"] < 1e4
+    assert row["update / ppl, all 30 blocks (linear in blocks)"] == pytest.approx(30 * row["update / ppl"])

@@ -25,6 +25,7 @@ basis; both are a small ridge). Dead inputs (H_jj = 0) get weight 0, as in Spars
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -39,10 +40,27 @@ CG_ITERS = 100
 CG_TOL = 1e-5
 
 
-def _normalised(weight: torch.Tensor, H: torch.Tensor, percdamp: float):
-    """(W * d, damped normalised Hessian A, d) in fp32, d = sqrt(diag H) (1 for dead inputs, whose W is 0)."""
-    W = weight.detach().float().clone()
-    H = H.to(W.device, torch.float32)
+@dataclass
+class Normalised:
+    """A layer's Hessian in the input-normalised basis, which depends on the inputs only, not on the mask: a caller
+    pruning one layer with many masks (a search, a benchmark) computes it once (``normalise``)."""
+
+    A: torch.Tensor                  # damped normalised Hessian, unit diagonal + percdamp (dead inputs: percdamp)
+    d: torch.Tensor                  # sqrt(diag H), 1 for dead inputs
+    dead: torch.Tensor               # inputs that were zero on every calibration token
+    inv: torch.Tensor | None = None  # (A + rho I)^-1, ADMM's ridge solve
+    rho: float | None = None
+
+    def weights(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weights in this basis (W * d), dead inputs zeroed, fp32."""
+        W = weight.detach().to(self.d.device, torch.float32).clone()
+        W[:, self.dead] = 0
+        return W * self.d.view(1, -1)
+
+
+def normalise(H: torch.Tensor, percdamp: float = 0.01, rho: float | None = None) -> Normalised:
+    """``Normalised`` for a layer Hessian; with ``rho``, also the inverse ADMM needs."""
+    H = H.to(torch.float32)
     diag = torch.diag(H)
     dead = diag <= 0
     d = torch.where(dead, torch.ones_like(diag), diag.clamp_min(0).sqrt())
@@ -51,8 +69,15 @@ def _normalised(weight: torch.Tensor, H: torch.Tensor, percdamp: float):
     A[:, dead] = 0
     idx = torch.arange(A.shape[0], device=A.device)
     A[idx, idx] = torch.where(dead, torch.zeros_like(diag), torch.ones_like(diag)) + percdamp
-    W[:, dead] = 0
-    return W * d.view(1, -1), A, d
+    inv = None
+    if rho is not None:
+        Ar = A.clone()
+        Ar[idx, idx] += rho
+        try:
+            inv = torch.cholesky_inverse(torch.linalg.cholesky(Ar))
+        except RuntimeError:
+            raise UserError("the layer Hessian is not positive definite: raise percdamp (e.g. 0.1)") from None
+    return Normalised(A, d, dead, inv, rho)
 
 
 @torch.no_grad()
@@ -85,16 +110,16 @@ def masked_cg(Wn: torch.Tensor, A: torch.Tensor, keep: torch.Tensor, x0: torch.T
 
 
 @torch.no_grad()
-def lsq_update(weight: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, percdamp: float = 0.01,
-               iters: int = CG_ITERS) -> torch.Tensor:
+def lsq_update(weight: torch.Tensor, H: torch.Tensor | None, mask: torch.Tensor, percdamp: float = 0.01,
+               iters: int = CG_ITERS, norm: Normalised | None = None) -> torch.Tensor:
     """Prune ``mask`` (True = prune) and give the kept weights of each row their least-squares values against the
-    layer Hessian ``H`` (fp32 result)."""
+    layer Hessian ``H`` (or its precomputed ``norm``); fp32 result."""
     mask = mask.to(weight.device, torch.bool)
     if mask.shape != weight.shape:
         raise UserError(f"mask shape {tuple(mask.shape)} does not match weight {tuple(weight.shape)}")
-    Wn, A, d = _normalised(weight, H, percdamp)
-    x = masked_cg(Wn, A, ~mask, iters=iters)
-    return x / d.view(1, -1)
+    norm = norm or normalise(H.to(weight.device), percdamp)
+    x = masked_cg(norm.weights(weight), norm.A, ~mask, iters=iters)
+    return x / norm.d.view(1, -1)
 
 
 def ramp_mask(score: torch.Tensor, pattern: Pattern, count: int | None, frac: float) -> torch.Tensor:
@@ -113,31 +138,27 @@ def ramp_mask(score: torch.Tensor, pattern: Pattern, count: int | None, frac: fl
 
 
 @torch.no_grad()
-def admm_prune(weight: torch.Tensor, H: torch.Tensor, pattern: Pattern,
+def admm_prune(weight: torch.Tensor, H: torch.Tensor | None, pattern: Pattern,
                score_of: Callable[[torch.Tensor], torch.Tensor], count: int | None = None, percdamp: float = 0.01,
-               rho: float = ADMM_RHO, iters: int = ADMM_ITERS, ramp: int = ADMM_RAMP,
-               cg_iters: int = CG_ITERS) -> tuple[torch.Tensor, torch.Tensor]:
+               rho: float = ADMM_RHO, iters: int = ADMM_ITERS, ramp: int = ADMM_RAMP, cg_iters: int = CG_ITERS,
+               norm: Normalised | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ADMM pruning with gradual mask selection by ``score_of(weights) -> scores`` (the metric on the current
-    weights, original basis). Returns (fp32 weight, mask with True = pruned)."""
+    weights, original basis). ``norm``: the precomputed ``normalise(H, percdamp, rho)``. Returns (fp32 weight,
+    mask with True = pruned)."""
     if not 1 <= ramp <= iters:
         raise UserError(f"ADMM needs 1 <= ramp ({ramp}) <= iterations ({iters})")
-    Wn, A, d = _normalised(weight, H, percdamp)
-    idx = torch.arange(A.shape[0], device=A.device)
-    Ar = A.clone()
-    Ar[idx, idx] += rho
-    try:
-        inv = torch.cholesky_inverse(torch.linalg.cholesky(Ar))
-    except RuntimeError:
-        raise UserError("the layer Hessian is not positive definite: raise percdamp (e.g. 0.1)") from None
-    AW = Wn @ A
+    if norm is None or norm.inv is None or norm.rho != rho:
+        norm = normalise(H.to(weight.device), percdamp, rho)
+    Wn, d = norm.weights(weight), norm.d.view(1, -1)
+    AW = Wn @ norm.A
     V, U = Wn, torch.zeros_like(Wn)
     mask = None
     for t in range(iters):
         if t < ramp:
             frac = 1.0 - (1.0 - (t + 1) / ramp) ** 3
-            mask = ramp_mask(score_of((V + U) / d.view(1, -1)), pattern, count, frac)
+            mask = ramp_mask(score_of((V + U) / d), pattern, count, frac)
         Z = (V + U).masked_fill(mask, 0)
         U = U + V - Z
-        V = (AW + rho * (Z - U)) @ inv
-    x = masked_cg(Wn, A, ~mask, x0=(V + U).masked_fill(mask, 0), iters=cg_iters)
-    return x / d.view(1, -1), mask
+        V = (AW + rho * (Z - U)) @ norm.inv
+    x = masked_cg(Wn, norm.A, ~mask, x0=(V + U).masked_fill(mask, 0), iters=cg_iters)
+    return x / d, mask
