@@ -405,7 +405,7 @@ STRUCTURAL_FIELDS = {"sparsity": "sparsity", "metric": "metric", "init": "init",
                      "samples": "samples", "lr": "lr", "pg_batch_size": "batch_size", "calib_seqlen": "calib_seqlen",
                      "nsamples": "nsamples", "init_nsamples": "init_nsamples", "init_seqlen": "init_seqlen",
                      "seed": "seed", "attn_score": "attn_score", "mlp_score": "mlp_score",
-                     "eval_seqlens": "eval_seqlens", "eval_windows": "eval_windows"}
+                     "eval_seqlens": "eval_seqlens", "eval_windows": "eval_windows", "reconstruct": "reconstruct"}
 
 
 def cmd_structural(args) -> None:
@@ -453,6 +453,10 @@ def cmd_structural(args) -> None:
         print(f"pruned  seqlen {L}: {_ppl_line(r)}  [{label}]")
     print(f"parameters {b['total']:,} -> {a['total']:,} (prunable {b['prunable']:,} -> {a['prunable']:,}, "
           f"{res['removed_fraction']:.3%} removed); optimisation {res['seconds']:.0f}s")
+    if res.get("compensation"):
+        c = res["compensation"]
+        print(f"least-squares compensation of o_proj / down_proj on {c['windows'][0]} x {c['windows'][1]} tokens: "
+              f"{c['seconds']:.0f}s, mean relative squared output error left {c['mean_relative_sq_error']:.4f}")
     if "latency_before_s" in payload:
         print(f"forward latency at seqlen {lat_len} (median of {reps}): {payload['latency_before_s'] * 1000:.0f} ms "
               f"-> {payload['latency_after_s'] * 1000:.0f} ms")
@@ -611,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uniform", action="store_true",
                    help="every layer keeps the same number of KV groups and MLP channels (per-layer top-k of the "
                         "policy), so --save writes a stock LlamaConfig that loads without trust_remote_code")
+    p.add_argument("--reconstruct", action="store_true", default=None,
+                   help="before slicing, refit the kept o_proj / down_proj columns by least squares on calibration "
+                        "windows (the statistics windows: --init-nsamples x --init-seqlen, default 32 x 1024)")
     p.add_argument("--eval-seqlens", default=None,
                    help=f"comma-separated perplexity window lengths (default: {D.eval_seqlens})")
     p.add_argument("--latency-seqlen", type=_at_least(1), default=2048,

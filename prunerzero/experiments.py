@@ -118,6 +118,9 @@ class Method:
         cfg = dataclasses.asdict(self.structural_config(0.5, 0))
         for k in STRUCTURAL_CELL_FIELDS:
             cfg.pop(k)
+        for k, default in STRUCTURAL_LATER_FIELDS.items():  # at its default, a later field keeps older keys valid
+            if cfg.get(k) == default:
+                cfg.pop(k)
         return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -153,6 +156,8 @@ def protocol_key(protocol: Protocol, evaluation: dict | None = None) -> str:
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
 
 
+# StructuralConfig fields added after rows were committed, with their defaults: left out of a cell's key there
+STRUCTURAL_LATER_FIELDS = {"reconstruct": False}
 # StructuralConfig fields a structural cell sets itself (pattern, seed) or the grid's evaluation sets
 STRUCTURAL_CELL_FIELDS = ("sparsity", "seed", "eval_seqlens", "eval_windows")
 
@@ -657,6 +662,7 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
             row["structural"] = dataclasses.asdict(cfg) if cfg else None
             if cfg:
                 row["layer_shapes"], row["history"] = res["layer_shapes"], res["history"][-5:]
+                row["compensation"] = res["compensation"]
             row["provenance"] = provenance(lm.device, command)
             _append_row(rows_path, row)
             del lm
@@ -817,8 +823,10 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
 
 def _structural_settings(methods: list[Method]) -> list[str]:
     """A table of what each structural method does (its StructuralConfig, presets and defaults applied)."""
+    rec = any(m.structural_config(0.5, 0).reconstruct for m in methods)
     lines = ["| method | init | scores of | preset | steps | lr | K | windows per step | policy windows | "
-             "KV / MLP scores | statistics windows | widths |", "| --- |" + " --- |" * 11]
+             "KV / MLP scores | statistics windows | widths |" + (" kept o/down columns |" if rec else ""),
+             "| --- |" + " --- |" * (12 if rec else 11)]
     for m in methods:
         cfg = m.structural_config(0.5, 0)
         pg = cfg.init != "oneshot"
@@ -831,7 +839,9 @@ def _structural_settings(methods: list[Method]) -> list[str]:
             str(cfg.steps) if pg else "-", f"{cfg.lr:g}" if pg else "-", str(cfg.samples) if pg else "-",
             f"{cfg.batch_size} x {cfg.calib_seqlen}" if pg else "-", str(pool),
             f"{cfg.attn_score} / {cfg.mlp_score}" if scored else "-", stats,
-            "uniform" if cfg.uniform else "per layer"]) + " |")
+            "uniform" if cfg.uniform else "per layer"]
+            + ([f"least squares on {cfg.init_nsamples or 32} x {cfg.init_seqlen or 1024}" if cfg.reconstruct
+                else "as trained"] if rec else [])) + " |")
     return lines
 
 

@@ -185,6 +185,7 @@ class StructuralConfig:
     attn_score: str = "kv"         # which weights of a KV group its score sums (kv | out | qkv | all)
     mlp_score: str = "out"         # which weights of an MLP channel its score sums (out | in | all)
     uniform: bool = False          # every layer keeps the same number of KV groups and MLP channels
+    reconstruct: bool = False      # refit the kept o_proj / down_proj columns by least squares before slicing
     eval_seqlens: str = "128,2048"  # perplexity window lengths (CLI evaluation)
     eval_windows: int | None = None  # first N windows of each evaluation (None: the whole split)
 
@@ -261,9 +262,17 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         probs, history = policy.state.probs, policy.state.history
         masks = st.uniform_keep(probs, widths) if cfg.uniform else policy.hard_masks()
     seconds = time.time() - t0
+    compensation = None
+    if cfg.reconstruct:  # on the statistics windows (32 x 1024 C4 tokens unless the config says otherwise)
+        rec_cal = replace(calib, nsamples=cfg.init_nsamples or 32)
+        rec_windows = calibration_windows(lm, rec_cal, seqlen=min(cfg.init_seqlen or 1024, lm.seqlen))
+        t1 = time.time()
+        errors = st.compensate(lm.model, masks, rec_windows, progress=progress)
+        compensation = {"seconds": time.time() - t1, "windows": list(rec_windows.shape),
+                        "mean_relative_sq_error": sum(errors.values()) / len(errors)}
     before = st.count_params(lm.model)
     shapes = st.slice_model(lm.model, masks)
     after = st.count_params(lm.model)
     return {"masks": masks, "probs": probs, "history": history, "layer_shapes": shapes, "params_before": before,
             "params_after": after, "removed_fraction": 1 - after["prunable"] / before["prunable"],
-            "seconds": seconds, "calib_windows": int(windows.shape[0])}
+            "seconds": seconds, "calib_windows": int(windows.shape[0]), "compensation": compensation}

@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 
 from prunerzero.metric.simplify import simplify
+from prunerzero.experiments import STRUCTURAL_LATER_FIELDS
 from prunerzero import provenance
 from prunerzero.provenance import cpu_model
 
@@ -384,7 +385,7 @@ def test_structural_grids_hold_the_committed_runs(name):
             assert r["removed"] == 0 and r["structural"] is None
             continue
         cfg = methods[(r["method"], r["mode"])].structural_config(float(r["pattern"]), r["seed"])
-        assert r["structural"] == dataclasses.asdict(cfg)
+        assert {**STRUCTURAL_LATER_FIELDS, **r["structural"]} == dataclasses.asdict(cfg)  # older rows lack them
         assert abs(r["removed"] - cfg.sparsity) < 1e-3 and r["sparsity"] == cfg.sparsity
         assert (r["formula"] is None) == (cfg.init == "const")
 
@@ -488,12 +489,15 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
                     {"name": "c", "kind": "structural", "init": "const", "steps": 2, "nsamples": 2,
                      "calib_seqlen": 16, "batch_size": 1},
                     {"name": "f", "kind": "structural", "init": "oneshot", "formula": "mul(abs(W), sqrt(X))",
-                     "nsamples": 2, "calib_seqlen": 16}]}))
+                     "nsamples": 2, "calib_seqlen": 16},
+                    {"name": "f-ls", "kind": "structural", "init": "oneshot", "formula": "mul(abs(W), sqrt(X))",
+                     "nsamples": 2, "calib_seqlen": 16, "init_nsamples": 2, "init_seqlen": 16,
+                     "reconstruct": True}]}))
     out = tmp_path / "res"
     argv = ["bench", str(grid), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 0
     rows = read_rows(out / "rows.jsonl")
-    assert len(rows) == 1 + 3 * 2
+    assert len(rows) == 1 + 4 * 2
     dense = next(r for r in rows if r["method"] == "dense")
     for r in rows:
         assert set(r["ppl"]) == {"wikitext2@16", "wikitext2@32"} and r["windows"]["wikitext2@32"] == 2
@@ -508,6 +512,10 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
     md = (tmp_path / "res.md").read_text()
     assert md == render(load_grid(grid), rows)
     assert " ± " in md and "Not yet run" not in md and "| 30% | f | oneshot |" in md
+    ls = [r for r in rows if r["method"] == "f-ls"]
+    assert all(r["compensation"]["windows"] == [2, 16] and r["structural"]["reconstruct"] for r in ls)
+    assert all(r["compensation"] is None for r in rows if r["method"] in ("f", "c"))
+    assert "least squares on 2 x 16" in md and "as trained" in md
     before = (out / "rows.jsonl").read_text()
     assert main(argv) == 0
     assert (out / "rows.jsonl").read_text() == before

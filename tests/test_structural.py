@@ -301,3 +301,60 @@ def test_speed_harness_measures_memory_exactly_on_a_tiny_model():
     text = speed.render(both, {"model": "tiny"})
     assert text.count("## Memory") == 1 and text.count("\n| ") == 2 + 3 + 2 + 6   # speed table, memory table
     assert speed.row_id("dense", 0, 1, 8, 3, "memory") == "memory|" + speed.row_id("dense", 0, 1, 8, 3)
+
+
+def test_compensation_refits_kept_columns_lowers_the_error_and_slices_exactly(windows):
+    """--reconstruct: the removed structures' o_proj / down_proj columns become zero, the kept ones are refit; the
+    compensated model is closer to the dense one on the calibration windows than plain removal, each layer's
+    output error drops, and slicing afterwards computes exactly the compensated model."""
+    from prunerzero.prune.structural import compensate
+    from prunerzero.prune.structural.compensate import kept_columns
+
+    dense = make_tiny(layers=3)
+    lay = Layout.of(dense)
+    masks = random_masks(lay, seed=1)
+    with torch.no_grad():
+        ref = dense(windows).logits
+
+    def masked_logits(model):
+        hooks = StructureMasks(model)
+        hooks.set(masks[ATTN][None].float(), masks[MLP][None].float())
+        with torch.no_grad():
+            out = model(windows).logits
+        hooks.remove()
+        return out
+
+    plain = masked_logits(dense)
+    model = make_tiny(layers=3)
+    errors = compensate(model, masks, windows, progress=False)
+    assert set(errors) == {f"layers.{i}.{n}" for i in range(3) for n in ("o", "down")}
+    assert all(0 <= e < 1 for e in errors.values())
+    for i, (blk, blk_d) in enumerate(zip(model.model.layers, dense.model.layers)):
+        cols = kept_columns(model, masks, i)
+        for lin, lin_d, keep in ((blk.self_attn.o_proj, blk_d.self_attn.o_proj, cols["o"]),
+                                 (blk.mlp.down_proj, blk_d.mlp.down_proj, cols["down"])):
+            assert (lin.weight[:, ~keep] == 0).all()
+            assert not torch.equal(lin.weight[:, keep], lin_d.weight[:, keep])
+        assert torch.equal(blk.self_attn.q_proj.weight, blk_d.self_attn.q_proj.weight)   # rows are not touched
+    comp = masked_logits(model)
+    assert (comp - ref).norm() < (plain - ref).norm()
+    slice_model(model, masks)
+    with torch.no_grad():
+        torch.testing.assert_close(model(windows).logits, comp, rtol=1e-4, atol=1e-5)
+
+
+def test_reconstruct_is_its_own_cell_and_leaves_older_cell_keys_alone():
+    """``reconstruct: true`` makes another cell; at its default the key is the one committed rows were written with
+    (tests/test_results.py re-renders those grids from their rows)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from prunerzero.experiments import STRUCTURAL_CELL_FIELDS, Method
+
+    plain = Method("x", "wanda", "oneshot", "structural", (("preset", "official-pg"),))
+    rec = Method("x", "wanda", "oneshot", "structural", (("preset", "official-pg"), ("reconstruct", True)))
+    assert rec.config_key != plain.config_key
+    cfg = dataclasses.asdict(plain.structural_config(0.5, 0))
+    old = {k: v for k, v in cfg.items() if k not in STRUCTURAL_CELL_FIELDS and k != "reconstruct"}
+    assert plain.config_key == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8]
