@@ -191,11 +191,13 @@ class Grid:
     structural: StructuralEval | None = None   # set when the grid holds structural methods
     reference: tuple = ()           # methods: tables add each method's ratio to each (transfer reports)
     searched_on: tuple = ()         # (method, models its formula was searched on): marks search / other models
+    dense_at: int | None = None     # the seed of the dense cell, kept when ``with_seeds`` runs a subset of seeds
 
     @property
     def dense_seed(self) -> int:
-        """Dense perplexity does not depend on the calibration seed: its one cell is at the lowest seed."""
-        return min(self.seeds)
+        """Dense perplexity does not depend on the calibration seed: its one cell is at the grid's lowest seed, also
+        when a runner is given other seeds (``--seeds 1`` runs no dense cell rather than a second one at seed 1)."""
+        return min(self.seeds) if self.dense_at is None else self.dense_at
 
     def cell(self, model: str, method: Method, pattern: str, seed: int) -> Cell:
         ev = self.structural.identity() if self.structural else None
@@ -218,7 +220,7 @@ class Grid:
         return replace(self, protocol=self.protocol.with_(**changes)) if changes else self
 
     def with_seeds(self, seeds: list[int]) -> "Grid":
-        return replace(self, seeds=tuple(seeds))
+        return replace(self, seeds=tuple(seeds), dense_at=self.dense_seed)
 
     def with_formulas(self, formulas: dict[str, str]) -> "Grid":
         """Set the formula behind method labels (``found=mul(...)``), e.g. the one a selection chose."""

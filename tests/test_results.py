@@ -336,6 +336,28 @@ def test_runners_sharing_a_grid_skip_claimed_cells_and_take_over_dead_claims(tin
     assert len(ids) == len(set(ids)) == 3 and cells[0].id in ids and not list(claims.iterdir())
 
 
+def test_a_runner_of_some_seeds_runs_no_second_dense_cell(tmp_path):
+    """`--seeds 1` beside a runner of seed 0: the dense cell stays at the grid's lowest seed (run by that runner),
+    not a second dense cell at seed 1 that the grid's table never shows."""
+    import yaml
+
+    from prunerzero.experiments import load_grid
+
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "protocol": {"model": "smollm2"}, "seeds": [0, 1, 2],
+                                    "patterns": [0.5], "methods": ["dense", {"name": "magnitude"}]}))
+    grid = load_grid(path)
+    every = {c.id for c in grid.cells()}
+    dense = [c for c in grid.cells() if c.method.name == "dense"]
+    assert len(dense) == 1 and dense[0].seed == 0
+    for seeds in ([1], [2, 1], [2, 1, 0], [0]):
+        sub = grid.with_seeds(seeds)
+        ids = {c.id for c in sub.cells()}
+        assert ids <= every, seeds                                          # nothing outside the grid's table
+        assert (dense[0].id in ids) == (0 in seeds)
+        assert {c.seed for c in sub.cells() if c.method.name == "magnitude"} == set(seeds)
+
+
 def fake_run(tmp_path, name, formulas):
     run = tmp_path / name
     run.mkdir()
