@@ -146,6 +146,32 @@ def test_readme_allocation_table_is_the_rows():
         assert [c.strip("*") for c in cells[1:]] == want, cells
 
 
+def test_readme_admm_table_is_the_rows():
+    """The README's ADMM table (mean ± std over seeds 0, 1, 2) from procedures-c4-cpu's rows, and its verdicts: the
+    found metric + ADMM below SparseGPT beyond both spreads in every cell, and within Wanda + ADMM's spread."""
+    from prunerzero.experiments import fmt, verdict
+
+    _, rows, _ = grid_rows("procedures-c4-cpu")
+    table = _md_table((REPO / "README.md").read_text(), "| method | dataset | 50% | 60% | 70% | 2:4 | 4:8 |")
+    methods = {"SparseGPT": ("sparsegpt", "sequential"), "found mask + OBS": ("found-1m-obs", "sequential"),
+               "Wanda + ADMM": ("wanda-admm", "sequential"), "**found + ADMM**": ("found-1m-admm", "sequential")}
+    datasets = {"WikiText-2": "wikitext2", "C4": "c4"}
+    patterns = ("0.5", "0.6", "0.7", "2:4", "4:8")
+    assert len(table) == len(methods) * len(datasets)
+
+    def seeds(method, p, ds):
+        return [rows[(*methods[method], p, seed)]["ppl"][ds] for seed in (0, 1, 2)]
+
+    for cells in table:
+        ds = datasets[cells[1]]
+        assert [c.strip("*") for c in cells[2:]] == [fmt(seeds(cells[0], p, ds)) for p in patterns], cells
+    for ds in datasets.values():
+        for p in patterns:
+            found = seeds("**found + ADMM**", p, ds)
+            assert verdict(found, seeds("SparseGPT", p, ds)) == "better", (ds, p)
+            assert verdict(found, seeds("Wanda + ADMM", p, ds)) == "within spread", (ds, p)
+
+
 def test_readme_transfer_table_is_the_rows():
     """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
