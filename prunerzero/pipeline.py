@@ -56,9 +56,10 @@ def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int, windows_dige
 
 def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_g: bool = True,
                    windows: torch.Tensor | None = None, progress: bool = True, seqlen: int | None = None,
-                   need_h: bool = False, need_factor: bool = False) -> Stats:
+                   need_h: bool = False, need_factor: bool = False, need_hessian: bool = False) -> Stats:
     """X and/or G (and with ``need_h`` the Hessian terminal Hd, beside X; with ``need_factor`` also each layer's
-    OBS factor, for a fitness that reconstructs after the mask) of the dense model, each cached as
+    OBS factor, for a fitness that reconstructs after the mask; with ``need_hessian`` each layer's Hessian, for a
+    fitness that solves the kept weights or prunes by ADMM) of the dense model, each cached as
     safetensors under the cache dir (calibration windows of ``seqlen`` tokens, default ``lm.seqlen``, unless
     ``windows`` are given).
 
@@ -74,12 +75,14 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
     def provenance(s: Stats, **extra) -> Stats:
         return Stats(s.tensors, {**s.meta, "windows_sha1": digest, **extra})
 
-    if need_h or need_factor:  # X and Hd (and the OBS factor) in one file (one pass); percdamp 0.01 as SparseGPT
-        kind = "X+Hd+U:0.01" if need_factor else "X+Hd:0.01"
+    if need_h or need_factor or need_hessian:  # X and Hd (and the OBS factor, the Hessian) in one file (one
+        # pass); percdamp 0.01 as SparseGPT
+        kind = "X+Hd" + ("+U" if need_factor else "") + ("+H" if need_hessian else "") + ":0.01"
         stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, kind, seqlen, digest),
                                           lambda: provenance(activation_stats(lm.model, windows, cfg.batch_size,
                                                                               progress, hessian=True,
-                                                                              factor=need_factor))))
+                                                                              factor=need_factor,
+                                                                              keep_hessian=need_hessian))))
         need_x = False
     if need_x:
         stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X", seqlen, digest),

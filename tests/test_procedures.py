@@ -326,6 +326,53 @@ def test_reconstructing_fitness_equals_a_one_shot_prune_with_update(windows, pat
     assert res.parts[label] == res.parts[label + "+obs"]
 
 
+@pytest.mark.parametrize("update", ["lsq", "admm"])
+@pytest.mark.parametrize("pattern", [Pattern(0.5, "row"), TWO_FOUR])
+def test_solving_fitness_equals_a_one_shot_prune_with_update(windows, pattern, update):
+    """A setting with ``update: lsq`` (exact least-squares weights for the mask) or ``update: admm`` (ADMM, the
+    formula re-selecting the mask on the updated weights) gives the perplexity of ``prune_model(sequential=False,
+    update=...)`` from the layer Hessians cached in the statistics; the dense weights come back afterwards. An ADMM
+    part's fingerprint is of its final masks (here not the metric's mask on the dense weights), and a repeat of
+    those masks is answered by the mask cache."""
+    from prunerzero.evaluate import perplexity
+    from prunerzero.search.fitness import FitnessEvaluator
+
+    model = make_tiny()
+    stats = activation_stats(model, windows, progress=False, keep_hessian=True)
+    assert stats.terms() == {"X", "Hd"} and stats.hessian("layers.0.self_attn.q_proj").shape == (64, 64)
+    dense = {k: lin.weight.clone() for k, lin in all_prunable(model).items()}
+    evalw = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(5))
+    ev = FitnessEvaluator(model, stats, [pattern, pattern], evalw, name="tiny", updates=[update, "none"])
+    res = ev(str(WANDA))
+    label = f"tiny|{pattern.slug}"
+    assert set(res.ppls) == {f"{label}+{update}", label} and res.hit == "eval"
+    assert all(torch.equal(lin.weight, dense[k]) for k, lin in all_prunable(model).items())
+
+    ref = make_tiny()
+    prune_model(ref, WANDA, pattern, windows, sequential=False, progress=False, update=update)
+    assert res.ppls[f"{label}+{update}"] == pytest.approx(perplexity(ref, evalw), rel=1e-5)
+    masked = make_tiny()
+    prune_model(masked, WANDA, pattern, windows, sequential=False, progress=False)
+    assert res.ppls[label] == perplexity(masked, evalw) != res.ppls[f"{label}+{update}"]
+    assert (res.parts[label] == res.parts[f"{label}+{update}"]) == (update == "lsq")
+    # the same formula again: every part from the mask cache, the weights dense again
+    again = ev("mul(sqrt(X), abs(W))")
+    assert again.hit == "mask" and again.ppls == res.ppls
+    assert all(torch.equal(lin.weight, dense[k]) for k, lin in all_prunable(model).items())
+
+
+def test_solving_fitness_needs_the_hessians_in_the_statistics(windows):
+    from prunerzero.search.fitness import FitnessEvaluator
+
+    model = make_tiny()
+    dense = {k: lin.weight.clone() for k, lin in all_prunable(model).items()}
+    ev = FitnessEvaluator(model, activation_stats(model, windows, progress=False), Pattern(0.5, "row"),
+                          windows[:1], updates=["admm"])
+    res = ev(str(WANDA))
+    assert res.hit == "error" and "lack the layer Hessian" in res.error
+    assert all(torch.equal(lin.weight, dense[k]) for k, lin in all_prunable(model).items())
+
+
 def test_obs_factor_round_trips_through_the_statistics_file(windows, tmp_path):
     from prunerzero.calibration import Stats
 
@@ -350,10 +397,37 @@ def test_reconstruct_space_and_update_setting_validation():
     # "none" is the default and is not recorded, so earlier runs' settings (and their resume checks) are unchanged
     assert "update" not in validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "none"}]}}).fitness[
         "settings"][0]
-    with pytest.raises(UserError, match=r"fitness.settings\[0\].update must be none or obs"):
+    with pytest.raises(UserError, match=r"fitness.settings\[0\].update must be none, obs .* lsq .* or admm"):
         validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "lbfgs"}]}})
     with pytest.raises(UserError, match="repeats the setting"):
         validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "obs"}, {"sparsity": 0.5, "update": "obs"}]}})
+
+
+def test_search_with_an_admm_setting_end_to_end(tiny_model_dir, tmp_path):
+    """The CLI search on a space whose setting prunes by ADMM: the statistics file holds the Hessians, every record
+    has the +admm part, and the reference (Wanda's metric with the same ADMM) scores 0."""
+    import yaml
+    from safetensors import safe_open
+
+    from prunerzero.cli import main
+    from prunerzero.search.engine import read_evaluations
+
+    raw = yaml.safe_load(open("search_spaces/tiny.yaml"))
+    raw["fitness"] = {"model": str(tiny_model_dir), "settings": [{"sparsity": 0.5, "update": "admm"}],
+                      "reference": "wanda", "eval_windows": 1, "seqlen": 64, "nsamples": 2, "device": "cpu"}
+    raw["gp"].update(population=4, generations=1)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["search", "--space", str(path), "--out", str(tmp_path / "run"), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    recs = [r for r in read_evaluations(tmp_path / "run") if r["hit"] != "error"]
+    assert recs and all(list(r["ppls"]) == [f"{tiny_model_dir}|u0.5-row+admm"] for r in recs)
+    assert [r["score"] for r in recs if r["formula"] == "mul(abs(W), sqrt(X))"][0] == 0.0
+    keys = set()
+    for file in (tmp_path / "cache" / "stats").glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            keys |= set(f.keys())
+    assert "layers.0.mlp.down_proj/_H" in keys
 
 
 def test_search_with_a_reconstructing_setting_end_to_end(tiny_model_dir, tmp_path):

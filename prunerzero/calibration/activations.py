@@ -43,7 +43,8 @@ class InputStats:
 
 
 def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = True,
-                     hessian: bool = False, percdamp: float = 0.01, factor: bool = False) -> Stats:
+                     hessian: bool = False, percdamp: float = 0.01, factor: bool = False,
+                     keep_hessian: bool = False) -> Stats:
     """One-shot X for every prunable layer from the dense model, block by block (bounded memory).
 
     ``hessian=True`` also gives the Hessian-aware terminal Hd = 1 / diag(H_damped^-1), stored as [1, in]
@@ -52,10 +53,13 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
     factor U of the damped H^-1 and the dead-input flags (``prune.sparsegpt.hinv_factor``), as the reserved terms
     ``_U`` [in, in] and ``_dead`` [in] (``Stats.factor``; formulas never see them): a search that reconstructs
     after every candidate's mask factorises each layer once, not once per candidate.
+    ``keep_hessian=True`` (implies ``hessian``) keeps each layer's Hessian itself as the reserved term ``_H``
+    [in, in] (``Stats.hessian``), for a fitness whose setting solves the kept weights exactly (``lsq``) or prunes
+    by ADMM (``admm``), both from the layer Hessian (``prune.admm``).
     """
     from ..prune.sparsegpt import hinv_factor, obs_diag
 
-    hessian = hessian or factor
+    hessian = hessian or factor or keep_hessian
 
     runner = BlockRunner(model, windows, batch_size)
     out: dict[str, dict[str, torch.Tensor]] = {}
@@ -70,6 +74,8 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
                 if factor:
                     U, dead = hinv_factor(h.H, percdamp)
                     out[f"layers.{i}.{n}"].update(_U=U.cpu(), _dead=dead.to(torch.uint8).cpu())
+                if keep_hessian:
+                    out[f"layers.{i}.{n}"]["_H"] = h.H.cpu()
                 h.H = None
         runner.advance(outs)
     meta = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1])}

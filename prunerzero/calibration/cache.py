@@ -34,6 +34,10 @@ class Stats:
             return None
         return d["_U"], d["_dead"].to(torch.bool)
 
+    def hessian(self, key: str) -> torch.Tensor | None:
+        """One layer's Hessian 2/n X X^T (``activation_stats(keep_hessian=True)``), or None without it."""
+        return self.tensors.get(key, {}).get("_H")
+
     def env(self, key: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The terminal values a formula sees for one layer, in fp32 on the weight's device."""
         w = weight.detach().float()

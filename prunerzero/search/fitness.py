@@ -129,9 +129,12 @@ class Target:
         self.snapshot = WeightSnapshot(self.linears)
 
 
+UPDATES = ("none", "obs", "lsq", "admm")
+
+
 def part_label(model: str, pattern: Pattern, update: str = "none") -> str:
-    """``<model>|<pattern slug>``, with ``+obs`` when the kept weights are reconstructed after the mask."""
-    return f"{model}|{pattern.slug}" + ("+obs" if update == "obs" else "")
+    """``<model>|<pattern slug>``, with ``+obs`` / ``+lsq`` / ``+admm`` when the kept weights are updated."""
+    return f"{model}|{pattern.slug}" + ("" if update == "none" else f"+{update}")
 
 
 @torch.no_grad()
@@ -163,14 +166,19 @@ class FitnessEvaluator:
     its perplexity, so a part whose masks were measured before is not measured again. The candidate is a ``mask``
     hit when every part is. ``FitnessEvaluator(model, stats, pattern, windows)`` is the one-model, one-setting
     case; ``patterns`` and ``add_model`` make more parts. ``updates`` (one per pattern, default ``none``): ``obs``
-    reconstructs the kept weights after the mask (``reconstruct``), from the OBS factor in each model's stats."""
+    reconstructs the kept weights after the mask (``reconstruct``), from the OBS factor in each model's stats;
+    ``lsq`` gives them their exact least-squares values and ``admm`` prunes by ADMM with the formula re-selecting
+    the mask on the updated weights (``prune.admm``), both from the layer Hessians in the stats, normalised once
+    per layer and run. An ``admm`` part's masks are only known after its update, so its fingerprint (and the mask
+    cache) is of the final masks, whose kept weights are their least-squares solution."""
 
     def __init__(self, model, stats: Stats, pattern: Pattern | list[Pattern], windows: torch.Tensor,
                  batch_size: int = 1, penalty: float = 1e5, name: str = "model", updates: list[str] | None = None):
         self.patterns = list(pattern) if isinstance(pattern, (list, tuple)) else [pattern]
         self.updates = list(updates) if updates is not None else ["none"] * len(self.patterns)
-        if len(self.updates) != len(self.patterns) or not set(self.updates) <= {"none", "obs"}:
-            raise ValueError(f"updates must be none/obs, one per pattern, got {updates}")
+        if len(self.updates) != len(self.patterns) or not set(self.updates) <= set(UPDATES):
+            raise ValueError(f"updates must be one of {'/'.join(UPDATES)}, one per pattern, got {updates}")
+        self._norms: dict[tuple, object] = {}   # (model, layer) -> prune.admm.Normalised of its Hessian
         self.targets = [Target(name, model, stats, windows)]
         self.batch_size = batch_size
         self.penalty = penalty
@@ -215,25 +223,37 @@ class FitnessEvaluator:
             for pattern, update in zip(self.patterns, self.updates):
                 label = part_label(target.name, pattern, update)
                 try:
-                    if slug == "uniform" or pattern.is_nm:   # N:M fixes every group: the gene does not apply
+                    # N:M fixes every group: the allocation gene does not apply
+                    counts = None if slug == "uniform" or pattern.is_nm else self._counts(target, pattern, slug)
+                    if update == "admm":   # the weights change here, and the masks with them
+                        masks = self._admm(node, target, pattern, counts)
+                    elif counts is None:
                         masks = batched_masks(node, target.linears, target.stats, pattern)
                     else:
-                        masks = self._allocated_masks(node, target, pattern, slug)
+                        masks = self._allocated_masks(node, target, pattern, counts)
                 except (MetricError, FormulaError, UserError) as exc:
+                    if update == "admm":
+                        target.snapshot.restore()
                     return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc),
                                          windows=windows)
                 except torch.OutOfMemoryError:
+                    if update == "admm":
+                        target.snapshot.restore()
                     return self._out_of_memory(formula, t0, None, windows)
                 fp = mask_fingerprint(masks)
                 parts[label] = fp
                 cached = self.by_mask.get((label, fp, windows))
                 if cached is not None:
+                    if update == "admm":
+                        target.snapshot.restore()
                     ppls[label] = cached
                     continue
                 try:
                     if update == "obs":
                         reconstruct(target.linears, masks, target.stats)
-                    else:
+                    elif update == "lsq":
+                        self._lsq(target, masks)
+                    elif update == "none":
                         for key, mask in masks.items():
                             apply_mask(target.linears[key], mask)
                     del masks
@@ -254,11 +274,10 @@ class FitnessEvaluator:
         return FitnessResult(formula, geometric_mean(ppls.values()), hit, time.time() - t0, fp, error,
                              ppls=ppls, parts=parts, windows=windows)
 
-    def _allocated_masks(self, node, target: Target, pattern: Pattern, slug: str) -> dict[str, torch.Tensor]:
-        """Masks with a layer-wise allocation gene: per-layer prune counts (``allocation.allocate``: OWL from
-        the dense one-shot X of the statistics, or a per-depth schedule; the total exact), then the formula's
-        lowest scores per row (or per layer) up to each count."""
-        from ..prune.allocation import Allocation, allocate, mask_with_count
+    def _counts(self, target: Target, pattern: Pattern, slug: str) -> dict[str, int]:
+        """Per-layer prune counts of a layer-wise allocation gene (``allocation.allocate``: OWL from the dense
+        one-shot X of the statistics, or a per-depth schedule; the total exact), computed once per gene."""
+        from ..prune.allocation import Allocation, allocate
 
         key = (target.name, slug, pattern.slug)
         if key not in self.counts:
@@ -273,12 +292,67 @@ class FitnessEvaluator:
                 return x
 
             self.counts[key] = allocate(target.model, alloc, pattern, x_of)
-        counts = self.counts[key]
+        return self.counts[key]
+
+    def _allocated_masks(self, node, target: Target, pattern: Pattern, counts: dict) -> dict[str, torch.Tensor]:
+        """Masks with a layer-wise allocation: the formula's lowest scores per row (or per layer) up to each
+        layer's count."""
+        from ..prune.allocation import mask_with_count
+
         out = {}
         for name, lin in target.linears.items():
-            env = target.stats.env(name, lin.weight) if target.stats is not None else {"W": lin.weight.detach().float()}
-            out[name] = mask_with_count(metric_score(node, env, name), pattern, counts[name])
+            out[name] = mask_with_count(metric_score(node, self._env(target, name, lin), name), pattern,
+                                        counts[name])
         return out
+
+    @staticmethod
+    def _env(target: Target, name: str, lin) -> dict[str, torch.Tensor]:
+        return target.stats.env(name, lin.weight) if target.stats is not None else {"W": lin.weight.detach().float()}
+
+    def _normalised(self, target: Target, name: str):
+        """The layer's Hessian in the basis ``prune.admm`` works in (with ADMM's inverse when a setting runs
+        ADMM), from the statistics, once per layer and run."""
+        from ..prune.admm import ADMM_RHO, normalise
+
+        key = (target.name, name)
+        if key not in self._norms:
+            H = target.stats.hessian(name) if target.stats is not None else None
+            if H is None:
+                raise UserError(f"statistics lack the layer Hessian of {name}: compute them with the lsq/admm "
+                                "setting (delete the statistics cache and rerun)")
+            percdamp = float(target.stats.meta.get("percdamp", 0.01))
+            rho = ADMM_RHO if "admm" in self.updates else None
+            self._norms[key] = normalise(H.to(target.linears[name].weight.device), percdamp, rho)
+        return self._norms[key]
+
+    @torch.no_grad()
+    def _lsq(self, target: Target, masks: dict[str, torch.Tensor]) -> None:
+        """Prune ``masks`` and give the kept weights their least-squares values (``prune --update lsq``)."""
+        from ..prune.admm import lsq_update
+
+        for name, mask in masks.items():
+            lin = target.linears[name]
+            lin.weight.copy_(lsq_update(lin.weight, None, mask, norm=self._normalised(target, name))
+                             .to(lin.weight.dtype))
+
+    @torch.no_grad()
+    def _admm(self, node, target: Target, pattern: Pattern, counts: dict | None) -> dict[str, torch.Tensor]:
+        """ADMM per layer with the formula re-selecting the mask on the current weights (``prune --update admm``,
+        one-shot statistics); the weights are updated in place; returns the final masks."""
+        from ..prune.admm import admm_prune
+
+        masks = {}
+        for name, lin in target.linears.items():
+            env = self._env(target, name, lin)
+
+            def score_of(w: torch.Tensor, env=env, name=name) -> torch.Tensor:
+                return metric_score(node, {**env, "W": w}, name)
+
+            new, masks[name] = admm_prune(lin.weight, None, pattern, score_of,
+                                          count=None if counts is None else counts[name],
+                                          norm=self._normalised(target, name))
+            lin.weight.copy_(new.to(lin.weight.dtype))
+        return masks
 
     def learn(self, records) -> None:
         """Parts measured elsewhere (another worker, or the run before a resume) answer from the cache."""

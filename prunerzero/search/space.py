@@ -107,7 +107,7 @@ class SearchSpace:
 
 
 SETTING_KEYS = ("sparsity", "pattern", "group", "sequential", "update")
-UPDATES = ("none", "obs")
+UPDATES = ("none", "obs", "lsq", "admm")
 FIDELITY_KEYS = ("windows", "keep", "audit")
 COMBINE = ("mean", "worst")
 
@@ -137,11 +137,13 @@ def settings_of(fit: dict) -> list[dict]:
 
 
 def setting_slug(setting: dict) -> str:
-    """A setting's name in part labels and logs: the pattern's slug, ``+obs`` when the kept weights are updated."""
+    """A setting's name in part labels and logs: the pattern's slug, ``+obs`` / ``+lsq`` / ``+admm`` when the kept
+    weights are updated."""
     from ..prune.masks import parse_pattern
 
     slug = parse_pattern(setting["sparsity"], setting["pattern"], setting["group"]).slug
-    return slug + ("+obs" if setting.get("update", "none") == "obs" else "")
+    update = setting.get("update", "none")
+    return slug + ("" if update == "none" else f"+{update}")
 
 
 def _check_settings(fit: dict, given: dict) -> None:
@@ -172,8 +174,9 @@ def _check_settings(fit: dict, given: dict) -> None:
         one = _check_pattern(one, s, where)
         update = one.pop("update", "none")
         if update not in UPDATES:
-            raise UserError(f"{where}update must be none or obs (OBS reconstruction of the kept weights after the "
-                            f"mask), got {update!r}")
+            raise UserError(f"{where}update must be none, obs (OBS reconstruction of the kept weights after the "
+                            f"mask), lsq (their exact least-squares values) or admm (ADMM, the formula re-selecting "
+                            f"the mask), got {update!r}")
         if update != "none":   # recorded only when used: earlier runs' settings stay as they were
             one["update"] = update
         slug = setting_slug(one)

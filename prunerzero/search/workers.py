@@ -36,7 +36,8 @@ def fitness_patterns(fitness: dict) -> list:
 
 
 def fitness_updates(fitness: dict) -> list[str]:
-    """Per setting, what happens to the kept weights after the mask: ``none`` or ``obs`` (reconstruction)."""
+    """Per setting, what happens to the kept weights: ``none``, ``obs`` (OBS reconstruction after the mask), ``lsq``
+    (their exact least-squares values) or ``admm`` (ADMM with the formula re-selecting the mask, then lsq)."""
     from .space import settings_of
 
     return [s.get("update", "none") for s in settings_of(fitness)]
@@ -44,11 +45,14 @@ def fitness_updates(fitness: dict) -> list[str]:
 
 def _stats_for(lm, fitness: dict, terminals: list[str], data_dir, cache, progress: bool):
     """One model's one-shot statistics for the space: X/G as the terminals need, Hd when a terminal, the OBS
-    factor when a setting reconstructs (all cached on disk)."""
+    factor when a setting reconstructs by OBS, the layer Hessians when one solves (lsq) or runs ADMM (all cached
+    on disk)."""
     calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
     need_x, need_g = needs_of(set(terminals))
+    updates = set(fitness_updates(fitness))
     return one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress,
-                          need_h="Hd" in terminals, need_factor="obs" in fitness_updates(fitness))
+                          need_h="Hd" in terminals, need_factor="obs" in updates,
+                          need_hessian=bool(updates & {"lsq", "admm"}))
 
 
 def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=None, progress: bool = False) -> None:
