@@ -403,9 +403,14 @@ def test_reconstruct_space_and_update_setting_validation():
         validate({"fitness": {"settings": [{"sparsity": 0.5, "update": "obs"}, {"sparsity": 0.5, "update": "obs"}]}})
 
 
-def test_search_with_an_admm_setting_end_to_end(tiny_model_dir, tmp_path):
-    """The CLI search on a space whose setting prunes by ADMM: the statistics file holds the Hessians, every record
-    has the +admm part, and the reference (Wanda's metric with the same ADMM) scores 0."""
+@pytest.mark.parametrize("setting, part, stored", [({"pattern": "2:4", "update": "obs"}, "2of4+obs", "_U"),
+                                                   ({"sparsity": 0.5, "update": "admm"}, "u0.5-row+admm", "_H")])
+def test_search_with_an_updating_setting_end_to_end(tiny_model_dir, tmp_path, setting, part, stored):
+    """The CLI search on a space whose setting updates the kept weights (OBS after the mask; ADMM with the formula
+    re-selecting it): the statistics file holds what the update needs (the OBS factor; the layer Hessians), every
+    record has the +obs / +admm part, and the reference (Wanda's metric with the same update) scores 0."""
+    import json
+
     import yaml
     from safetensors import safe_open
 
@@ -413,7 +418,7 @@ def test_search_with_an_admm_setting_end_to_end(tiny_model_dir, tmp_path):
     from prunerzero.search.engine import read_evaluations
 
     raw = yaml.safe_load(open("search_spaces/tiny.yaml"))
-    raw["fitness"] = {"model": str(tiny_model_dir), "settings": [{"sparsity": 0.5, "update": "admm"}],
+    raw["fitness"] = {"model": str(tiny_model_dir), "settings": [setting],
                       "reference": "wanda", "eval_windows": 1, "seqlen": 64, "nsamples": 2, "device": "cpu"}
     raw["gp"].update(population=4, generations=1)
     path = tmp_path / "space.yaml"
@@ -421,35 +426,12 @@ def test_search_with_an_admm_setting_end_to_end(tiny_model_dir, tmp_path):
     assert main(["search", "--space", str(path), "--out", str(tmp_path / "run"), "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     recs = [r for r in read_evaluations(tmp_path / "run") if r["hit"] != "error"]
-    assert recs and all(list(r["ppls"]) == [f"{tiny_model_dir}|u0.5-row+admm"] for r in recs)
+    assert recs and all(list(r["ppls"]) == [f"{tiny_model_dir}|{part}"] for r in recs)
     assert [r["score"] for r in recs if r["formula"] == "mul(abs(W), sqrt(X))"][0] == 0.0
+    refs = json.loads((tmp_path / "run" / "references.json").read_text())
+    assert list(refs["levels"]["0"]["ppls"]) == [f"{tiny_model_dir}|{part}"]
     keys = set()
     for file in (tmp_path / "cache" / "stats").glob("*.safetensors"):
         with safe_open(str(file), "pt") as f:
             keys |= set(f.keys())
-    assert "layers.0.mlp.down_proj/_H" in keys
-
-
-def test_search_with_a_reconstructing_setting_end_to_end(tiny_model_dir, tmp_path):
-    """The CLI search on a space whose setting reconstructs: the statistics file holds the factor, every record
-    has the +obs part, and the reference (Wanda + OBS) scores 0."""
-    import json
-
-    import yaml
-
-    from prunerzero.cli import main
-    from prunerzero.search.engine import read_evaluations
-
-    raw = yaml.safe_load(open("search_spaces/tiny.yaml"))
-    raw["fitness"] = {"model": str(tiny_model_dir), "settings": [{"pattern": "2:4", "update": "obs"}],
-                      "reference": "wanda", "eval_windows": 1, "seqlen": 64, "nsamples": 2, "device": "cpu"}
-    raw["gp"].update(population=4, generations=1)
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["search", "--space", str(path), "--out", str(tmp_path / "run"), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
-    recs = [r for r in read_evaluations(tmp_path / "run") if r["hit"] != "error"]
-    assert recs and all(list(r["ppls"]) == [f"{tiny_model_dir}|2of4+obs"] for r in recs)
-    assert [r["score"] for r in recs if r["formula"] == "mul(abs(W), sqrt(X))"][0] == 0.0
-    refs = json.loads((tmp_path / "run" / "references.json").read_text())
-    assert list(refs["levels"]["0"]["ppls"]) == [f"{tiny_model_dir}|2of4+obs"]
+    assert f"layers.0.mlp.down_proj/{stored}" in keys
