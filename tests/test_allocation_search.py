@@ -121,7 +121,7 @@ def test_fitness_masks_with_a_gene_equal_the_prune_path_and_keep_the_total(tiny4
     model, stats, evalw = tiny4
     pattern = Pattern(0.5, "row")
     ev = FitnessEvaluator(model, stats, [pattern, parse_pattern(0.5, "2:4", "row")], evalw)
-    masks = ev._allocated_masks(parse(WANDA), ev.targets[0], pattern, slug)
+    masks = ev._allocated_masks(parse(WANDA), ev.targets[0], pattern, ev._counts(ev.targets[0], pattern, slug))
     # the same counts and masks as `prune --allocation` (one-shot statistics given)
     counts = allocate(model, Allocation.from_dict(genes.allocation_dict(slug)), pattern,
                       lambda b, n: stats.tensors[f"layers.{b}.{n}"]["X"])
