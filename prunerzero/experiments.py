@@ -864,6 +864,8 @@ def render_structural(grid: Grid, rows: list[dict]) -> str:
         for ds, L in keys:
             vals = [r["ppl"][f"{ds}@{L}"] for r in found if f"{ds}@{L}" in r["ppl"]]
             ppl.append(fmt(vals))
+        n = "" if len(found) in (1, len(grid.seeds)) or dense else f" (n={len(found)})"
+        ppl = [c + n if c != "-" else c for c in ppl]
         first = found[0]
         out = [*ppl, "-" if first["params"] is None else f"{first['params']:,}", f"{first['removed']:.3%}"]
         if timed:
@@ -872,8 +874,7 @@ def render_structural(grid: Grid, rows: list[dict]) -> str:
         losses = [r["final_loss"] for r in found if r.get("final_loss") is not None]
         out.append(f"{statistics.fmean(losses):.3f}" if losses and not dense else "-")
         out.append("-" if dense else f"{statistics.fmean(r['prune_seconds'] for r in found):.0f}")
-        n = "" if len(found) in (1, len(grid.seeds)) or dense else f" (n={len(found)})"
-        return " | ".join(out) + f" |{n}"
+        return " | ".join(out) + " |"
 
     for model in grid.models:
         lines += [f"**{model}, structural pruning, {proto.eval_split} split**", "", head,

@@ -384,6 +384,20 @@ def test_a_runner_of_some_seeds_runs_no_second_dense_cell(tmp_path):
         assert {c.seed for c in sub.cells() if c.method.name == "magnitude"} == set(seeds)
 
 
+def test_a_structural_table_with_missing_seeds_keeps_its_columns():
+    """A method with fewer seeds than the grid says so inside its perplexity cell (``(n=2)``), not after the row."""
+    from prunerzero.experiments import load_grid, read_rows, render
+
+    grid = load_grid(REPO / "grids" / "structural-official-lr-cpu.yaml")
+    rows = read_rows(RESULTS / "structural-official-lr-cpu" / "rows.jsonl")
+    drop = next(r["id"] for r in rows if r["method"] == "official/lr0.02" and r["seed"] == 1)
+    md = render(grid, [r for r in rows if r["id"] != drop])
+    table = [ln for ln in md.splitlines() if ln.startswith("| 20% |") or ln.startswith("| 0 |")]
+    assert len({ln.count("|") for ln in table}) == 1 and all(ln.endswith("|") for ln in table)
+    line = next(ln for ln in table if "| official/lr0.02 |" in ln)
+    assert line.split("|")[4].strip().endswith("(n=2)")
+
+
 def fake_run(tmp_path, name, formulas):
     run = tmp_path / name
     run.mkdir()
