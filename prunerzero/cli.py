@@ -676,6 +676,9 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2, one line) and --help (exit 0)
         return int(exc.code or 0)
+    from .provenance import git_state
+
+    git_state()   # the commit of the code this process loaded, not of the tree when its first row is written
     try:
         args.func(args)
     except UserError as exc:

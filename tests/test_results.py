@@ -62,6 +62,33 @@ def test_git_state_is_dirty_for_code_but_not_for_results(tmp_path, monkeypatch):
         provenance.git_state.cache_clear()
 
 
+def test_rows_name_the_commit_a_command_started_from(tmp_path, monkeypatch):
+    """A long `prunerzero bench` writes rows long after it loaded its code: their commit is the one at its start,
+    not whatever HEAD is when a row is written."""
+    import subprocess
+
+    from prunerzero.cli import main
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    provenance.git_state.cache_clear()
+    try:
+        first = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                               text=True).stdout.strip()
+        assert main(["bench", str(tmp_path / "missing.yaml")]) == 2      # any command: the state is taken first
+        git("commit", "-q", "--allow-empty", "-m", "second")             # a commit while the command runs
+        assert provenance.git_state()["commit"] == first
+    finally:
+        provenance.git_state.cache_clear()
+
+
 def test_every_grid_has_committed_rows():
     assert GRIDS, "no grids/*.yaml found"
     for path in GRIDS:
