@@ -199,6 +199,25 @@ def test_readme_admm_table_is_the_rows():
             assert verdict(found, seeds("Wanda + ADMM", p, ds)) == "within spread", (ds, p)
 
 
+def test_readme_structural_refit_figures_are_the_rows():
+    """The README's least-squares refit figures (20%, three seeds) from structural-official-lr-cpu's rows, and the
+    verdicts it states: each refit policy better than the same policy without it, the two starts within spread."""
+    from prunerzero.experiments import fmt, verdict
+
+    _, rows, _ = grid_rows("structural-official-lr-cpu")
+    readme = (REPO / "README.md").read_text()
+
+    def ppl(method):
+        return [rows[(method, "metric", "0.2", seed)]["ppl"]["wikitext2@128"] for seed in (0, 1, 2)]
+
+    for method in ("official/lr0.02+ls", "found/lr0.02+ls", "official/lr0.02", "found/lr0.02"):
+        assert f"**{fmt(ppl(method))}**" in readme or fmt(ppl(method)) in readme, method
+    for start in ("official", "found"):
+        assert verdict(ppl(f"{start}/lr0.02+ls"), ppl(f"{start}/lr0.02")) == "better"
+        assert max(ppl(f"{start}/lr0.02+ls")) < 129.96    # the official code's 300-step figure
+    assert verdict(ppl("found/lr0.02+ls"), ppl("official/lr0.02+ls")) == "within spread"
+
+
 def test_readme_transfer_table_is_the_rows():
     """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""

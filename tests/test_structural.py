@@ -191,9 +191,23 @@ def test_official_preset_values_and_explicit_overrides():
     over = structural_config("official-pg", lr=0.02, steps=7, eval_windows=None)
     assert (over.lr, over.steps, over.eval_windows, over.batch_size) == (0.02, 7, 320, 8)
     assert structural_config() == StructuralConfig()
-    assert set(STRUCTURAL_PRESETS) == {"official-pg"}
+    assert set(STRUCTURAL_PRESETS) == {"official-pg", "official-pg-ls"}
     with pytest.raises(UserError, match="unknown structural preset 'nope': use official-pg"):
         structural_config("nope")
+
+
+def test_the_best_measured_preset_is_the_measured_cell():
+    """``--preset official-pg-ls`` at 300 steps is exactly the grid cell behind its numbers (official/lr0.02+ls)."""
+    from conftest import REPO
+
+    from prunerzero.experiments import load_grid
+    from prunerzero.pipeline import structural_config
+
+    grid = load_grid(REPO / "grids" / "structural-official-lr-cpu.yaml")
+    (method,) = [m for m in grid.methods if m.name == "official/lr0.02+ls"]
+    for seed in grid.seeds:
+        assert method.structural_config(0.2, seed) == structural_config("official-pg-ls", steps=300, sparsity=0.2,
+                                                                        seed=seed)
 
 
 def test_cli_defaults_come_from_structural_config():
