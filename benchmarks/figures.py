@@ -1,6 +1,8 @@
-"""Render the README's headline figure from committed result rows (no model needed).
+"""Render the README's figures from committed result rows (no model needed).
 
     python benchmarks/figures.py --rows results/confirm-gpu/rows.jsonl --out results/headline.png
+    python benchmarks/figures.py --curves results/structural-curve-cpu/rows.jsonl --key wikitext2@128 \
+        --target 129.96 --out results/structural-curve-cpu.png
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from prunerzero.experiments import read_rows  # noqa: E402
-from prunerzero.report import compare_bar  # noqa: E402
+from prunerzero.report import compare_bar, plot_curves  # noqa: E402
 
 
 def main():
@@ -20,7 +22,24 @@ def main():
     ap.add_argument("--rows", default="results/confirm-gpu/rows.jsonl", help="rows written by prunerzero bench")
     ap.add_argument("--out", default="results/headline.png")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--curves", default=None,
+                    help="structural rows with learning curves (curve_every): plot perplexity against step instead")
+    ap.add_argument("--key", default="wikitext2@128", help="with --curves: the perplexity plotted")
+    ap.add_argument("--target", type=float, default=None, help="with --curves: a perplexity to mark")
     args = ap.parse_args()
+    if args.curves:
+        rows = read_rows(args.curves)
+        curved = [r for r in rows if r.get("curve")]
+        if not curved:
+            raise SystemExit(f"error: no row of {args.curves} has a learning curve: run a grid with curve_every")
+        dense = next((r["ppl"].get(args.key) for r in rows if r["method"] == "dense"), None)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        plot_curves(curved, args.key, ax, args.target, dense)
+        ax.set_title(args.title or "Structural policy gradient: learning curves")
+        fig.tight_layout()
+        fig.savefig(args.out, dpi=120)
+        print(f"wrote {args.out}")
+        return
     rows = read_rows(args.rows)
     dense = next((r for r in rows if r["method"] == "dense"), None)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -405,17 +405,19 @@ STRUCTURAL_FIELDS = {"sparsity": "sparsity", "metric": "metric", "init": "init",
                      "samples": "samples", "lr": "lr", "pg_batch_size": "batch_size", "calib_seqlen": "calib_seqlen",
                      "nsamples": "nsamples", "init_nsamples": "init_nsamples", "init_seqlen": "init_seqlen",
                      "seed": "seed", "attn_score": "attn_score", "mlp_score": "mlp_score",
-                     "eval_seqlens": "eval_seqlens", "eval_windows": "eval_windows", "reconstruct": "reconstruct"}
+                     "eval_seqlens": "eval_seqlens", "eval_windows": "eval_windows", "reconstruct": "reconstruct",
+                     "curve_every": "curve_every"}
 
 
 def cmd_structural(args) -> None:
-    from .pipeline import CalibConfig, eval_at, structural, structural_config
+    from .pipeline import CalibConfig, check_structural, eval_at, structural, structural_config
     from .prune.structural import forward_latency, save_structural
 
     if args.save:
         require_empty(args.save, "--save folder")
     explicit = {field: getattr(args, name) for name, field in STRUCTURAL_FIELDS.items()}
     cfg = structural_config(args.preset, uniform=args.uniform or None, **explicit)
+    check_structural(cfg)
     if cfg.init in ("metric", "oneshot"):
         from .metric.known import resolve_metric
         resolve_metric(cfg.metric)
@@ -441,8 +443,12 @@ def cmd_structural(args) -> None:
             payload["latency_before_s"] = forward_latency(lm.model, lat_len, repeats=reps)
         for L, res in payload["dense"].items():
             print(f"dense   seqlen {L}: {_ppl_line(res)}", flush=True)
+    def curve_eval():  # every length and dataset of the final evaluation, quietly
+        return {f"{ds}@{L}": r["ppl"] for L in seqlens
+                for ds, r in eval_at(lm, L, datasets, cfg.eval_windows, args.batch_size, args.data_dir, False).items()}
+
     res = structural(lm, cfg, CalibConfig(seed=cfg.seed, data_dir=args.data_dir, cache=args.cache_dir),
-                     progress=not args.quiet)
+                     progress=not args.quiet, curve_eval=curve_eval)
     payload.update({k: v for k, v in res.items() if k not in ("masks", "probs")})
     payload["pruned"] = evaluate()
     if reps:
@@ -620,6 +626,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows (the statistics windows: --init-nsamples x --init-seqlen, default 32 x 1024)")
     p.add_argument("--eval-seqlens", default=None,
                    help=f"comma-separated perplexity window lengths (default: {D.eval_seqlens})")
+    p.add_argument("--curve-every", type=_at_least(0), default=None,
+                   help="learning curve: evaluate the policy's hard masks (the final evaluation, before any refit) "
+                        "at step 0, every N steps and at the last; printed and kept in --json as 'curve' "
+                        f"(default: {D.curve_every}, none)")
     p.add_argument("--latency-seqlen", type=_at_least(1), default=2048,
                    help="tokens of the timed forward pass (with --latency-repeats)")
     p.add_argument("--latency-repeats", type=_at_least(0), default=0,

@@ -34,6 +34,7 @@ run resumes by running the same command. Tables are rendered *from rows* (mean �
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -157,7 +158,7 @@ def protocol_key(protocol: Protocol, evaluation: dict | None = None) -> str:
 
 
 # StructuralConfig fields added after rows were committed, with their defaults: left out of a cell's key there
-STRUCTURAL_LATER_FIELDS = {"reconstruct": False}
+STRUCTURAL_LATER_FIELDS = {"reconstruct": False, "curve_every": 0}
 # StructuralConfig fields a structural cell sets itself (pattern, seed) or the grid's evaluation sets
 STRUCTURAL_CELL_FIELDS = ("sparsity", "seed", "eval_seqlens", "eval_windows")
 
@@ -170,6 +171,7 @@ class StructuralEval:
                                       # eval_windows windows of each length, every window if that is None too)
     latency_seqlen: int | None = None  # tokens of the timed forward (None: protocol.seqlen)
     latency_repeats: int = 0          # timed forwards after 2 warm-ups, median reported; 0: not timed
+    curve_target: float | None = None  # learning curves: the table gives the first step reaching this perplexity
 
     def identity(self) -> dict:
         return {"seqlens": list(self.seqlens), "tokens": self.tokens}
@@ -347,6 +349,11 @@ def _checked(method: Method, where: str) -> Method:
         if method.name == "dense":
             raise UserError(f"{where}: 'dense' is not a structural method: list it as plain 'dense'")
         cfg = method.structural_config(0.5, 0)   # an unknown preset is refused here
+        from .pipeline import check_structural
+        try:
+            check_structural(cfg)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
         if cfg.init in ("metric", "oneshot"):
             resolve_metric(cfg.metric)
         return method
@@ -361,7 +368,7 @@ def _structural_eval(raw, protocol: Protocol) -> StructuralEval:
     from .pipeline import StructuralConfig
 
     raw = dict(raw or {})
-    allowed = {"eval_seqlens", "eval_tokens", "latency_seqlen", "latency_repeats"}
+    allowed = {"eval_seqlens", "eval_tokens", "latency_seqlen", "latency_repeats", "curve_target"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UserError(f"unknown key 'structural.{unknown[0]}': allowed are {', '.join(sorted(allowed))}")
@@ -377,7 +384,9 @@ def _structural_eval(raw, protocol: Protocol) -> StructuralEval:
         raise UserError("structural.eval_tokens and protocol.eval_windows both limit the evaluation: keep one")
     return StructuralEval(seqlens, tokens,
                           checks.optional_integer(raw.get("latency_seqlen"), "structural.latency_seqlen", 1),
-                          checks.integer(raw.get("latency_repeats", 0), "structural.latency_repeats", 0))
+                          checks.integer(raw.get("latency_repeats", 0), "structural.latency_repeats", 0),
+                          None if raw.get("curve_target") is None
+                          else checks.real(raw["curve_target"], "structural.curve_target", 0.0, open_low=True))
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -620,7 +629,7 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
     from .metric.known import resolve_metric
     from .metric.simplify import rank_key
     from .models import load_model
-    from .pipeline import CalibConfig, evaluate_all, structural
+    from .pipeline import CalibConfig, structural
     from .provenance import provenance
     from .prune.structural import count_params, forward_latency
 
@@ -643,16 +652,17 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
                 if cfg.init in ("metric", "oneshot"):
                     _, node, _ = resolve_metric(cfg.metric)
                     row["formula"], row["key"] = str(node), rank_key(str(node))
-                res = structural(lm, cfg, CalibConfig(seed=cell.seed, data_dir=data_dir, cache=cache), progress)
+
+                def curve_eval():  # the row's own evaluation, at every curve point
+                    return _structural_ppl(grid, lm, data_dir, False)
+
+                res = structural(lm, cfg, CalibConfig(seed=cell.seed, data_dir=data_dir, cache=cache), progress,
+                                 curve_eval=curve_eval)
                 row.update(mode=cfg.init, sparsity=cfg.sparsity, removed=res["removed_fraction"],
                            params=res["params_after"]["total"], prune_seconds=round(res["seconds"], 3),
                            final_loss=res["history"][-1]["baseline"] if res["history"] else None)
             t1 = time.time()
-            row["ppl"], row["windows"] = {}, {}
-            for L in ev.seqlens:
-                for ds, r in evaluate_all(lm, list(proto.eval_datasets), ev.windows(L, proto), proto.batch_size,
-                                          data_dir, progress, split=proto.eval_split, seqlen=L).items():
-                    row["ppl"][f"{ds}@{L}"], row["windows"][f"{ds}@{L}"] = r["ppl"], r["windows"]
+            row["ppl"], row["windows"] = _structural_ppl(grid, lm, data_dir, progress, windows=True)
             row["eval_seconds"] = round(time.time() - t1, 3)
             row["latency_ms"] = (1000 * forward_latency(lm.model, ev.latency_seqlen or proto.seqlen,
                                                         repeats=ev.latency_repeats) if ev.latency_repeats else None)
@@ -665,12 +675,27 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
             if cfg:
                 row["layer_shapes"], row["history"] = res["layer_shapes"], res["history"][-5:]
                 row["compensation"] = res["compensation"]
+                if res["curve"]:
+                    row["curve"] = res["curve"]
             row["provenance"] = provenance(lm.device, command)
             _append_row(rows_path, row)
             del lm
             if progress:
                 shown = "  ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
                 print(f"{cell.id}: {shown}", flush=True)
+
+
+def _structural_ppl(grid: Grid, lm, data_dir, progress: bool, windows: bool = False):
+    """A structural cell's perplexities, keyed ``dataset@seqlen`` (and the window counts, with ``windows``)."""
+    from .pipeline import evaluate_all
+
+    proto, ev = grid.protocol, grid.structural
+    ppl, counts = {}, {}
+    for L in ev.seqlens:
+        for ds, r in evaluate_all(lm, list(proto.eval_datasets), ev.windows(L, proto), proto.batch_size,
+                                  data_dir, progress, split=proto.eval_split, seqlen=L).items():
+            ppl[f"{ds}@{L}"], counts[f"{ds}@{L}"] = r["ppl"], r["windows"]
+    return (ppl, counts) if windows else ppl
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -826,9 +851,11 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
 def _structural_settings(methods: list[Method]) -> list[str]:
     """A table of what each structural method does (its StructuralConfig, presets and defaults applied)."""
     rec = any(m.structural_config(0.5, 0).reconstruct for m in methods)
+    curve = any(m.structural_config(0.5, 0).curve_every for m in methods)
     lines = ["| method | init | scores of | preset | steps | lr | K | windows per step | policy windows | "
-             "KV / MLP scores | statistics windows | widths |" + (" kept o/down columns |" if rec else ""),
-             "| --- |" + " --- |" * (12 if rec else 11)]
+             "KV / MLP scores | statistics windows | widths |" + (" kept o/down columns |" if rec else "")
+             + (" curve every |" if curve else ""),
+             "| --- |" + " --- |" * (11 + rec + curve)]
     for m in methods:
         cfg = m.structural_config(0.5, 0)
         pg = cfg.init != "oneshot"
@@ -843,7 +870,8 @@ def _structural_settings(methods: list[Method]) -> list[str]:
             f"{cfg.attn_score} / {cfg.mlp_score}" if scored else "-", stats,
             "uniform" if cfg.uniform else "per layer"]
             + ([f"least squares on {cfg.init_nsamples or 32} x {cfg.init_seqlen or 1024}" if cfg.reconstruct
-                else "as trained"] if rec else [])) + " |")
+                else "as trained"] if rec else [])
+            + ([f"{cfg.curve_every} steps" if cfg.curve_every else "-"] if curve else [])) + " |")
     return lines
 
 
@@ -890,11 +918,61 @@ def render_structural(grid: Grid, rows: list[dict]) -> str:
                 if found:
                     lines.append(f"| {float(p):.0%} | {method.label} | {method.mode} | {cells_of(found, False)}")
         lines.append("")
+    lines += _curves(grid, by_id, keys)
     lines += ["Methods (policy gradient: lr cosine-decayed, moving-average baseline; one-shot: top structures by the "
               "scores, no policy gradient):", "",
               *_structural_settings([m for m in grid.methods if m.kind == "structural"]), ""]
     lines += _missing(grid, by_id)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _curves(grid: Grid, by_id: dict, keys: list[tuple[str, int]]) -> list[str]:
+    """Learning-curve tables of the rows that carry a ``curve`` (``curve_every``): perplexity of the policy's hard
+    masks at each recorded step (mean ± std over seeds), then the first step at which each seed reaches the grid's
+    ``curve_target``."""
+    target = grid.structural.curve_target
+    lines = []
+    for model in grid.models:
+        for p in grid.patterns:
+            runs = []
+            for method in (m for m in grid.methods if m.kind == "structural"):
+                found = [by_id[c.id] for c in (grid.cell(model, method, p, s) for s in grid.seeds)
+                         if c.id in by_id and by_id[c.id].get("curve")]
+                if found:
+                    runs.append((method, found))
+            if not runs:
+                continue
+            for ds, L in keys:
+                name = f"{ds}@{L}"
+                steps = sorted({pt["step"] for _, found in runs for r in found for pt in r["curve"]})
+                lines += [f"**{model}, {float(p):.0%} removed: learning curve, {DATASET_TITLES.get(ds, ds)} ppl @{L}** "
+                          "(the policy's hard masks applied at each step, before any least-squares refit; mean ± std "
+                          "over seeds)", "",
+                          "| step | " + " | ".join(f"{m.label} (n={len(f)})" for m, f in runs) + " |",
+                          "| ---: |" + " ---: |" * len(runs)]
+                for step in steps:
+                    cells = [fmt([pt["ppl"][name] for r in found for pt in r["curve"]
+                                  if pt["step"] == step and name in pt["ppl"]]) for _, found in runs]
+                    lines.append(f"| {step} | " + " | ".join(cells) + " |")
+                lines.append("")
+                if target is None:
+                    continue
+                lines += [f"Steps to reach perplexity {target:g} (first recorded step at or below it; '> N': not within "
+                          "the N steps run):", "", "| method | " + " | ".join(f"seed {s}" for s in grid.seeds) + " |",
+                          "| --- |" + " ---: |" * len(grid.seeds)]
+                for method, found in runs:
+                    by_seed = {r["seed"]: r for r in found}
+                    cells = []
+                    for s in grid.seeds:
+                        pts = by_seed[s]["curve"] if s in by_seed else None
+                        if pts is None:
+                            cells.append("-")
+                            continue
+                        hit = next((pt["step"] for pt in pts if pt["ppl"].get(name, math.inf) <= target), None)
+                        cells.append(str(hit) if hit is not None else f"> {pts[-1]['step']}")
+                    lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
+                lines.append("")
+    return lines
 
 
 def _pattern_header(p: str) -> str:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
+from tqdm.auto import tqdm
 
 from . import data
 from .calibration import (
@@ -191,6 +193,7 @@ class StructuralConfig:
     reconstruct: bool = False      # refit the kept o_proj / down_proj columns by least squares before slicing
     eval_seqlens: str = "128,2048"  # perplexity window lengths (CLI evaluation)
     eval_windows: int | None = None  # first N windows of each evaluation (None: the whole split)
+    curve_every: int = 0           # learning curve: perplexity of the hard masks every N policy steps (0: none)
 
 
 # Named presets: StructuralConfig fields. Explicit CLI options override them.
@@ -228,16 +231,21 @@ def eval_at(lm: LoadedModel, seqlen: int, datasets: list[str], max_windows: int 
     return evaluate_all(lm, datasets, max_windows, batch_size, data_dir, progress, seqlen=seqlen)
 
 
-def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progress: bool = True) -> dict:
+def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progress: bool = True,
+               curve_eval: Callable[[], dict[str, float]] | None = None) -> dict:
     """Learn (or one-shot) a structure mask and slice the model in place; returns masks, history and timings.
 
     ``calib`` gives the data folder, cache and sampler seed; the window counts and lengths come from ``cfg``.
+    With ``cfg.curve_every`` > 0, ``curve_eval()`` (perplexities by name, measured on ``lm``) is called at step 0,
+    every ``curve_every`` steps and at the last step with the model masked as it would be sliced at that step
+    (before any ``reconstruct`` refit, which only the final model gets); the points are returned as ``curve``.
     """
     from .metric.known import resolve_metric
     from .prune import structural as st
 
-    if not (0.0 < cfg.sparsity < 1.0):
-        raise UserError(f"structural sparsity {cfg.sparsity} is outside (0, 1): use e.g. 0.2")
+    check_structural(cfg)
+    if cfg.curve_every and curve_eval is None:
+        raise ValueError("curve_every needs a curve_eval function")
     keep = 1.0 - cfg.sparsity
     layout = st.Layout.of(lm.model)
     seqlen = min(cfg.calib_seqlen, lm.seqlen)
@@ -256,7 +264,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         stats = one_shot_stats(lm, init_cal, need_x, need_g, windows=init_windows, progress=progress) \
             if (need_x or need_g) else Stats()
         scores = st.structure_scores(lm.model, formula, stats, cfg.attn_score, cfg.mlp_score)
-    history, probs = [], None
+    history, probs, curve = [], None, []
     widths = st.uniform_widths(layout, keep) if cfg.uniform else None
     if cfg.init == "oneshot":
         z = {t: st.layer_zscores(s) for t, s in scores.items()}
@@ -265,9 +273,20 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         probs = st.init_probs(cfg.init, keep, layout, scores, cfg.seed)
         pcfg = st.PolicyConfig(keep=keep, steps=cfg.steps, samples=cfg.samples, lr=cfg.lr,
                                ma_window=cfg.ma_window, normalized=cfg.normalized, seed=cfg.seed)
-        policy = st.optimise(lm.model, probs, pcfg, windows, cfg.batch_size, progress)
+
+        def hard(policy):
+            return st.uniform_keep(policy.state.probs, widths) if cfg.uniform else policy.hard_masks()
+
+        def observe(step, _policy):
+            curve.append({"step": step, "ppl": curve_eval()})
+            if progress:
+                shown = "  ".join(f"{k} {v:.3f}" for k, v in curve[-1]["ppl"].items())
+                tqdm.write(f"step {step}: {shown}")
+
+        policy = st.optimise(lm.model, probs, pcfg, windows, cfg.batch_size, progress, cfg.curve_every, observe,
+                             hard)
         probs, history = policy.state.probs, policy.state.history
-        masks = st.uniform_keep(probs, widths) if cfg.uniform else policy.hard_masks()
+        masks = hard(policy)
     seconds = time.time() - t0
     compensation = None
     if cfg.reconstruct:  # on the statistics windows (32 x 1024 C4 tokens unless the config says otherwise)
@@ -282,4 +301,16 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
     after = st.count_params(lm.model)
     return {"masks": masks, "probs": probs, "history": history, "layer_shapes": shapes, "params_before": before,
             "params_after": after, "removed_fraction": 1 - after["prunable"] / before["prunable"],
-            "seconds": seconds, "calib_windows": int(windows.shape[0]), "compensation": compensation}
+            "seconds": seconds, "calib_windows": int(windows.shape[0]), "compensation": compensation,
+            "curve": curve}
+
+
+def check_structural(cfg: StructuralConfig) -> None:
+    """Settings the structural stage cannot run with, refused before anything is loaded."""
+    if not (0.0 < cfg.sparsity < 1.0):
+        raise UserError(f"structural sparsity {cfg.sparsity} is outside (0, 1): use e.g. 0.2")
+    if cfg.curve_every < 0:
+        raise UserError(f"curve_every {cfg.curve_every} is negative: use 0 (no curve) or a step count such as 50")
+    if cfg.curve_every and cfg.init == "oneshot":
+        raise UserError("a learning curve needs the policy gradient: curve_every is set but init is 'oneshot' "
+                        "(use init metric, const or random, or curve_every 0)")

@@ -127,6 +127,27 @@ def plot_ppl_against(df: pd.DataFrame, column: str, ax=None):
     return ax
 
 
+def plot_curves(rows: list[dict], key: str, ax=None, target: float | None = None, dense: float | None = None):
+    """Learning curves of structural rows that carry one (``curve_every``): perplexity ``key`` (e.g.
+    ``wikitext2@128``) against policy step, a line per row labelled method / removed / seed."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.gca()
+    for r in rows:
+        pts = [(pt["step"], pt["ppl"][key]) for pt in r.get("curve") or [] if key in pt["ppl"]]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{r['method']} ({float(r['pattern']):.0%}, seed {r['seed']})")
+    if target is not None:
+        ax.axhline(target, color="r", ls="--", label=f"target {target:g}")
+    if dense is not None:
+        ax.axhline(dense, color="k", ls=":", label=f"dense {dense:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("policy-gradient step")
+    ax.set_ylabel(f"perplexity ({key})")
+    ax.legend()
+    return ax
+
+
 def compare_bar(results: dict[str, dict[str, float]], ax=None, dense: float | None = None):
     """Grouped bars: results[pattern][method] = ppl."""
     import matplotlib.pyplot as plt

@@ -110,6 +110,8 @@ def test_common_options(command, extra, names, capsys):
     (["structural", "--init", "magic"], "--init"),
     (["structural", "--metric", "mul(W", "--init", "metric"], "unbalanced parentheses"),
     (["structural", "--steps", "0"], "--steps"),
+    (["structural", "--curve-every", "-1"], "--curve-every"),
+    (["structural", "--init", "oneshot", "--curve-every", "5"], "needs the policy gradient"),
     (["structural", "--samples", "1"], "--samples"),
     (["structural", "--lr", "0"], "--lr"),
     (["structural", "--lr", "inf"], "--lr"),

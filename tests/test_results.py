@@ -589,13 +589,15 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
     grid = tmp_path / "s.yaml"
     grid.write_text(yaml.safe_dump({
         "name": "tiny-structural", "protocol": {"model": str(tiny_model_dir), "seqlen": 64, "eval_windows": 2},
-        "structural": {"eval_seqlens": [16, 32], "latency_seqlen": 16, "latency_repeats": 1},
+        "structural": {"eval_seqlens": [16, 32], "latency_seqlen": 16, "latency_repeats": 1, "curve_target": 1e9},
         "seeds": [0, 1], "patterns": [0.3],
         "methods": ["dense",
                     {"name": "f", "kind": "structural", "init": "metric", "formula": "mul(abs(W), sqrt(X))",
-                     "steps": 2, "nsamples": 2, "calib_seqlen": 16, "batch_size": 1},
+                     "steps": 2, "nsamples": 2, "calib_seqlen": 16, "batch_size": 1, "lr": 0.5},
                     {"name": "c", "kind": "structural", "init": "const", "steps": 2, "nsamples": 2,
                      "calib_seqlen": 16, "batch_size": 1},
+                    {"name": "f-curve", "kind": "structural", "init": "metric", "formula": "mul(abs(W), sqrt(X))",
+                     "steps": 2, "nsamples": 2, "calib_seqlen": 16, "batch_size": 1, "lr": 0.5, "curve_every": 1},
                     {"name": "f", "kind": "structural", "init": "oneshot", "formula": "mul(abs(W), sqrt(X))",
                      "nsamples": 2, "calib_seqlen": 16},
                     {"name": "f-ls", "kind": "structural", "init": "oneshot", "formula": "mul(abs(W), sqrt(X))",
@@ -605,7 +607,7 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
     argv = ["bench", str(grid), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main(argv) == 0
     rows = read_rows(out / "rows.jsonl")
-    assert len(rows) == 1 + 4 * 2
+    assert len(rows) == 1 + 5 * 2
     dense = next(r for r in rows if r["method"] == "dense")
     for r in rows:
         assert set(r["ppl"]) == {"wikitext2@16", "wikitext2@32"} and r["windows"]["wikitext2@32"] == 2
@@ -624,9 +626,36 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
     assert all(r["compensation"]["windows"] == [2, 16] and r["structural"]["reconstruct"] for r in ls)
     assert all(r["compensation"] is None for r in rows if r["method"] in ("f", "c"))
     assert "least squares on 2 x 16" in md and "as trained" in md
+    # learning curves: step 0, each step, the last; the last point is the sliced model's perplexity, and observing
+    # changes nothing (the same cell without a curve gives the same model)
+    for r in (r for r in rows if r["method"] == "f-curve"):
+        plain = next(p for p in rows if p["method"] == "f" and p["mode"] == "metric" and p["seed"] == r["seed"])
+        assert [pt["step"] for pt in r["curve"]] == [0, 1, 2] and r["structural"]["curve_every"] == 1
+        assert r["ppl"] == plain["ppl"]
+        assert r["curve"][-1]["ppl"] == pytest.approx(r["ppl"], rel=1e-5)
+        assert r["curve"][0]["ppl"] != r["curve"][-1]["ppl"]
+    assert all("curve" not in r for r in rows if r["method"] != "f-curve")
+    assert "learning curve, WikiText-2 ppl @16" in md and "| 2 | " in md and "| 1 steps |" in md
+    assert "Steps to reach perplexity 1e+09" in md and "| f-curve | 0 | 0 |" in md
     before = (out / "rows.jsonl").read_text()
     assert main(argv) == 0
     assert (out / "rows.jsonl").read_text() == before
+
+
+def test_curve_figure_plots_the_rows_curves_and_refuses_rows_without_one(tmp_path, monkeypatch, capsys):
+    import figures
+
+    rows = tmp_path / "rows.jsonl"
+    curve = [{"step": s, "ppl": {"wikitext2@128": 200.0 - s}} for s in (0, 50, 100)]
+    rows.write_text(json.dumps({"id": "d", "method": "dense", "pattern": "-", "seed": 0, "ppl": {"wikitext2@128": 56.1}}) + "\n"
+                    + json.dumps({"id": "a", "method": "a", "pattern": "0.2", "seed": 0, "ppl": {}, "curve": curve}) + "\n")
+    out = tmp_path / "c.png"
+    monkeypatch.setattr(sys, "argv", ["figures.py", "--curves", str(rows), "--target", "129.96", "--out", str(out)])
+    figures.main()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows.write_text(json.dumps({"id": "a", "method": "a", "pattern": "0.2", "seed": 0, "ppl": {}}) + "\n")
+    with pytest.raises(SystemExit, match="no row .* has a learning curve"):
+        figures.main()
 
 
 @pytest.mark.parametrize("method, message", [
@@ -640,6 +669,8 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
     ({"name": "x", "kind": "structural", "preset": "nope"}, "unknown structural preset 'nope'"),
     ({"name": "x", "kind": "structural", "formula": "mul(W, Q)"}, "Q"),
     ({"name": "x", "kind": "other"}, "methods[0].kind 'other' is unknown"),
+    ({"name": "x", "kind": "structural", "curve_every": -1}, "methods[0].curve_every must be >= 0"),
+    ({"name": "x", "kind": "structural", "init": "oneshot", "curve_every": 5}, "needs the policy gradient"),
 ])
 def test_structural_grid_keys_are_checked_before_a_model_loads(tmp_path, method, message):
     import yaml
@@ -677,6 +708,7 @@ def test_ratio_tables_compare_with_the_reference_of_the_same_mode(tmp_path):
     ({"patterns": ["2:4"]}, "is N:M"),
     ({"methods": [{"name": "s", "kind": "structural"}, "wanda"]}, "mixes structural methods"),
     ({"structural": {"eval_seqlen": [1]}}, "unknown key 'structural.eval_seqlen'"),
+    ({"structural": {"curve_target": "low"}}, "structural.curve_target must be a number"),
     ({"structural": {"eval_tokens": 4096}, "protocol": {"eval_windows": 2}}, "keep one"),
     ({"structural": {"eval_tokens": 64}}, "structural.eval_tokens must be >= 2048"),
     ({"structural": {"latency_repeats": -1}}, "structural.latency_repeats must be >= 0"),

@@ -172,17 +172,39 @@ def masked_losses(model: nn.Module, hooks: StructureMasks, ids: torch.Tensor, ma
 
 
 def optimise(model: nn.Module, probs: dict[str, torch.Tensor], cfg: PolicyConfig, calib: torch.Tensor,
-             batch_size: int = 4, progress: bool = True) -> BernoulliPolicy:
-    """Run the policy-gradient optimisation on calibration windows ``calib`` [N, T] (cycled in order)."""
+             batch_size: int = 4, progress: bool = True, every: int = 0,
+             observe: Callable[[int, BernoulliPolicy], None] | None = None,
+             hard: Callable[[BernoulliPolicy], dict[str, torch.Tensor]] | None = None) -> BernoulliPolicy:
+    """Run the policy-gradient optimisation on calibration windows ``calib`` [N, T] (cycled in order).
+
+    With ``every`` > 0, ``observe(step, policy)`` is called before the first step, after every ``every`` steps and
+    after the last, while the model runs with the policy's hard masks (``hard(policy)``, default its global top-k)
+    applied by the hooks: a forward inside ``observe`` is that of the model sliced at this step. Observing reads
+    nothing the policy uses (no generator draw, no state), so the optimisation is the same with or without it.
+    """
     policy = BernoulliPolicy(probs, cfg)
     hooks = StructureMasks(model)
+    hard = hard or BernoulliPolicy.hard_masks
+
+    def look(step: int) -> None:
+        masks = hard(policy)
+        hooks.set(masks[ATTN][None].float(), masks[MLP][None].float())
+        try:
+            observe(step, policy)
+        finally:
+            hooks.set(None, None)
+
     try:
+        if every and observe:
+            look(0)
         bar = tqdm(range(cfg.steps), desc="policy gradient", disable=not progress)
         for step in bar:
             start = (step * batch_size) % calib.shape[0]
             idx = torch.arange(start, start + batch_size) % calib.shape[0]
             loss = policy.step(lambda m: masked_losses(model, hooks, calib[idx], m))
             bar.set_postfix(loss=f"{loss:.3f}", baseline=f"{policy.state.baseline:.3f}")
+            if every and observe and ((step + 1) % every == 0 or step + 1 == cfg.steps):
+                look(step + 1)
     finally:
         hooks.remove()
     return policy
