@@ -33,20 +33,26 @@ def test_cpu_model_names_the_isa_torch_uses():
     assert torch.backends.cpu.get_cpu_capability() in cpu_model()
 
 
-def test_git_state_is_dirty_for_code_but_not_for_results(tmp_path, monkeypatch):
-    """A runner's rows under results/ do not make the next row 'dirty'; an edit to code or a grid does."""
+def _committed_repo(root, files: dict[str, str]):
+    """A git repository at ``root`` holding ``files`` in one commit; returns a ``git(*args)`` runner for it."""
     import subprocess
 
     def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+        subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
                        capture_output=True)
 
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "rows.jsonl").write_text("{}\n")
-    (tmp_path / "grid.yaml").write_text("name: g\n")
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     git("init", "-q")
     git("add", ".")
-    git("commit", "-qm", "c")
+    git("commit", "-qm", "first")
+    return git
+
+
+def test_git_state_is_dirty_for_code_but_not_for_results(tmp_path, monkeypatch):
+    """A runner's rows under results/ do not make the next row 'dirty'; an edit to code or a grid does."""
+    _committed_repo(tmp_path, {"results/rows.jsonl": "{}\n", "grid.yaml": "name: g\n"})
     monkeypatch.setattr(provenance, "REPO", tmp_path)
     provenance.git_state.cache_clear()
     try:
@@ -69,14 +75,7 @@ def test_rows_name_the_commit_a_command_started_from(tmp_path, monkeypatch):
 
     from prunerzero.cli import main
 
-    def git(*args):
-        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                       capture_output=True)
-
-    (tmp_path / "a.py").write_text("x = 1\n")
-    git("init", "-q")
-    git("add", ".")
-    git("commit", "-qm", "first")
+    git = _committed_repo(tmp_path, {"a.py": "x = 1\n"})
     monkeypatch.setattr(provenance, "REPO", tmp_path)
     provenance.git_state.cache_clear()
     try:
