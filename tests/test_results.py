@@ -217,6 +217,22 @@ def test_readme_structural_refit_figures_are_the_rows():
     assert verdict(ppl("found/lr0.02+ls"), ppl("official/lr0.02+ls")) == "within spread"
 
 
+def test_readme_learning_curve_figures_are_the_rows():
+    """The README's learning-curve figures from structural-curve-cpu's rows: each curve's step-0, step-50 and last
+    points, the lr 2e-3 cell equal to the committed cell without a curve, and no curve reaching 129.96."""
+    _, rows, _ = grid_rows("structural-curve-cpu")
+    _, plain, _ = grid_rows("structural-official-cpu")
+    readme = (REPO / "README.md").read_text()
+    for method in ("official", "official/lr0.02"):
+        curve = {pt["step"]: pt["ppl"]["wikitext2@128"] for pt in rows[(method, "metric", "0.2", 0)]["curve"]}
+        assert sorted(curve) == [0, 50, 100, 150, 200, 250, 300]
+        for step in (0, 50, 300):
+            assert f"{curve[step]:.2f}" in readme, (method, step)
+        assert min(curve.values()) > 129.96
+    official = rows[("official", "metric", "0.2", 0)]["ppl"]["wikitext2@128"]
+    assert official == pytest.approx(plain[("official", "metric", "0.2", 0)]["ppl"]["wikitext2@128"], rel=1e-6)
+
+
 def test_readme_transfer_table_is_the_rows():
     """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
