@@ -233,6 +233,25 @@ def test_readme_learning_curve_figures_are_the_rows():
     assert official == pytest.approx(plain[("official", "metric", "0.2", 0)]["ppl"]["wikitext2@128"], rel=1e-6)
 
 
+def test_readme_cpu_search_confirmation_is_the_rows():
+    """The README's figures for the multi-fidelity CPU search's two formulas on test, and the verdicts it states."""
+    from prunerzero.experiments import fmt, verdict
+
+    _, rows, _ = grid_rows("confirm-cpu-fid")
+    readme = (REPO / "README.md").read_text()
+
+    def ppl(method, pattern):
+        return [rows[(method, "sequential", pattern, seed)]["ppl"]["wikitext2"] for seed in (0, 1, 2)]
+
+    for method in ("wanda", "found-fid", "found-sel"):
+        for pattern in ("0.5", "2:4"):
+            assert fmt(ppl(method, pattern)) in readme, (method, pattern)
+    expected = {("found-fid", "0.5"): "better", ("found-fid", "2:4"): "within spread",
+                ("found-sel", "0.5"): "worse", ("found-sel", "2:4"): "better"}
+    for (method, pattern), v in expected.items():
+        assert verdict(ppl(method, pattern), ppl("wanda", pattern)) == v, (method, pattern)
+
+
 def test_readme_transfer_table_is_the_rows():
     """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
