@@ -416,7 +416,7 @@ def cmd_structural(args) -> None:
     if args.save:
         require_empty(args.save, "--save folder")
     explicit = {field: getattr(args, name) for name, field in STRUCTURAL_FIELDS.items()}
-    cfg = structural_config(args.preset, uniform=args.uniform or None, **explicit)
+    cfg = structural_config(None if args.preset == "none" else args.preset, uniform=args.uniform or None, **explicit)
     check_structural(cfg)
     if cfg.init in ("metric", "oneshot"):
         from .metric.known import resolve_metric
@@ -579,12 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("structural", "remove KV-head groups and MLP channels (policy gradient, forward passes only)")
     _common_model_args(p)
-    from .pipeline import STRUCTURAL_PRESETS
+    from .pipeline import DEFAULT_STRUCTURAL_PRESET, STRUCTURAL_PRESETS
     from .pipeline import StructuralConfig as D
-    p.add_argument("--preset", default=None, choices=sorted(STRUCTURAL_PRESETS),
+    p.add_argument("--preset", default=DEFAULT_STRUCTURAL_PRESET, choices=[*sorted(STRUCTURAL_PRESETS), "none"],
                    help="named settings; official-pg: the official backprop-free PG code's (wanda-sp init from "
                         "32 x 1024 C4 tokens, K=2, 8 x 128-token windows per step, lr 2e-3, 320 x 128-token "
-                        "evaluation windows); explicit options override it (default: none)")
+                        "evaluation windows); official-pg-ls: the same with lr 0.02, 300 steps and the least-squares "
+                        "refit, the best measured at 20%% (results/structural-official-lr-cpu.md); none: the plain "
+                        "settings whose defaults the other options list. Explicit options override the preset "
+                        f"(default: {DEFAULT_STRUCTURAL_PRESET})")
     p.add_argument("--sparsity", type=_FRACTION, default=None,
                    help=f"fraction of prunable parameters to remove (default: {D.sparsity})")
     p.add_argument("--metric", default=None,
@@ -621,9 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uniform", action="store_true",
                    help="every layer keeps the same number of KV groups and MLP channels (per-layer top-k of the "
                         "policy), so --save writes a stock LlamaConfig that loads without trust_remote_code")
-    p.add_argument("--reconstruct", action="store_true", default=None,
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                    help="before slicing, refit the kept o_proj / down_proj columns by least squares on calibration "
-                        "windows (the statistics windows: --init-nsamples x --init-seqlen, default 32 x 1024)")
+                        "windows (the statistics windows: --init-nsamples x --init-seqlen, default 32 x 1024); "
+                        "on in the default preset, --no-reconstruct turns it off")
     p.add_argument("--eval-seqlens", default=None,
                    help=f"comma-separated perplexity window lengths (default: {D.eval_seqlens})")
     p.add_argument("--curve-every", type=_at_least(0), default=None,

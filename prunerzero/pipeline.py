@@ -211,7 +211,11 @@ STRUCTURAL_PRESETS: dict[str, dict] = {
 # The best measured on SmolLM2 at 20% removed (results/structural-official-lr-cpu.md, 300 steps, three seeds): the
 # official protocol with lr 0.02, then the least-squares refit of the kept o_proj / down_proj columns before
 # slicing (113.06 ± 1.54 against 129.56 ± 11.05 without the refit and the official code's 129.96).
-STRUCTURAL_PRESETS["official-pg-ls"] = {**STRUCTURAL_PRESETS["official-pg"], "lr": 0.02, "reconstruct": True}
+STRUCTURAL_PRESETS["official-pg-ls"] = {**STRUCTURAL_PRESETS["official-pg"], "steps": 300, "lr": 0.02,
+                                         "reconstruct": True}
+# `prunerzero structural` without --preset runs the best measured setting (--preset none: StructuralConfig's plain
+# defaults, the settings of the earlier grids, which name every field they change)
+DEFAULT_STRUCTURAL_PRESET = "official-pg-ls"
 
 
 def structural_config(preset: str | None = None, **explicit) -> StructuralConfig:

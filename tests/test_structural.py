@@ -214,10 +214,17 @@ def test_cli_defaults_come_from_structural_config():
     from prunerzero.cli import STRUCTURAL_FIELDS, build_parser
     from prunerzero.pipeline import StructuralConfig, structural_config
 
-    args = build_parser().parse_args(["structural"])
-    cfg = structural_config(args.preset, uniform=args.uniform or None,
+    args = build_parser().parse_args(["structural", "--preset", "none"])
+    cfg = structural_config(None, uniform=args.uniform or None,
                             **{f: getattr(args, n) for n, f in STRUCTURAL_FIELDS.items()})
     assert cfg == StructuralConfig()
+    args = build_parser().parse_args(["structural"])           # the default: the best measured preset
+    assert args.preset == "official-pg-ls"
+    cfg = structural_config(args.preset, **{f: getattr(args, n) for n, f in STRUCTURAL_FIELDS.items()})
+    assert (cfg.steps, cfg.lr, cfg.reconstruct, cfg.attn_score, cfg.eval_windows) == (300, 0.02, True, "out", 320)
+    args = build_parser().parse_args(["structural", "--no-reconstruct", "--steps", "50"])
+    cfg = structural_config(args.preset, **{f: getattr(args, n) for n, f in STRUCTURAL_FIELDS.items()})
+    assert (cfg.steps, cfg.lr, cfg.reconstruct) == (50, 0.02, False)
     args = build_parser().parse_args(["structural", "--preset", "official-pg", "--lr", "0.05", "--uniform"])
     cfg = structural_config(args.preset, uniform=args.uniform or None,
                             **{f: getattr(args, n) for n, f in STRUCTURAL_FIELDS.items()})
