@@ -433,8 +433,8 @@ def cmd_structural(args) -> None:
                              f"windows of each length of the test split"}
     lat_len, reps = args.latency_seqlen, args.latency_repeats
 
-    def evaluate():
-        return {str(L): eval_at(lm, L, datasets, cfg.eval_windows, args.batch_size, args.data_dir, not args.quiet)
+    def evaluate(progress: bool = not args.quiet):
+        return {str(L): eval_at(lm, L, datasets, cfg.eval_windows, args.batch_size, args.data_dir, progress)
                 for L in seqlens}
 
     if not args.skip_dense:
@@ -443,9 +443,8 @@ def cmd_structural(args) -> None:
             payload["latency_before_s"] = forward_latency(lm.model, lat_len, repeats=reps)
         for L, res in payload["dense"].items():
             print(f"dense   seqlen {L}: {_ppl_line(res)}", flush=True)
-    def curve_eval():  # every length and dataset of the final evaluation, quietly
-        return {f"{ds}@{L}": r["ppl"] for L in seqlens
-                for ds, r in eval_at(lm, L, datasets, cfg.eval_windows, args.batch_size, args.data_dir, False).items()}
+    def curve_eval():  # the final evaluation, quietly, keyed dataset@length
+        return {f"{ds}@{L}": r["ppl"] for L, res in evaluate(False).items() for ds, r in res.items()}
 
     res = structural(lm, cfg, CalibConfig(seed=cfg.seed, data_dir=args.data_dir, cache=args.cache_dir),
                      progress=not args.quiet, curve_eval=curve_eval)

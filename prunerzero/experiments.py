@@ -850,14 +850,14 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
 
 def _structural_settings(methods: list[Method]) -> list[str]:
     """A table of what each structural method does (its StructuralConfig, presets and defaults applied)."""
-    rec = any(m.structural_config(0.5, 0).reconstruct for m in methods)
-    curve = any(m.structural_config(0.5, 0).curve_every for m in methods)
+    configs = [(m, m.structural_config(0.5, 0)) for m in methods]
+    rec = any(cfg.reconstruct for _, cfg in configs)
+    curve = any(cfg.curve_every for _, cfg in configs)
     lines = ["| method | init | scores of | preset | steps | lr | K | windows per step | policy windows | "
              "KV / MLP scores | statistics windows | widths |" + (" kept o/down columns |" if rec else "")
              + (" curve every |" if curve else ""),
              "| --- |" + " --- |" * (11 + rec + curve)]
-    for m in methods:
-        cfg = m.structural_config(0.5, 0)
+    for m, cfg in configs:
         pg = cfg.init != "oneshot"
         scored = cfg.init in ("metric", "oneshot")
         pool = (cfg.nsamples or "steps x batch, each once") if pg or scored else "-"
@@ -964,10 +964,10 @@ def _curves(grid: Grid, by_id: dict, keys: list[tuple[str, int]]) -> list[str]:
                     by_seed = {r["seed"]: r for r in found}
                     cells = []
                     for s in grid.seeds:
-                        pts = by_seed[s]["curve"] if s in by_seed else None
-                        if pts is None:
+                        if s not in by_seed:
                             cells.append("-")
                             continue
+                        pts = by_seed[s]["curve"]
                         hit = next((pt["step"] for pt in pts if pt["ppl"].get(name, math.inf) <= target), None)
                         cells.append(str(hit) if hit is not None else f"> {pts[-1]['step']}")
                     lines.append(f"| {method.label} | " + " | ".join(cells) + " |")
