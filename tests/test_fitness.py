@@ -83,6 +83,87 @@ def test_combination_over_models_does_not_rank_a_one_model_winner_first(tmp_path
         assert json.loads((tmp_path / how / "references.json").read_text())["levels"]["0"]["ppls"] == table[WANDA]
 
 
+def test_calibration_seeds_are_repeats_averaged_before_the_combination():
+    """Parts that differ only in the calibration seed are averaged (each against the reference at its own seed)
+    before mean / worst combine the settings: worst is the worse setting's seed mean, not the worst single part."""
+    u0, u1, n0, n1 = "m|seed0|u0.5-row", "m|seed1|u0.5-row", "m|seed0|2of4", "m|seed1|2of4"
+    ref = {u0: 10.0, u1: 20.0, n0: 100.0, n1: 100.0}
+    cand = {u0: 9.0, u1: 22.0, n0: 80.0, n1: 90.0}
+    u, n = (math.log(.9) + math.log(1.1)) / 2, (math.log(.8) + math.log(.9)) / 2
+    assert combine_scores(cand, ref, "worst") == pytest.approx(max(u, n))
+    assert max(u, n) < math.log(1.1)
+    assert combine_scores(cand, ref) == pytest.approx((u + n) / 2)
+    # two models, one seed each (no "|seed" in their labels): not averaged together
+    two = {"m1|u0.5-row": 9.0, "m2|u0.5-row": 22.0}
+    assert combine_scores(two, {"m1|u0.5-row": 10.0, "m2|u0.5-row": 20.0}, "worst") == pytest.approx(math.log(1.1))
+
+
+def test_margin_is_the_tables_verdict_in_log_units(tmp_path):
+    """``combine: margin``: per setting, seed mean of the log ratio plus both seed spreads of log ppl, worst over
+    settings. A formula with the lower mean but a wide spread loses to a steady one, as the results tables'
+    verdict ('better only by more than both spreads') would have it; a steady win everywhere scores below 0."""
+    labels = [f"m|seed{s}|{st}" for st in ("u0.5-row", "2of4") for s in (0, 1, 2)]
+
+    def ppls(u, n):
+        return dict(zip(labels, list(u) + list(n)))
+
+    ref = ppls([10.0, 10.2, 9.9], [100.0, 104.0, 98.0])
+    noisy = ppls([8.8, 10.4, 9.0], [72.0, 104.0, 84.0])     # lower means, wide spreads
+    steady = ppls([9.6, 9.8, 9.5], [88.0, 91.0, 87.0])      # smaller gains, every seed
+    import statistics as st
+
+    def margin(c, r):
+        lc, lr = [math.log(v) for v in c], [math.log(v) for v in r]
+        return st.mean(lc) - st.mean(lr) + st.stdev(lc) + st.stdev(lr)
+
+    want = max(margin([noisy[lb] for lb in labels[:3]], [ref[lb] for lb in labels[:3]]),
+               margin([noisy[lb] for lb in labels[3:]], [ref[lb] for lb in labels[3:]]))
+    assert combine_scores(noisy, ref, "margin") == pytest.approx(want)
+    assert combine_scores(noisy, ref) < combine_scores(steady, ref)             # the mean prefers the noisy one
+    assert combine_scores(steady, ref, "margin") < 0 < combine_scores(noisy, ref, "margin")
+    assert combine_scores(ref, ref, "margin") > 0                               # twice the reference's own spread
+    space = tiny_space(calib_seed=[0, 1, 2], combine="margin")
+    search = Search(space, tmp_path / "run", Fake(labels, {WANDA: ref, "abs(W)": noisy, "sqrt(abs(W))": steady}),
+                    progress=False)
+    search.files.root.mkdir()
+    search._references(reuse=False)
+    search.evaluate([to_individual(t, search.pset) for t in ("abs(W)", "sqrt(abs(W))")], 0)
+    assert search.best(1)[0]["formula"] == "sqrt(abs(W))"
+    with pytest.raises(UserError, match="calib_seed"):
+        tiny_space(combine="margin")
+
+
+def test_fitness_with_several_calibration_seeds(tiny_model_dir, tmp_path):
+    """``fitness.calib_seed: [0, 1]``: one target per seed with that seed's statistics and the model's one set of
+    weights; each seed's parts measure exactly what a one-seed evaluator of that seed measures, and the dense
+    weights are restored after every part."""
+    from prunerzero.search.workers import build_evaluator
+
+    model = str(tiny_model_dir)
+    raw = load_space("tiny").raw
+    raw["fitness"].update(model=model, models=None, seqlen=64, nsamples=4, eval_windows=2, device="cpu", calib_seed=[0, 1],
+                          settings=[{"sparsity": 0.5}, {"pattern": "2:4"}])
+    for k in ("sparsity", "pattern", "group"):
+        raw["fitness"].pop(k)
+    space = validate(raw)
+    cache = tmp_path / "cache"
+    both = build_evaluator(space.fitness, space.raw["terminals"], cache=cache, progress=False)
+    assert [t.name for t in both.targets] == [f"{model}|seed0", f"{model}|seed1"]
+    assert both.targets[1].snapshot is both.targets[0].snapshot and both.targets[1].linears is both.linears
+    key = next(iter(both.linears))
+    assert not torch.equal(both.targets[0].stats.env(key, both.linears[key].weight)["G"],
+                           both.targets[1].stats.env(key, both.linears[key].weight)["G"])
+    dense = {k: lin.weight.clone() for k, lin in both.linears.items()}
+    res = both(WANDA)
+    assert set(res.ppls) == {f"{model}|seed{s}|{slug}" for s in (0, 1) for slug in ("u0.5-row", "2of4")}
+    assert all(torch.equal(lin.weight, dense[k]) for k, lin in both.linears.items())
+    one = build_evaluator({**space.fitness, "calib_seed": 1}, space.raw["terminals"], cache=cache, progress=False)
+    alone = one(WANDA)
+    assert {f"{model}|seed1|{lb.split('|')[-1]}": p for lb, p in alone.ppls.items()} == \
+        {lb: p for lb, p in res.ppls.items() if "|seed1|" in lb}
+    assert res.ppls[f"{model}|seed0|2of4"] != res.ppls[f"{model}|seed1|2of4"]
+
+
 def test_real_settings_score_the_reference_zero(tmp_path):
     """Two settings (50% per row and 2:4) on a tiny random model: per-setting perplexities in every record, and
     the reference formula itself scores exactly 0 (its masks are answered by the reference's)."""
@@ -181,7 +262,7 @@ def test_resume_reuses_the_references_and_equals_an_uninterrupted_run(tmp_path):
     ({"settings": [{"pattern": "2:4"}], "sparsity": 0.6}, "are both given"),
     ({"models": []}, "fitness.models must be a list"),
     ({"models": ["a", "a"]}, "names a model twice"),
-    ({"combine": "median"}, "use mean or worst"),
+    ({"combine": "median"}, "use mean, worst or margin"),
     ({"reference": "frobnicate(W"}, "neither a known metric"),
     ({"fidelity": {"windows": [2, 8]}}, "ending with null"),
     ({"fidelity": {"windows": [8, 2, None]}}, "must increase"),

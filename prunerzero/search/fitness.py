@@ -118,15 +118,21 @@ class FitnessResult:
 
 @dataclass
 class Target:
-    """One model's material for fitness: the model, its one-shot statistics and its (full) fitness windows."""
+    """One model's material for fitness: the model, its one-shot statistics (of one calibration seed) and its
+    (full) fitness windows. Targets of one model (several seeds) share its layers and their dense snapshot."""
     name: str
     model: object
     stats: Stats
     windows: torch.Tensor
+    share: "Target | None" = None
 
     def __post_init__(self):
-        self.linears = all_prunable(self.model)
-        self.snapshot = WeightSnapshot(self.linears)
+        if self.share is not None:
+            self.linears, self.snapshot = self.share.linears, self.share.snapshot
+        else:
+            self.linears = all_prunable(self.model)
+            self.snapshot = WeightSnapshot(self.linears)
+        self.share = None
 
 
 UPDATES = ("none", "obs", "lsq", "admm")
@@ -205,7 +211,8 @@ class FitnessEvaluator:
     def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor) -> None:
         if any(t.name == name for t in self.targets):
             raise UserError(f"fitness.models names {name} twice: list each model once")
-        self.targets.append(Target(name, model, stats, windows))
+        same = next((t for t in self.targets if t.model is model), None)
+        self.targets.append(Target(name, model, stats, windows, share=same))
 
     @property
     def labels(self) -> list[str]:

@@ -109,7 +109,7 @@ class SearchSpace:
 SETTING_KEYS = ("sparsity", "pattern", "group", "sequential", "update")
 UPDATES = ("none", "obs", "lsq", "admm")
 FIDELITY_KEYS = ("windows", "keep", "audit")
-COMBINE = ("mean", "worst")
+COMBINE = ("mean", "worst", "margin")
 
 
 def _check_pattern(setting: dict, given: dict, where: str) -> dict:
@@ -199,6 +199,23 @@ def _check_models(fit: dict) -> None:
     fit["model"] = models[0]
 
 
+def _check_seeds(fit: dict) -> None:
+    """``calib_seed``: one calibration seed, or a list of them (each candidate is then scored with every seed's
+    statistics, and its log ratio to the reference at the same seed is averaged over the seeds)."""
+    seeds = fit["calib_seed"]
+    if not isinstance(seeds, list):
+        checks.integer(seeds, "fitness.calib_seed", 0)
+        return
+    if not seeds:
+        raise UserError("fitness.calib_seed must be a seed or a list of seeds, e.g. 0 or [0, 1, 2]")
+    for s in seeds:
+        checks.integer(s, "fitness.calib_seed[]", 0)
+    if len(set(seeds)) != len(seeds):
+        raise UserError("fitness.calib_seed lists a seed twice: list each seed once")
+    if len(seeds) == 1:
+        fit["calib_seed"] = seeds[0]
+
+
 def _check_fidelity(fit: dict) -> None:
     fid = fit["fidelity"]
     if fid is None:
@@ -238,7 +255,7 @@ def _check_fitness(fit: dict, given: dict) -> None:
     _check_settings(fit, given)
     _check_models(fit)
     if fit["combine"] not in COMBINE:
-        raise UserError(f"fitness.combine '{fit['combine']}' is unknown: use mean or worst")
+        raise UserError(f"fitness.combine '{fit['combine']}' is unknown: use mean, worst or margin")
     if fit["reference"] is not None and not isinstance(fit["reference"], str):
         raise UserError("fitness.reference must name a metric (wanda, magnitude, ...), a formula, or be null")
     if fit["eval_dataset"] not in EVAL_DATASETS:
@@ -254,7 +271,10 @@ def _check_fitness(fit: dict, given: dict) -> None:
     checks.optional_integer(fit["eval_windows"], "fitness.eval_windows", 1)
     checks.integer(fit["seqlen"], "fitness.seqlen", 2)
     checks.integer(fit["nsamples"], "fitness.nsamples", 1)
-    checks.integer(fit["calib_seed"], "fitness.calib_seed", 0)
+    _check_seeds(fit)
+    if fit["combine"] == "margin" and (not isinstance(fit["calib_seed"], list) or fit["reference"] is None):
+        raise UserError("fitness.combine margin compares spreads over calibration seeds with a reference: give "
+                        "fitness.calib_seed a list of seeds, e.g. [0, 1, 2], and a fitness.reference")
     checks.integer(fit["batch_size"], "fitness.batch_size", 1)
     checks.dtype(fit["dtype"], "fitness.dtype")
     if fit["device"] is not None and not isinstance(fit["device"], str):

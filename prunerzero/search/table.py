@@ -8,8 +8,9 @@ scores existed is ranked by its perplexity, as it always was.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import pandas as pd
 
@@ -64,6 +65,23 @@ def cache_counts(run_dir) -> dict[str, int]:
     return {k: counts.get(k, 0) for k in ("eval", "mask", "key", "text", "error")}
 
 
+SCORE_LINES = {
+    "mean": "score = mean over models x settings of log(ppl / reference ppl) (over calibration seeds: their mean); "
+            "0 = the reference",
+    "worst": "score = worst over models x settings of log(ppl / reference ppl) (over calibration seeds: their "
+             "mean); 0 = the reference",
+    "margin": "score = worst over models x settings of the seed mean of log(ppl / reference ppl) plus both seed "
+              "spreads of log ppl; below 0 = better than the reference by more than both spreads everywhere",
+}
+
+
+def _combine(run_dir) -> str:
+    """How the run combined its parts (its config.json; ``mean`` for runs without one)."""
+    path = Path(run_dir) / "config.json"
+    space = json.loads(path.read_text()).get("space", {}) if path.exists() else {}
+    return space.get("fitness", {}).get("combine", "mean")
+
+
 def format_table(run_dir, top: int = 10) -> str:
     df = equations(run_dir, top)
     with pd.option_context("display.max_colwidth", 70, "display.width", 250):
@@ -76,6 +94,5 @@ def format_table(run_dir, top: int = 10) -> str:
             f"(text {counts['text']}, canonical key {counts['key']}, mask fingerprint {counts['mask']}), "
             f"{counts['error']} refused")
     if "score" in df.columns:
-        tail = ("score = mean (or worst) over models x settings of log(ppl / reference ppl); 0 = the reference, "
-                "lower is better; full-fidelity scores only\n" + tail)
+        tail = SCORE_LINES[_combine(run_dir)] + "; lower is better; full-fidelity scores only\n" + tail
     return body + "\n" + tail

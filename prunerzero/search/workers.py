@@ -43,11 +43,23 @@ def fitness_updates(fitness: dict) -> list[str]:
     return [s.get("update", "none") for s in settings_of(fitness)]
 
 
-def _stats_for(lm, fitness: dict, terminals: list[str], data_dir, cache, progress: bool):
-    """One model's one-shot statistics for the space: X/G as the terminals need, Hd when a terminal, the OBS
-    factor when a setting reconstructs by OBS, the layer Hessians when one solves (lsq) or runs ADMM (all cached
-    on disk)."""
-    calib = CalibConfig(fitness["nsamples"], fitness["calib_seed"], fitness["batch_size"], data_dir, cache)
+def fitness_seeds(fitness: dict) -> list[int]:
+    """The calibration seeds fitness scores with: ``fitness.calib_seed``, one seed or a list."""
+    seeds = fitness["calib_seed"]
+    return list(seeds) if isinstance(seeds, list) else [seeds]
+
+
+def target_name(model: str, seed: int, seeds: list[int]) -> str:
+    """A fitness target: the model, or ``<model>|seed<n>`` when fitness scores with several calibration seeds (its
+    parts are then ``<model>|seed<n>|<setting>``, which ``engine.combine_scores`` averages over the seeds)."""
+    return model if len(seeds) == 1 else f"{model}|seed{seed}"
+
+
+def _stats_for(lm, fitness: dict, terminals: list[str], data_dir, cache, progress: bool, seed: int):
+    """One model's one-shot statistics for the space with one calibration seed: X/G as the terminals need, Hd
+    when a terminal, the OBS factor when a setting reconstructs by OBS, the layer Hessians when one solves (lsq)
+    or runs ADMM (all cached on disk)."""
+    calib = CalibConfig(fitness["nsamples"], seed, fitness["batch_size"], data_dir, cache)
     need_x, need_g = needs_of(set(terminals))
     updates = set(fitness_updates(fitness))
     return one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress,
@@ -61,27 +73,32 @@ def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=N
     for name in fitness_models(fitness):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
                         seqlen=fitness["seqlen"])
-        _stats_for(lm, fitness, terminals, data_dir, cache, progress)
+        for seed in fitness_seeds(fitness):
+            _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed)
         del lm
 
 
 def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=None,
                     progress: bool = True) -> FitnessEvaluator:
-    """Models, one-shot statistics (cached, one set per model) and fitness windows for a space's ``fitness``
-    settings: one evaluator whose parts are every (model, setting)."""
+    """Models, one-shot statistics (cached, one set per model and calibration seed) and fitness windows for a
+    space's ``fitness`` settings: one evaluator whose parts are every (model, seed, setting); the seeds of one
+    model share its weights."""
     evaluator = None
-    for name in fitness_models(fitness):
-        lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
+    seeds = fitness_seeds(fitness)
+    for model in fitness_models(fitness):
+        lm = load_model(model, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
                         seqlen=fitness["seqlen"])
-        stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress)
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
         windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"])
-        if evaluator is None:
-            evaluator = FitnessEvaluator(lm.model, stats.to(lm.device), fitness_patterns(fitness), windows,
-                                         fitness["batch_size"], fitness["penalty"], name=name,
-                                         updates=fitness_updates(fitness))
-        else:
-            evaluator.add_model(name, lm.model, stats.to(lm.device), windows)
+        for seed in seeds:
+            stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed).to(lm.device)
+            name = target_name(model, seed, seeds)
+            if evaluator is None:
+                evaluator = FitnessEvaluator(lm.model, stats, fitness_patterns(fitness), windows,
+                                             fitness["batch_size"], fitness["penalty"], name=name,
+                                             updates=fitness_updates(fitness))
+            else:
+                evaluator.add_model(name, lm.model, stats, windows)
     return evaluator
 
 
