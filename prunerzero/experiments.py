@@ -676,7 +676,7 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
                 row["layer_shapes"], row["history"] = res["layer_shapes"], res["history"][-5:]
                 row["compensation"] = res["compensation"]
                 if res["curve"]:
-                    row["curve"] = res["curve"]
+                    row["curve"], row["curve_seconds"] = res["curve"], round(res["curve_seconds"], 3)
             row["provenance"] = provenance(lm.device, command)
             _append_row(rows_path, row)
             del lm

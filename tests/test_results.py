@@ -668,7 +668,8 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
         assert r["ppl"] == plain["ppl"]
         assert r["curve"][-1]["ppl"] == pytest.approx(r["ppl"], rel=1e-5)
         assert r["curve"][0]["ppl"] != r["curve"][-1]["ppl"]
-    assert all("curve" not in r for r in rows if r["method"] != "f-curve")
+        assert 0 < r["curve_seconds"] < r["seconds"]   # the curve's evaluations, kept out of prune_seconds
+    assert all("curve" not in r and "curve_seconds" not in r for r in rows if r["method"] != "f-curve")
     assert "learning curve, WikiText-2 ppl @16" in md and "| 2 | " in md and "| 1 steps |" in md
     assert "Steps to reach perplexity 1e+09" in md and "| f-curve | 0 | 0 |" in md
     before = (out / "rows.jsonl").read_text()
