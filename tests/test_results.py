@@ -250,6 +250,18 @@ def test_readme_cpu_search_confirmation_is_the_rows():
                 ("found-sel", "0.5"): "worse", ("found-sel", "2:4"): "better"}
     for (method, pattern), v in expected.items():
         assert verdict(ppl(method, pattern), ppl("wanda", pattern)) == v, (method, pattern)
+    # the 3-seed margin search: its best is Wanda; its selection's choice is within the spread at both patterns
+    _, rows, _ = grid_rows("confirm-cpu-margin")
+    for pattern in ("0.5", "2:4"):
+        assert fmt(ppl("found-margin", pattern)) in readme
+        assert verdict(ppl("found-margin", pattern), ppl("wanda", pattern)) == "within spread"
+    summary = json.loads((RESULTS / "search-cpu-margin" / "summary.json").read_text())
+    assert summary["complete"] and summary["best"]["formula"] == "mul(abs(W), sqrt(X))"
+    assert f"score {summary['best']['score']:.3f}" in readme and round(summary["wall_seconds"] / 60) == 43
+    assert summary["evaluations"] == 121 and summary["counts"]["eval"] == 51
+    chosen = json.loads((RESULTS / "selection-cpu-margin.json").read_text())
+    assert chosen["chosen"]["formula"] == "add(mul(mms(G), abs(W)), mul(abs(W), sqrt(X)))"
+    assert not chosen["beats_reference"]
 
 
 def test_readme_transfer_table_is_the_rows():
