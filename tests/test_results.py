@@ -262,6 +262,16 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     chosen = json.loads((RESULTS / "selection-cpu-margin.json").read_text())
     assert chosen["chosen"]["formula"] == "add(mul(mms(G), abs(W)), mul(abs(W), sqrt(X)))"
     assert not chosen["beats_reference"]
+    # the W/X-only margin search: |tanh W|·√X just ahead of Wanda; its selection's choice on test
+    summary = json.loads((RESULTS / "search-cpu-margin-wx" / "summary.json").read_text())
+    assert summary["complete"] and summary["best"]["formula"] == "mul(abs(tanh(W)), sqrt(X))"
+    assert f"({summary['best']['score']:.3f})" in readme and round(summary["wall_seconds"] / 60) == 26
+    assert summary["evaluations"] == 114 and summary["counts"]["eval"] == 30
+    chosen = json.loads((RESULTS / "selection-cpu-margin-wx.json").read_text())
+    assert chosen["chosen"]["formula"] == "mul(abs(tanh(W)), sqrt(X))" and not chosen["beats_reference"]
+    for pattern in ("0.5", "2:4"):
+        assert fmt(ppl("found-margin-wx", pattern)) in readme
+        assert verdict(ppl("found-margin-wx", pattern), ppl("wanda", pattern)) == "within spread"
 
 
 def test_readme_transfer_table_is_the_rows():
