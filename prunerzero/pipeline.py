@@ -269,7 +269,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
         stats = one_shot_stats(lm, init_cal, need_x, need_g, windows=init_windows, progress=progress) \
             if (need_x or need_g) else Stats()
         scores = st.structure_scores(lm.model, formula, stats, cfg.attn_score, cfg.mlp_score)
-    history, probs, curve, curve_seconds = [], None, [], [0.0]
+    history, probs, curve, curve_seconds = [], None, [], 0.0
     widths = st.uniform_widths(layout, keep) if cfg.uniform else None
     if cfg.init == "oneshot":
         z = {t: st.layer_zscores(s) for t, s in scores.items()}
@@ -283,9 +283,10 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
             return st.uniform_keep(policy.state.probs, widths) if cfg.uniform else policy.hard_masks()
 
         def observe(step, _policy):
+            nonlocal curve_seconds
             t1 = time.time()
             curve.append({"step": step, "ppl": curve_eval()})
-            curve_seconds[0] += time.time() - t1
+            curve_seconds += time.time() - t1
             if progress:
                 shown = "  ".join(f"{k} {v:.3f}" for k, v in curve[-1]["ppl"].items())
                 tqdm.write(f"step {step}: {shown}")
@@ -294,7 +295,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
                              hard)
         probs, history = policy.state.probs, policy.state.history
         masks = hard(policy)
-    seconds = time.time() - t0 - curve_seconds[0]   # the curve's evaluations are not pruning time
+    seconds = time.time() - t0 - curve_seconds   # the curve's evaluations are not pruning time
     compensation = None
     if cfg.reconstruct:  # on the statistics windows (32 x 1024 C4 tokens unless the config says otherwise)
         rec_cal = replace(calib, nsamples=cfg.init_nsamples or 32)
@@ -309,7 +310,7 @@ def structural(lm: LoadedModel, cfg: StructuralConfig, calib: CalibConfig, progr
     return {"masks": masks, "probs": probs, "history": history, "layer_shapes": shapes, "params_before": before,
             "params_after": after, "removed_fraction": 1 - after["prunable"] / before["prunable"],
             "seconds": seconds, "calib_windows": int(windows.shape[0]), "compensation": compensation,
-            "curve": curve, "curve_seconds": curve_seconds[0]}
+            "curve": curve, "curve_seconds": curve_seconds}
 
 
 def check_structural(cfg: StructuralConfig) -> None:

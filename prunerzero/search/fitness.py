@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 
@@ -124,15 +124,14 @@ class Target:
     model: object
     stats: Stats
     windows: torch.Tensor
-    share: "Target | None" = None
+    share: InitVar["Target | None"] = None
 
-    def __post_init__(self):
-        if self.share is not None:
-            self.linears, self.snapshot = self.share.linears, self.share.snapshot
+    def __post_init__(self, share):
+        if share is not None:
+            self.linears, self.snapshot = share.linears, share.snapshot
         else:
             self.linears = all_prunable(self.model)
             self.snapshot = WeightSnapshot(self.linears)
-        self.share = None
 
 
 UPDATES = ("none", "obs", "lsq", "admm")

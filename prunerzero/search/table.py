@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 
 import pandas as pd
 
-from .engine import fitness_value, read_evaluations
+from .engine import RunFiles, fitness_value, read_evaluations
 
 COLUMNS = ["formula", "simplified", "size", "ppl", "generation"]
 
@@ -77,7 +77,7 @@ SCORE_LINES = {
 
 def _combine(run_dir) -> str:
     """How the run combined its parts (its config.json; ``mean`` for runs without one)."""
-    path = Path(run_dir) / "config.json"
+    path = RunFiles(Path(run_dir)).config
     space = json.loads(path.read_text()).get("space", {}) if path.exists() else {}
     return space.get("fitness", {}).get("combine", "mean")
 
