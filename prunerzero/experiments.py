@@ -74,6 +74,10 @@ class Method:
     owl_lambda: float = 0.08
     owl_m: float = 5.0
     permute: bool = False           # N:M input-channel permutation (N:M patterns only)
+    models: tuple = ()              # the grid's models this method runs on (empty: all); not part of a cell's id
+
+    def runs_on(self, model: str) -> bool:
+        return not self.models or model in self.models
 
     @property
     def procedure(self) -> str:
@@ -210,6 +214,8 @@ class Grid:
         for model in self.models:
             for seed in self.seeds:
                 for method in self.methods:
+                    if not method.runs_on(model):
+                        continue
                     if method.name == "dense":  # seed-independent: once, at the lowest seed
                         if seed == self.dense_seed:
                             out.append(self.cell(model, method, "-", seed))
@@ -257,12 +263,17 @@ def _method(raw, where: str) -> Method:
         return _structural_method(raw, where)
     if kind != "prune":
         raise UserError(f"{where}.kind '{kind}' is unknown: use prune (the default) or structural")
-    allowed = ("name", "formula", "mode", "kind") + PROCEDURE_KEYS
+    allowed = ("name", "formula", "mode", "kind", "models") + PROCEDURE_KEYS
     unknown = sorted(set(raw) - set(allowed))
     if unknown:
         raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are {', '.join(allowed)}")
+    models = raw.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models) or (
+            "models" in raw and not models):
+        raise UserError(f"{where}.models must list the grid's models this method runs on, e.g. [smollm2] "
+                        "(leave it out to run it on every model)")
     return _checked(Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential"),
-                           **_procedure(raw, where)), where)
+                           models=tuple(models), **_procedure(raw, where)), where)
 
 
 PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute")
@@ -411,6 +422,11 @@ def load_grid(path: str | Path) -> Grid:
     names = [(m.name, m.mode) for m in methods]
     if len(set(names)) != len(names):
         raise UserError("grid methods repeat a (name, mode): give each its own name")
+    for i, m in enumerate(methods):
+        stray = [name for name in m.models if name not in models]
+        if stray:
+            raise UserError(f"grid {path}: methods[{i}].models names '{stray[0]}', which is not one of the grid's "
+                            f"models ({', '.join(models)})")
     patterns = tuple(_pattern_text(p, f"patterns[{i}]") for i, p in enumerate(raw.get("patterns") or [0.5]))
     structural = None
     if any(m.kind == "structural" for m in methods):
@@ -782,6 +798,8 @@ def render(grid: Grid, rows: list[dict]) -> str:
                       "| method | " + " | ".join(_pattern_header(p) for p in grid.patterns) + " |",
                       "| --- |" + " ---: |" * len(grid.patterns)]
             for method in grid.methods:
+                if not method.runs_on(model):
+                    continue
                 if method.name == "dense":
                     r = by_id.get(grid.cell(model, method, "-", grid.dense_seed).id)
                     value = f"{r['ppl'][ds]:.2f}" if r and ds in r["ppl"] else "-"
@@ -828,7 +846,7 @@ def _ratio_table(grid: Grid, model: str, by_id: dict, reference: str, ds: str) -
              + (" | this model in its search |" if searched else " |"),
              "| --- |" + " ---: |" * len(grid.patterns) + (" --- |" if searched else "")]
     for method in grid.methods:
-        if method.name in ("dense", reference):
+        if method.name in ("dense", reference) or not method.runs_on(model):
             continue
         ref = next((m for m in refs if m.mode == method.mode), refs[0])
 

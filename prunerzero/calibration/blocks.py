@@ -2,6 +2,8 @@
 inputs the model's own forward gives it (Wanda's ``prepare_calibration_input``, per block)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
@@ -134,3 +136,64 @@ class BlockRunner:
 
     def advance(self, outs: list[torch.Tensor]) -> None:
         self.hidden = outs
+
+
+@dataclass
+class ForwardCheck:
+    """Each block's outputs from ``BlockRunner`` (``ours``) and from the model's own forward (``real``), and the
+    model's logits (``logits``) against its own tail (final norm, LM head, soft-capping) run on our last block's
+    outputs (``replayed``)."""
+    real: list[torch.Tensor]
+    ours: list[torch.Tensor]
+    logits: torch.Tensor
+    replayed: torch.Tensor
+
+    def summary(self) -> dict:
+        """Largest absolute differences, each also relative to the largest magnitude it is measured against."""
+        gaps = [(o.float() - r.float()).abs().max().item() for o, r in zip(self.ours, self.real)]
+        scales = [r.float().abs().max().item() for r in self.real]
+        worst = max(range(len(gaps)), key=lambda i: gaps[i] / max(scales[i], 1e-30))
+        logit_gap = (self.replayed.float() - self.logits.float()).abs().max().item()
+        return {"blocks": len(gaps), "worst_block": worst, "hidden_max_abs_diff": gaps[worst],
+                "hidden_max_abs": scales[worst], "hidden_rel_diff": gaps[worst] / max(scales[worst], 1e-30),
+                "logits_max_abs_diff": logit_gap, "logits_max_abs": self.logits.float().abs().max().item(),
+                "argmax_agreement": (self.replayed.argmax(-1) == self.logits.argmax(-1)).float().mean().item()}
+
+
+def _hidden(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def forward_check(model: nn.Module, windows: torch.Tensor, batch_size: int = 1) -> ForwardCheck:
+    """Block by block == whole model: the proof that calibration sees what the model's own forward computes.
+
+    The model runs once on all ``windows`` in one batch with a hook on every decoder block; ``BlockRunner`` then
+    runs the blocks one by one in batches of ``batch_size``; finally the model runs again with its last block's
+    output replaced by ours, so the logits also cover the tail after the blocks."""
+    layers = decoder_layers(model)
+    dev = model.get_input_embeddings().weight.device
+    windows = windows.to(dev)
+    real: dict[int, torch.Tensor] = {}
+    hooks = [b.register_forward_hook(lambda _m, _a, out, i=i: real.__setitem__(i, _hidden(out).detach()))
+             for i, b in enumerate(layers)]
+    try:
+        logits = model(windows).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    runner = BlockRunner(model, windows, batch_size=batch_size)
+    ours = []
+    for block in layers:
+        outs = runner.run(block)
+        ours.append(torch.cat([o.to(real[0].device) for o in outs]))
+        runner.advance(outs)
+    last = ours[-1]
+    hook = layers[-1].register_forward_hook(
+        lambda _m, _a, out: (last.to(_hidden(out).device), *out[1:]) if isinstance(out, tuple)
+        else last.to(out.device))
+    try:
+        replayed = model(windows).logits
+    finally:
+        hook.remove()
+    return ForwardCheck([real[i] for i in range(len(layers))], ours, logits, replayed)
