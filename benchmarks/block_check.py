@@ -29,8 +29,10 @@ DEFAULT_META = {"renderer": "block_check", "blocks": [
              "test windows through the model's own forward (one batch, hooks on the decoder blocks) and through "
              "prunerzero's block runner (blocks one by one, as calibration and sequential pruning run them), then "
              "the model's own tail on our last block's outputs. Worst block: the largest absolute difference "
-             "relative to that block's largest activation. Differences at the level of fp32 rounding (batching "
-             "changes the order of sums) mean the block runner computes what the model computes."},
+             "relative to that block's largest activation. 0 means bit-identical outputs; differences at the level "
+             "of fp32 rounding (batching can change the order of sums) would still mean the block runner computes "
+             "what the model computes, and the check does fail when a block gets another block's inputs "
+             "(tests/test_families.py)."},
     {"commands": {"bench": "block_check"}},
     {"table": {"where": {"bench": "block_check"}, "columns": COLUMNS}}]}
 

@@ -872,3 +872,17 @@ def test_a_method_can_be_limited_to_some_models(tmp_path):
     assert "| f (sequential) | 12.00 ± 1.00 |" in a and "| f (sequential) | 1.091 (within spread) | yes |" in a
     assert "| f (" not in c and "| wanda (sequential) | 11.00 ± 1.00 |" in c
     assert "Not yet run" not in md
+
+
+def test_block_check_proves_every_builtin_model():
+    """results/block-check-cpu: for each built-in model (one per family: LLaMA, Gemma 3, Qwen2), blocks run one by
+    one reproduce the model's own forward on real text, and the model's tail on our last block gives its logits."""
+    from prunerzero.experiments import read_rows
+    from prunerzero.models import BUILTIN_MODELS
+
+    rows = {r["model"]: r for r in read_rows(RESULTS / "block-check-cpu" / "rows.jsonl")}
+    assert set(rows) == set(BUILTIN_MODELS)
+    assert {r["family"] for r in rows.values()} == {"llama", "gemma3_text", "qwen2"}
+    for name, r in rows.items():
+        assert r["blocks"] >= 18 and r["hidden_rel_diff"] < 1e-5, name
+        assert r["logits_max_abs_diff"] < 1e-3 * r["logits_max_abs"] and r["argmax_agreement"] == 1.0, name
