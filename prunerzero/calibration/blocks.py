@@ -150,12 +150,13 @@ class ForwardCheck:
 
     def summary(self) -> dict:
         """Largest absolute differences, each also relative to the largest magnitude it is measured against."""
-        gaps = [(o.float() - r.float()).abs().max().item() for o, r in zip(self.ours, self.real)]
+        gaps = [(o.float() - r.float().to(o.device)).abs().max().item() for o, r in zip(self.ours, self.real)]
         scales = [r.float().abs().max().item() for r in self.real]
         worst = max(range(len(gaps)), key=lambda i: gaps[i] / max(scales[i], 1e-30))
-        logit_gap = (self.replayed.float() - self.logits.float()).abs().max().item()
-        return {"blocks": len(gaps), "worst_block": worst, "hidden_max_abs_diff": gaps[worst],
-                "hidden_max_abs": scales[worst], "hidden_rel_diff": gaps[worst] / max(scales[worst], 1e-30),
+        logit_gap = (self.replayed.float() - self.logits.float().to(self.replayed.device)).abs().max().item()
+        return {"blocks": len(gaps), "worst_block": worst if gaps[worst] > 0 else None,  # None: all identical
+                "hidden_max_abs_diff": gaps[worst], "hidden_max_abs": max(scales),
+                "hidden_rel_diff": gaps[worst] / max(scales[worst], 1e-30),
                 "logits_max_abs_diff": logit_gap, "logits_max_abs": self.logits.float().abs().max().item(),
                 "argmax_agreement": (self.replayed.argmax(-1) == self.logits.argmax(-1)).float().mean().item()}
 
@@ -170,7 +171,9 @@ def forward_check(model: nn.Module, windows: torch.Tensor, batch_size: int = 1) 
 
     The model runs once on all ``windows`` in one batch with a hook on every decoder block; ``BlockRunner`` then
     runs the blocks one by one in batches of ``batch_size``; finally the model runs again with its last block's
-    output replaced by ours, so the logits also cover the tail after the blocks."""
+    output replaced by ours, so the logits also cover the tail after the blocks. Every block's outputs are kept
+    twice and the logits twice (windows x tokens x vocabulary each): a check for a few short windows, not for a
+    whole evaluation."""
     layers = decoder_layers(model)
     dev = model.get_input_embeddings().weight.device
     windows = windows.to(dev)
@@ -178,7 +181,7 @@ def forward_check(model: nn.Module, windows: torch.Tensor, batch_size: int = 1) 
     hooks = [b.register_forward_hook(lambda _m, _a, out, i=i: real.__setitem__(i, _hidden(out).detach()))
              for i, b in enumerate(layers)]
     try:
-        logits = model(windows).logits
+        logits = model(windows, use_cache=False).logits
     finally:
         for h in hooks:
             h.remove()
@@ -186,14 +189,14 @@ def forward_check(model: nn.Module, windows: torch.Tensor, batch_size: int = 1) 
     ours = []
     for block in layers:
         outs = runner.run(block)
-        ours.append(torch.cat([o.to(real[0].device) for o in outs]))
+        ours.append(torch.cat([o.to(real[len(ours)].device) for o in outs]))
         runner.advance(outs)
     last = ours[-1]
     hook = layers[-1].register_forward_hook(
         lambda _m, _a, out: (last.to(_hidden(out).device), *out[1:]) if isinstance(out, tuple)
         else last.to(out.device))
     try:
-        replayed = model(windows).logits
+        replayed = model(windows, use_cache=False).logits
     finally:
         hook.remove()
     return ForwardCheck([real[i] for i in range(len(layers))], ours, logits, replayed)

@@ -4,14 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..fsutil import current_umask
+from ..fsutil import atomic_path
 from ..metric.ops import TERMINAL_ALIASES
 
 
@@ -68,17 +67,8 @@ class Stats:
         from safetensors.torch import save_file
 
         flat = {f"{k}/{t}": x.contiguous().cpu() for k, v in self.tensors.items() for t, x in v.items()}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(flat, tmp, metadata={"prunerzero": json.dumps(self.meta, sort_keys=True)})
-            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; use the user's umask like open() does
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(flat, str(tmp), metadata={"prunerzero": json.dumps(self.meta, sort_keys=True)})
 
     @staticmethod
     def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> "Stats":
