@@ -279,7 +279,7 @@ def test_readme_transfer_table_is_the_rows():
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
     import statistics
 
-    from prunerzero.experiments import fmt, read_rows, verdict
+    from prunerzero.experiments import fmt, load_grid, read_rows, verdict
 
     rows = read_rows(RESULTS / "transfer-cpu" / "rows.jsonl")
     ppl = {}
@@ -287,15 +287,21 @@ def test_readme_transfer_table_is_the_rows():
         ppl.setdefault((r["model"], r["method"], r["pattern"]), {})[r["seed"]] = r["ppl"]["wikitext2"]
     seeds = {k: [v[s] for s in (0, 1, 2)] for k, v in ppl.items() if len(v) == 3}
     table = _md_table((REPO / "README.md").read_text(), "| method | SmolLM2 50% | SmolLM2 2:4 | Gemma 3 50% |")
+    not_run = {(m.name, model) for m in load_grid(REPO / "grids" / "transfer-cpu.yaml").methods
+               for model in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") if not m.runs_on(model)}
+    assert not_run == {("found-2m", "qwen2.5-0.5b"), ("found-2m-zsn", "qwen2.5-0.5b")}
     methods = {"Wanda (ppl)": "wanda", "RIA": "ria", "SparseGPT": "sparsegpt", "found on SmolLM2": "found-1m",
                "found on both, G": "found-2m",
                "found on both (W, X search), \\|W\\|·(W²": "found-2m-w2",
                "found on both (W, X search), \\|W\\|·(\\|zsn": "found-2m-zsn"}
-    cols = [(m, p) for m in ("smollm2", "gemma3-270m") for p in ("0.5", "2:4")]
-    assert len(table) == 7 and table[0][0] == "Wanda (ppl)"
+    cols = [(m, p) for m in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") for p in ("0.5", "2:4")]
+    assert len(table) == 7 and table[0][0] == "Wanda (ppl)" and all(len(cells) == 1 + len(cols) for cells in table)
     for cells in table:
         method = next(v for k, v in methods.items() if cells[0].startswith(k))
         for cell, (model, p) in zip(cells[1:], cols):
+            if (method, model) in not_run:
+                assert cell == "not run" and (model, method, p) not in ppl, (cells[0], model, p)
+                continue
             mine, wanda = seeds[(model, method, p)], seeds[(model, "wanda", p)]
             if method == "wanda":
                 assert cell == fmt(mine), (cells[0], model, p)
