@@ -179,6 +179,9 @@ def _prune_pattern(args):
     group = default_group(args.metric)  # also validates the metric name or formula
     if args.metric == SPARSEGPT and (args.update != "none" or args.permute):
         raise UserError("sparsegpt already reconstructs (OBS) and has no metric to permute by: drop --update/--permute")
+    if args.percdamp is not None and args.metric != SPARSEGPT and args.update == "none":
+        raise UserError("--percdamp damps the Hessian of sparsegpt or of an --update: add --update obs (or lsq, "
+                        "admm), or drop it")
     if (args.owl_lambda is not None or args.owl_m is not None) and args.allocation != "owl":
         raise UserError("--owl-lambda/--owl-m set the OWL allocation: add --allocation owl, or drop them")
     if args.pattern not in (None, "", "unstructured"):
@@ -202,6 +205,8 @@ def _prune_pattern(args):
 
 def cmd_prune(args) -> None:
     from .pipeline import CalibConfig, prune
+    from .prune.run import SPARSEGPT
+    from .prune.sparsegpt import PERCDAMP
 
     pattern = _prune_pattern(args)
     if args.save:
@@ -220,15 +225,18 @@ def cmd_prune(args) -> None:
     owl_m = 5.0 if args.owl_m is None else args.owl_m
     if args.allocation == "owl":
         payload.update(owl_lambda=owl_lambda, owl_m=owl_m)
+    percdamp = PERCDAMP if args.percdamp is None else args.percdamp
+    if args.metric == SPARSEGPT or args.update != "none":
+        payload["percdamp"] = percdamp
     res = prune(lm, args.metric, pattern, cfg, sequential=args.sequential, progress=not args.quiet,
                 update=args.update, allocation=args.allocation, owl_lambda=owl_lambda, owl_m=owl_m,
-                permute=args.permute)
+                permute=args.permute, percdamp=percdamp)
     payload.update(sparsity=res.sparsity, prune_seconds=res.seconds)
     t0 = time.time()
     payload["pruned"] = _evaluate(lm, args)
     from .experiments import procedure_suffix
 
-    procedure = procedure_suffix(args.update, args.allocation, owl_lambda, owl_m, args.permute)
+    procedure = procedure_suffix(args.update, args.allocation, owl_lambda, owl_m, args.permute, percdamp)
     print(f"pruned  {_ppl_line(payload['pruned'])}  [{res.method}, {pattern}, "
           f"{'sequential' if args.sequential else 'one-shot'}{procedure}]")
     print(f"sparsity {res.sparsity:.4f} of prunable weights; prune {res.seconds:.1f}s, eval {time.time() - t0:.1f}s")
@@ -526,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OWL: an outlier is a Wanda score above M x the block mean (default: 5)")
     p.add_argument("--permute", action="store_true",
                    help="N:M only: permute o_proj/down_proj input channels (and their producers) to keep more score")
+    p.add_argument("--percdamp", type=_number(0.0), default=None,
+                   help="Hessian damping of sparsegpt and of --update, a fraction of the mean of diag(H) added to "
+                        "the diagonal (default: 0.01, SparseGPT's)")
     p.add_argument("--nsamples", type=_at_least(1), default=_P.nsamples, help="calibration windows from C4 train")
     p.add_argument("--seed", type=_at_least(0), default=_P.seed, help="seed of the calibration sampler")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")

@@ -46,19 +46,23 @@ from . import checks
 from .errors import UserError
 from .fsutil import atomic_write_text
 from .protocol import Protocol
+from .prune.sparsegpt import PERCDAMP
 
 MODES = ("sequential", "oneshot")
 DATASET_TITLES = {"wikitext2": "WikiText-2", "c4": "C4"}
 
 
-def procedure_suffix(update: str, allocation: str, owl_lambda: float, owl_m: float, permute: bool) -> str:
+def procedure_suffix(update: str, allocation: str, owl_lambda: float, owl_m: float, permute: bool,
+                     percdamp: float = PERCDAMP) -> str:
     """What a pruning run does beyond its metric's mask, as tables and ``prunerzero prune`` print it:
-    ", +OBS" (", +LSQ", ", +ADMM"), ", OWL" (with λ / M where they differ from OWL's 0.08 / 5), ", permuted"; '' for a plain metric."""
+    ", +OBS" (", +LSQ", ", +ADMM"), ", OWL" (with λ / M where they differ from OWL's 0.08 / 5), ", permuted",
+    ", damp 0.1" (a Hessian damping other than SparseGPT's 0.01); '' for a plain metric."""
     owl = ""
     if allocation == "owl":
         params = ([f"λ {owl_lambda:g}"] if owl_lambda != 0.08 else []) + ([f"M {owl_m:g}"] if owl_m != 5.0 else [])
         owl = ", OWL" + (f" {' '.join(params)}" if params else "")
-    return (f", +{update.upper()}" if update != "none" else "") + owl + (", permuted" if permute else "")
+    return ((f", +{update.upper()}" if update != "none" else "") + owl + (", permuted" if permute else "")
+            + (f", damp {percdamp:g}" if percdamp != PERCDAMP else ""))
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class Method:
     owl_lambda: float = 0.08
     owl_m: float = 5.0
     permute: bool = False           # N:M input-channel permutation (N:M patterns only)
+    percdamp: float = PERCDAMP      # Hessian damping of SparseGPT and of the updates (fraction of mean diag H)
     models: tuple = ()              # the grid's models this method runs on (empty: all); not part of a cell's id
 
     def runs_on(self, model: str) -> bool:
@@ -87,6 +92,8 @@ class Method:
             parts.append(f"allocation={self.allocation}(lambda={self.owl_lambda:g},m={self.owl_m:g})")
         if self.permute:
             parts.append("permute")
+        if self.percdamp != PERCDAMP:
+            parts.append(f"percdamp={self.percdamp:g}")
         return "|".join(parts)
 
     def applies_to(self, pattern: str) -> bool:
@@ -102,7 +109,8 @@ class Method:
     def label(self) -> str:
         if self.name == "dense" or self.kind == "structural":
             return self.name
-        extra = procedure_suffix(self.update, self.allocation, self.owl_lambda, self.owl_m, self.permute)
+        extra = procedure_suffix(self.update, self.allocation, self.owl_lambda, self.owl_m, self.permute,
+                                 self.percdamp)
         return f"{self.name} ({self.mode}{extra})"
 
     def structural_config(self, sparsity: float, seed: int):
@@ -276,7 +284,7 @@ def _method(raw, where: str) -> Method:
                            models=tuple(models), **_procedure(raw, where)), where)
 
 
-PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute")
+PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute", "percdamp")
 
 
 def _procedure(raw: dict, where: str) -> dict:
@@ -297,6 +305,11 @@ def _procedure(raw: dict, where: str) -> dict:
             raise UserError(f"{where}.permute must be true or false, got {raw['permute']!r}")
         out["permute"] = raw["permute"]
     name = str(raw["name"])
+    if "percdamp" in raw:
+        out["percdamp"] = checks.real(raw["percdamp"], f"{where}.percdamp", 0.0, None, open_low=True)
+        if str(raw.get("formula") or name) != "sparsegpt" and out.get("update", "none") == "none":
+            raise UserError(f"{where}.percdamp damps the Hessian of sparsegpt or of an update: add 'update: obs' "
+                            "(or lsq, admm), or drop it")
     if out and name == "dense":
         raise UserError(f"{where}: dense is not pruned: drop {', '.join(sorted(out))}")
     if name == "sparsegpt" and not raw.get("formula") and (out.get("update", "none") != "none" or out.get("permute")):
@@ -617,13 +630,15 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
                     calib = CalibConfig(proto.nsamples, cell.seed, proto.batch_size, data_dir, cache)
                     res = prune(lm, spec, pattern, calib, sequential=method.mode == "sequential", progress=progress,
                                 update=method.update, allocation=method.allocation, owl_lambda=method.owl_lambda,
-                                owl_m=method.owl_m, permute=method.permute)
+                                owl_m=method.owl_m, permute=method.permute, percdamp=method.percdamp)
                     row.update(pattern_text=str(pattern), sparsity=res.sparsity, prune_seconds=round(res.seconds, 3))
                     if method.procedure:
                         row["procedure"] = {"update": method.update, "allocation": method.allocation,
                                             "permute": method.permute}
                         if method.allocation == "owl":
                             row["procedure"].update(owl_lambda=method.owl_lambda, owl_m=method.owl_m)
+                        if method.percdamp != PERCDAMP:
+                            row["procedure"]["percdamp"] = method.percdamp
                 else:
                     row.update(pattern_text="dense", sparsity=0.0, prune_seconds=0.0)
                 t1 = time.time()

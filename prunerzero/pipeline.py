@@ -27,6 +27,7 @@ from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
 from .protocol import Protocol
 from .prune.masks import Pattern, sparsity_of
 from .prune.run import SPARSEGPT, prune_model
+from .prune.sparsegpt import PERCDAMP
 
 
 @dataclass
@@ -113,14 +114,16 @@ class PruneResult:
 
 def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequential: bool = True,
           progress: bool = True, seqlen: int | None = None, update: str = "none", allocation: str = "uniform",
-          owl_lambda: float = 0.08, owl_m: float = 5.0, permute: bool = False) -> PruneResult:
+          owl_lambda: float = 0.08, owl_m: float = 5.0, permute: bool = False,
+          percdamp: float = PERCDAMP) -> PruneResult:
     """Prune ``lm`` in place with a known metric name, a formula, or 'sparsegpt' (calibration windows of
     ``seqlen`` tokens, default ``lm.seqlen``).
 
     ``update="obs"`` reconstructs the kept weights after the metric's mask (OBS, the layer Hessian of the same
     pass), ``"lsq"`` solves them exactly, ``"admm"`` lets the metric re-select its mask while ADMM updates the
     weights (``prune.admm``); ``allocation="owl"`` spreads the sparsity over blocks by OWL (dense one-shot X, cached); ``permute``
-    reorders input channels for N:M (see ``prune.permute``).
+    reorders input channels for N:M (see ``prune.permute``); ``percdamp`` is the Hessian damping of SparseGPT and
+    of the updates (a fraction of the mean of diag H; SparseGPT's 0.01 by default).
     """
     from .prune.allocation import Allocation, allocate
     t0 = time.time()
@@ -148,7 +151,8 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
                                                        progress=progress)) if alloc.kind == "owl" else Stats()
         counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])
     pruned = prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential,
-                         batch_size=cfg.batch_size, progress=progress, update=update, counts=counts, permute=permute)
+                         batch_size=cfg.batch_size, progress=progress, update=update, counts=counts, permute=permute,
+                         percdamp=percdamp)
     return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0,
                        pruned=pruned)
 

@@ -102,6 +102,8 @@ def test_common_options(command, extra, names, capsys):
     (["prune", "--pattern", "2:4", "--allocation", "owl"], "--allocation"),
     (["prune", "--permute"], "--permute"),
     (["prune", "--owl-m", "3"], "--allocation owl"),
+    (["prune", "--percdamp", "0.1"], "--percdamp damps the Hessian of sparsegpt or of an --update"),
+    (["prune", "--metric", "sparsegpt", "--percdamp", "0"], "--percdamp"),
     (["prune", "--allocation", "owl", "--owl-lambda", "0.7"], "--owl-lambda"),
     (["prune", "--update", "lbfgs"], "--update"),
     (["prune", "--seed", "-1"], "--seed"),
@@ -347,6 +349,9 @@ def test_console_script_prints_no_traceback(tmp_path):
     ({"methods": [{"name": "w", "formula": "wanda", "permute": "yes"}]}, "methods[0].permute must be true or false"),
     ({"methods": [{"name": "sparsegpt", "update": "obs"}]}, "sparsegpt already reconstructs"),
     ({"methods": [{"name": "dense", "update": "obs"}]}, "dense is not pruned"),
+    ({"methods": [{"name": "wanda", "percdamp": 0.1}]}, "methods[0].percdamp damps the Hessian of sparsegpt or of an "
+                                                        "update: add 'update: obs'"),
+    ({"methods": [{"name": "sparsegpt", "percdamp": 0}]}, "methods[0].percdamp"),
     ({"methods": [{"name": "wanda", "models": "smollm2"}]}, "methods[0].models must list the grid's models"),
     ({"methods": [{"name": "wanda", "models": []}]}, "methods[0].models must list the grid's models"),
     ({"models": ["smollm2"], "methods": [{"name": "wanda", "models": ["gemma3-270m"]}]},

@@ -278,6 +278,15 @@ def test_cli_prune_with_update_owl_and_permute(tiny_model_dir, tmp_path, capsys)
     assert main(common + ["--metric", "mul(sqr(W), Hd)", "--pattern", "2:4", "--permute", "--sequential"]) == 0
     out = capsys.readouterr().out
     assert "sparsity 0.5000" in out and "2:4, sequential, permuted]" in out
+    ppl = {}
+    for damp in ("0.01", "0.5"):  # SparseGPT's damping as an option: the default is the reference's 0.01
+        extra = [] if damp == "0.01" else ["--percdamp", damp]
+        assert main(common + ["--metric", "sparsegpt", "--sequential", "--json", str(tmp_path / "s.json")] + extra) == 0
+        res = json.loads((tmp_path / "s.json").read_text())
+        assert res["percdamp"] == float(damp)
+        ppl[damp] = res["pruned"]["wikitext2"]["ppl"]
+        assert ("damp 0.5]" in capsys.readouterr().out) == (damp == "0.5")
+    assert ppl["0.5"] != ppl["0.01"]
 
 
 def test_search_fitness_reads_the_hessian_terminal(tiny_model_dir, tmp_path):

@@ -407,30 +407,35 @@ def test_bench_runs_procedures_as_prune_does(tiny_model_dir, tmp_path):
         "seeds": [0], "patterns": [0.5, "2:4"],
         "methods": [{"name": "wanda"}, {"name": "wanda-obs", "formula": "wanda", "update": "obs"},
                     {"name": "owl", "formula": "wanda", "allocation": "owl", "owl_lambda": 0.1, "owl_m": 3},
-                    {"name": "ria-perm", "formula": "ria", "permute": True}]}))
+                    {"name": "ria-perm", "formula": "ria", "permute": True},
+                    {"name": "sparsegpt"}, {"name": "sgpt-d", "formula": "sparsegpt", "percdamp": 0.5}]}))
     g = load_grid(grid)
     assert g.cells()[0].id == f"{tiny_model_dir}|wanda|sequential|0.5|seed=0|protocol={g.cells()[0].protocol_key}"
     assert [(c.method.name, c.pattern) for c in g.cells()] == [
         ("wanda", "0.5"), ("wanda", "2:4"), ("wanda-obs", "0.5"), ("wanda-obs", "2:4"), ("owl", "0.5"),
-        ("ria-perm", "2:4")]
+        ("ria-perm", "2:4"), ("sparsegpt", "0.5"), ("sparsegpt", "2:4"), ("sgpt-d", "0.5"), ("sgpt-d", "2:4")]
+    assert g.cells()[-1].id.endswith("|percdamp=0.5") and "percdamp" not in g.cells()[-3].id
     out = tmp_path / "res"
     assert main(["bench", str(grid), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = {(r["method"], r["pattern"]): r for r in read_rows(out / "rows.jsonl")}
-    assert len(rows) == 6 and "procedure" not in rows[("wanda", "0.5")]
+    assert len(rows) == 10 and "procedure" not in rows[("wanda", "0.5")]
+    assert rows[("sgpt-d", "2:4")]["procedure"]["percdamp"] == 0.5
     assert rows[("owl", "0.5")]["procedure"] == {"update": "none", "allocation": "owl", "permute": False,
                                                  "owl_lambda": 0.1, "owl_m": 3.0}
     md = (tmp_path / "res.md").read_text()
+    assert "| sgpt-d (sequential, damp 0.5) | " in md
     assert "| owl (sequential, OWL λ 0.1 M 3) | " in md and "| n/a |" in md and "| ria-perm (sequential, permuted) | n/a |" in md
     for (name, pat), kw in {("wanda-obs", "2:4"): {"update": "obs"},
                             ("owl", "0.5"): {"allocation": "owl", "owl_lambda": 0.1, "owl_m": 3.0},
-                            ("ria-perm", "2:4"): {"permute": True}}.items():
+                            ("ria-perm", "2:4"): {"permute": True}, ("sgpt-d", "2:4"): {"percdamp": 0.5}}.items():
         lm = load_model(str(tiny_model_dir), seqlen=64, cache=tmp_path / "cache")
-        metric = {"wanda-obs": "wanda", "owl": "wanda", "ria-perm": "ria"}[name]
+        metric = {"wanda-obs": "wanda", "owl": "wanda", "ria-perm": "ria", "sgpt-d": "sparsegpt"}[name]
         pattern = parse_pattern(0.5, pat) if ":" in pat else parse_pattern(0.5, None, "row")
         prune(lm, metric, pattern, CalibConfig(2, 0, 1, None, tmp_path / "cache"), progress=False, **kw)
         ppl = evaluate_all(lm, ["wikitext2"], 2, 1, None, False, split="test")["wikitext2"]["ppl"]
         assert ppl == pytest.approx(rows[(name, pat)]["ppl"]["wikitext2"], rel=1e-6), name
     assert rows[("wanda-obs", "2:4")]["ppl"]["wikitext2"] != rows[("wanda", "2:4")]["ppl"]["wikitext2"]
+    assert rows[("sgpt-d", "2:4")]["ppl"]["wikitext2"] != rows[("sparsegpt", "2:4")]["ppl"]["wikitext2"]
 
 
 def test_runners_sharing_a_grid_skip_claimed_cells_and_take_over_dead_claims(tiny_model_dir, tmp_path):

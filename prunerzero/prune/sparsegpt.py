@@ -33,6 +33,8 @@ import torch
 from ..errors import UserError
 from .masks import Pattern, mask_from_scores
 
+PERCDAMP = 0.01  # the reference's damping: percdamp x the mean of diag(H) added to the diagonal
+
 
 def damped_hessian(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """(H + percdamp * mean(diag H) * I with dead inputs set to 1 on the diagonal, dead-input mask), in fp32."""
