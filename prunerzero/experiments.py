@@ -276,12 +276,16 @@ def _method(raw, where: str) -> Method:
     if unknown:
         raise UserError(f"unknown key '{where}.{unknown[0]}': allowed are {', '.join(allowed)}")
     models = raw.get("models", [])
-    if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models) or (
-            "models" in raw and not models) or len(set(models)) != len(models):
+    if not _model_names(models) or ("models" in raw and not models) or len(set(models)) != len(models):
         raise UserError(f"{where}.models must list the grid's models this method runs on, each once, e.g. "
                         "[smollm2] (leave it out to run it on every model)")
     return _checked(Method(str(raw["name"]), raw.get("formula"), raw.get("mode", "sequential"),
                            models=tuple(models), **_procedure(raw, where)), where)
+
+
+def _model_names(value) -> bool:
+    """Whether a grid value is a list of model names (non-empty strings); each caller words its own error."""
+    return isinstance(value, list) and all(isinstance(m, str) and m.strip() for m in value)
 
 
 PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute", "percdamp")
@@ -426,7 +430,7 @@ def load_grid(path: str | Path) -> Grid:
         raise UserError(f"unknown key '{unknown[0]}' in grid {path}: allowed are {', '.join(sorted(allowed))}")
     protocol = Protocol.from_dict(raw.get("protocol"))
     models = raw.get("models") or [protocol.model]
-    if not isinstance(models, list) or not all(isinstance(m, str) and m.strip() for m in models):
+    if not _model_names(models):
         raise UserError(f"grid {path}: models must be a list of model names, e.g. [smollm2, gemma3-270m]")
     if len(set(models)) != len(models):
         raise UserError(f"grid {path}: models repeat a model: list each once")
@@ -486,8 +490,7 @@ def _reference(raw: dict, methods: tuple[Method, ...], path: Path) -> tuple[tupl
     for name, models in searched.items():
         if name not in names:
             raise UserError(f"grid {path}: searched_on names '{name}', which is not one of its methods")
-        if (not isinstance(models, list) or not models
-                or not all(isinstance(m, str) and m.strip() for m in models)):
+        if not models or not _model_names(models):
             raise UserError(f"grid {path}: searched_on.{name} must be a list of models, e.g. [smollm2]")
         out.append((name, tuple(models)))
     if out and not reference:

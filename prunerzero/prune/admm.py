@@ -32,6 +32,7 @@ import torch
 from ..errors import UserError
 from .allocation import mask_with_count
 from .masks import Pattern, lowest_k, mask_from_scores
+from .sparsegpt import PERCDAMP
 
 ADMM_RHO = 1.0
 ADMM_ITERS = 30
@@ -58,7 +59,7 @@ class Normalised:
         return W * self.d.view(1, -1)
 
 
-def normalise(H: torch.Tensor, percdamp: float = 0.01, rho: float | None = None) -> Normalised:
+def normalise(H: torch.Tensor, percdamp: float = PERCDAMP, rho: float | None = None) -> Normalised:
     """``Normalised`` for a layer Hessian; with ``rho``, also the inverse ADMM needs."""
     H = H.to(torch.float32)
     diag = torch.diag(H)
@@ -110,7 +111,7 @@ def masked_cg(Wn: torch.Tensor, A: torch.Tensor, keep: torch.Tensor, x0: torch.T
 
 
 @torch.no_grad()
-def lsq_update(weight: torch.Tensor, H: torch.Tensor | None, mask: torch.Tensor, percdamp: float = 0.01,
+def lsq_update(weight: torch.Tensor, H: torch.Tensor | None, mask: torch.Tensor, percdamp: float = PERCDAMP,
                iters: int = CG_ITERS, norm: Normalised | None = None) -> torch.Tensor:
     """Prune ``mask`` (True = prune) and give the kept weights of each row their least-squares values against the
     layer Hessian ``H`` (or its precomputed ``norm``); fp32 result."""
@@ -139,7 +140,7 @@ def ramp_mask(score: torch.Tensor, pattern: Pattern, count: int | None, frac: fl
 
 @torch.no_grad()
 def admm_prune(weight: torch.Tensor, H: torch.Tensor | None, pattern: Pattern,
-               score_of: Callable[[torch.Tensor], torch.Tensor], count: int | None = None, percdamp: float = 0.01,
+               score_of: Callable[[torch.Tensor], torch.Tensor], count: int | None = None, percdamp: float = PERCDAMP,
                rho: float = ADMM_RHO, iters: int = ADMM_ITERS, ramp: int = ADMM_RAMP, cg_iters: int = CG_ITERS,
                norm: Normalised | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ADMM pruning with gradual mask selection by ``score_of(weights) -> scores`` (the metric on the current

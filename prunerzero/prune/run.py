@@ -22,7 +22,7 @@ from ..metric.expr import Node, evaluate
 from ..models import all_prunable, decoder_layers, prunable_linears
 from .masks import Pattern, apply_mask, check_scores, mask_from_scores
 from .admm import admm_prune, lsq_update
-from .sparsegpt import obs_diag, obs_update, sparsegpt_prune
+from .sparsegpt import PERCDAMP, obs_diag, obs_update, sparsegpt_prune
 
 SPARSEGPT = "sparsegpt"
 UPDATES = ("none", "obs", "lsq", "admm")
@@ -79,7 +79,7 @@ def _layer_pattern(pattern: Pattern, counts: dict[str, int] | None, key: str, li
 @torch.no_grad()
 def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, windows: torch.Tensor | None = None,
                 grads: Stats | None = None, sequential: bool = True, batch_size: int = 1,
-                percdamp: float = 0.01, blocksize: int = 128, progress: bool = True, update: str = "none",
+                percdamp: float = PERCDAMP, blocksize: int = 128, progress: bool = True, update: str = "none",
                 counts: dict[str, int] | None = None, permute: bool = False) -> dict[str, int]:
     """Prune every prunable Linear in place; returns the number of weights pruned per layer.
 

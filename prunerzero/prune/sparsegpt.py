@@ -36,7 +36,7 @@ from .masks import Pattern, mask_from_scores
 PERCDAMP = 0.01  # the reference's damping: percdamp x the mean of diag(H) added to the diagonal
 
 
-def damped_hessian(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def damped_hessian(H: torch.Tensor, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
     """(H + percdamp * mean(diag H) * I with dead inputs set to 1 on the diagonal, dead-input mask), in fp32."""
     H = H.float().clone()
     dead = torch.diag(H) == 0
@@ -54,7 +54,7 @@ def _cholesky(H: torch.Tensor) -> torch.Tensor:
         raise UserError("the layer Hessian is not positive definite: raise percdamp (e.g. 0.1)") from None
 
 
-def hinv_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def hinv_factor(H: torch.Tensor, percdamp: float = PERCDAMP) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, dead): U the upper Cholesky factor of the damped H^-1 (H^-1 = U^T U), as SparseGPT uses it.
 
     U depends on the layer's inputs only, not on the mask: a caller pruning the same layer with many masks
@@ -65,7 +65,7 @@ def hinv_factor(H: torch.Tensor, percdamp: float = 0.01) -> tuple[torch.Tensor, 
     return U, dead
 
 
-def obs_diag(H: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+def obs_diag(H: torch.Tensor, percdamp: float = PERCDAMP) -> torch.Tensor:
     """The terminal Hd: 1 / diag(H_damped^-1), shape [1, in] (dead inputs: 1 / [H^-1]_jj of their damped 1)."""
     Hd, _ = damped_hessian(H, percdamp)
     inv = torch.cholesky_inverse(_cholesky(Hd.double()))
@@ -124,7 +124,7 @@ def obs_sweep(weight: torch.Tensor, U: torch.Tensor, dead: torch.Tensor, pattern
 
 
 @torch.no_grad()
-def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: Pattern, percdamp: float = 0.01,
+def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: Pattern, percdamp: float = PERCDAMP,
                     blocksize: int = 128, return_mask: bool = False):
     """Return the pruned and reconstructed weight (fp32) given the layer Hessian ``H`` = 2/n X X^T
     (and the mask SparseGPT chose, if ``return_mask``)."""
@@ -134,7 +134,7 @@ def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: Pattern, per
 
 
 @torch.no_grad()
-def obs_update(weight: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, percdamp: float = 0.01,
+def obs_update(weight: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, percdamp: float = PERCDAMP,
                blocksize: int = 128) -> torch.Tensor:
     """Prune ``mask`` (True = prune) and update the kept weights by OBS (fp32 result): reconstruction after any
     metric's mask. The blocksize only groups the lazy updates (same result for any blocksize up to rounding)."""

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ...calibration import BlockRunner, InputStats
 from ...models import decoder_layers, role, structural_roles
 from ..admm import lsq_update
+from ..sparsegpt import PERCDAMP
 from .groups import ATTN, MLP, Layout
 
 
@@ -30,7 +31,7 @@ def kept_columns(model: nn.Module, masks: dict, layer: int) -> dict[str, torch.T
 
 
 @torch.no_grad()
-def compensate(model: nn.Module, masks: dict, windows: torch.Tensor, batch_size: int = 1, percdamp: float = 0.01,
+def compensate(model: nn.Module, masks: dict, windows: torch.Tensor, batch_size: int = 1, percdamp: float = PERCDAMP,
                progress: bool = True) -> dict[str, float]:
     """Zero the removed structures' o_proj / down_proj columns and refit the kept ones (in place). Returns, per
     layer, the relative output error left on the calibration inputs, ||(W' - W) X|| / ||W X|| as
