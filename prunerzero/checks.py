@@ -12,6 +12,10 @@ from .errors import UserError
 
 DTYPES = ("auto", "fp32", "fp16", "bf16", "float32", "float16", "bfloat16")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+# stream: windows cut from one token stream, BOS (where the tokenizer adds one) only at its start: Wanda's and
+# SparseGPT's protocol. window: every calibration and evaluation window is BOS + seqlen - 1 stream tokens, for
+# families that break down without BOS at the start of a sequence (Gemma; ``models.FAMILIES``).
+BOS_MODES = ("stream", "window")
 
 
 def integer(value, what: str, minimum: int | None = None) -> int:
@@ -57,6 +61,12 @@ def dtype(value, what: str = "--dtype") -> str:
         return "auto"
     if value not in DTYPES:
         raise UserError(f"{what} '{value}' is not a dtype: use one of {', '.join(DTYPES[:4])}")
+    return value
+
+
+def bos(value, what: str = "--bos") -> str:
+    if value not in BOS_MODES:
+        raise UserError(f"{what} '{value}': use stream (Wanda's windows) or window (BOS opens every window)")
     return value
 
 

@@ -83,6 +83,9 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
                    help="spread a large model over all GPUs with accelerate (default: the whole model on --device)")
     p.add_argument("--seqlen", type=_at_least(2), default=_P.seqlen,
                    help="tokens per window, for calibration and evaluation (capped at the model's context)")
+    p.add_argument("--bos", default=_P.bos, choices=checks.BOS_MODES,
+                   help="stream: windows cut from one token stream, BOS only before the first (Wanda's protocol); "
+                        "window: BOS opens every calibration and evaluation window (what Gemma needs)")
     p.add_argument("--data-dir", default=None,
                    help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
     p.add_argument("--cache-dir", default=None,
@@ -130,7 +133,7 @@ def _load(args):
     from .models import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype, cache=args.cache_dir,
-                      device_map=args.device_map, seqlen=args.seqlen)
+                      device_map=args.device_map, seqlen=args.seqlen, bos=args.bos)
 
 
 def _evaluate(lm, args) -> dict:
@@ -216,7 +219,7 @@ def cmd_prune(args) -> None:
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
     payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "metric": args.metric,
                "pattern": str(pattern), "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed,
-               "seqlen": lm.seqlen}
+               "seqlen": lm.seqlen, "bos": args.bos}
     if not args.skip_dense:
         payload["dense"] = _evaluate(lm, args)
         print(f"dense   {_ppl_line(payload['dense'])}", flush=True)
@@ -250,7 +253,7 @@ def cmd_eval(args) -> None:
     _check_model_args(args, calibration=False)
     lm = _load(args)
     payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "seqlen": lm.seqlen,
-               "eval": _evaluate(lm, args)}
+               "bos": args.bos, "eval": _evaluate(lm, args)}
     print(_ppl_line(payload["eval"]))
     if "zero_shot" in payload["eval"]:
         print(json.dumps(payload["eval"]["zero_shot"], indent=2))
@@ -262,7 +265,7 @@ DEFAULT_SPACE = "prunerzero"   # the paper's space, packaged (prunerzero/spaces/
 # search options that change what a run computes: on --resume they must match the recorded run
 _GP_OPTIONS = {"population": "population", "seed": "seed"}
 _FITNESS_OPTIONS = {"model": "model", "eval_windows": "eval_windows", "nsamples": "nsamples", "seqlen": "seqlen",
-                    "device": "device", "dtype": "dtype", "batch_size": "batch_size"}
+                    "device": "device", "dtype": "dtype", "batch_size": "batch_size", "bos": "bos"}
 
 
 def _resume_space(args):
@@ -435,7 +438,7 @@ def cmd_structural(args) -> None:
     lm = _load(args)
     datasets = args.eval_sets
     payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "preset": args.preset,
-               "config": dataclasses.asdict(cfg), "sparsity": cfg.sparsity, "init": cfg.init, "metric": cfg.metric,
+               "bos": args.bos, "config": dataclasses.asdict(cfg), "sparsity": cfg.sparsity, "init": cfg.init, "metric": cfg.metric,
                "steps": cfg.steps, "samples": cfg.samples, "lr": cfg.lr, "nsamples": cfg.nsamples,
                "calib_seqlen": cfg.calib_seqlen, "eval_windows": cfg.eval_windows,
                "evaluation": f"WikiText-style perplexity on the first {cfg.eval_windows or 'all'} non-overlapping "
@@ -570,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights' precision for fitness (default: the space's fitness.dtype)")
     p.add_argument("--batch-size", type=_at_least(1), default=None,
                    help="windows per forward pass (default: the space's fitness.batch_size)")
+    p.add_argument("--bos", default=None, choices=checks.BOS_MODES,
+                   help="stream (Wanda's windows) or window (BOS opens every window, for Gemma); default: the "
+                        "space's fitness.bos")
     p.add_argument("--workers", type=_at_least(1), default=1,
                    help="evaluate on N GPUs through a Ray actor pool (prunerzero[ray])")
     p.add_argument("--max-minutes", type=_number(0.0), default=None,
@@ -697,6 +703,8 @@ def _packaged_spaces() -> list[str]:
 
 
 def main(argv=None) -> int:
+    import warnings
+
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2, one line) and --help (exit 0)
@@ -705,7 +713,17 @@ def main(argv=None) -> int:
 
     git_state()   # the commit of the code this process loaded, not of the tree when its first row is written
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            shown = warnings.showwarning
+
+            def one_line(message, category, filename, lineno, file=None, line=None):
+                """prunerzero's own warnings as one line, like its errors; the libraries' as they come."""
+                if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+                    print(f"warning: {message}", file=sys.stderr)
+                else:
+                    shown(message, category, filename, lineno, file, line)
+            warnings.showwarning = one_line
+            args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

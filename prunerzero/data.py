@@ -165,26 +165,45 @@ def eval_tokens(tokenizer, dataset: str = "wikitext2", split: str = "test", data
     return _eval_tokens_cached(tokenizer, dataset, split, str(root) if root else None, seqlen)
 
 
-def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows [n, seqlen] of a token stream; the remainder is dropped."""
-    n = tokens.numel() // seqlen
+def _without_bos(ids: torch.Tensor, bos: int) -> torch.Tensor:
+    return ids[1:] if ids.numel() and int(ids[0]) == bos else ids
+
+
+def _with_bos(windows: torch.Tensor, bos: int) -> torch.Tensor:
+    return torch.cat([torch.full((windows.shape[0], 1), bos, dtype=windows.dtype), windows], dim=1)
+
+
+def eval_windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None,
+                 bos: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows [n, seqlen] of a token stream; the remainder is dropped.
+
+    ``bos`` (protocol ``bos: window``): every window is that token followed by the next seqlen - 1 tokens of the
+    stream (a BOS the tokenizer put at the stream's start is dropped first), so each is scored as a sequence the
+    model can open."""
+    if bos is not None:
+        tokens = _without_bos(tokens, bos)
+    step = seqlen - (bos is not None)
+    n = tokens.numel() // step
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise UserError(f"the evaluation text has fewer than seqlen={seqlen} tokens: lower --seqlen")
-    return tokens[: n * seqlen].view(n, seqlen)
+    windows = tokens[: n * step].view(n, step)
+    return windows if bos is None else _with_bos(windows, bos)
 
 
 _WINDOWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> {args: windows}
 
 
 def calibration_windows(tokenizer, nsamples: int = 128, seqlen: int = 2048, seed: int = 0, data_dir=None,
-                        source: str = "c4") -> torch.Tensor:
+                        source: str = "c4", bos: int | None = None) -> torch.Tensor:
     """Wanda/SparseGPT's C4 sampler: [nsamples, seqlen] token windows, deterministic for a seed.
 
+    ``bos`` (protocol ``bos: window``): each window is that token followed by seqlen - 1 tokens sampled the same
+    way from documents without their own leading BOS.
     Remembered per tokenizer for the process (a copy is returned), keyed by the arguments and the data files'
     names and sizes, so the statistics cache's content hash does not re-tokenise C4 on every call."""
-    key = (nsamples, seqlen, seed, data_fingerprint(data_dir), source)
+    key = (nsamples, seqlen, seed, data_fingerprint(data_dir), source, bos)
     try:
         memo = _WINDOWS.setdefault(tokenizer, {})
     except TypeError:  # a tokenizer that cannot be weakly referenced: no memo
@@ -192,11 +211,12 @@ def calibration_windows(tokenizer, nsamples: int = 128, seqlen: int = 2048, seed
     if key not in memo:
         if len(memo) >= 8:
             memo.pop(next(iter(memo)))
-        memo[key] = _sample_windows(tokenizer, nsamples, seqlen, seed, data_dir, source)
+        memo[key] = _sample_windows(tokenizer, nsamples, seqlen, seed, data_dir, source, bos)
     return memo[key].clone()
 
 
-def _sample_windows(tokenizer, nsamples: int, seqlen: int, seed: int, data_dir, source: str) -> torch.Tensor:
+def _sample_windows(tokenizer, nsamples: int, seqlen: int, seed: int, data_dir, source: str,
+                    bos: int | None = None) -> torch.Tensor:
     if source != "c4":
         raise UserError(f"unknown calibration source '{source}': use c4")
     if nsamples < 1 or seqlen < 2:
@@ -204,20 +224,23 @@ def _sample_windows(tokenizer, nsamples: int, seqlen: int, seed: int, data_dir, 
     docs = c4_documents("train", data_dir)
     rng = random.Random(seed)  # same stream as random.seed(seed) + random.randint
     lengths: dict[int, torch.Tensor] = {}
-    if not any(len(d) > seqlen for d in docs):  # a token is at least one character
+    span = seqlen - (bos is not None)  # stream tokens per window
+    if not any(len(d) > span for d in docs):  # a token is at least one character
         raise UserError(f"no C4 document is longer than seqlen={seqlen} tokens: lower --seqlen")
     out = []
     for _ in range(nsamples):
         while True:
             i = rng.randint(0, len(docs) - 1)
             if i not in lengths:
-                lengths[i] = _tokenize(tokenizer, docs[i])
+                ids = _tokenize(tokenizer, docs[i])
+                lengths[i] = ids if bos is None else _without_bos(ids, bos)
             ids = lengths[i]
-            if ids.numel() > seqlen:
+            if ids.numel() > span:
                 break
-        start = rng.randint(0, ids.numel() - seqlen - 1)
-        out.append(ids[start:start + seqlen])
-    return torch.stack(out)
+        start = rng.randint(0, ids.numel() - span - 1)
+        out.append(ids[start:start + span])
+    windows = torch.stack(out)
+    return windows if bos is None else _with_bos(windows, bos)
 
 
 def data_fingerprint(data_dir=None) -> str:

@@ -50,7 +50,7 @@ def ppl_on(lm, dataset: str = "wikitext2", split: str = "test", max_windows: int
 
     seqlen = seqlen or lm.seqlen
     tokens = eval_tokens(lm.tokenizer, dataset, split, data_dir, seqlen)
-    windows = eval_windows(tokens, seqlen, max_windows)
+    windows = eval_windows(tokens, seqlen, max_windows, getattr(lm, "window_bos", None))
     t0 = time.time()
     value = perplexity(lm.model, windows, batch_size, progress)
     return {"dataset": dataset, "split": split, "ppl": value, "windows": int(windows.shape[0]),

@@ -156,14 +156,22 @@ class Cell:
 
 # what makes two numbers comparable; model and seed are in the cell, device and batch size are the environment
 PROTOCOL_IDENTITY = ("dtype", "seqlen", "calibration", "nsamples", "grad_precision", "eval_datasets", "eval_split",
-                     "eval_windows")
+                     "eval_windows", "bos")
+# identity fields added after rows were committed, with their defaults: left out of the key there
+PROTOCOL_LATER_FIELDS = {"bos": "stream"}
+
+
+def _later_default(key: str, value) -> bool:
+    """A protocol field added after rows were committed, at its default: left out of keys and table headers."""
+    return key in PROTOCOL_LATER_FIELDS and PROTOCOL_LATER_FIELDS[key] == value
 
 
 def protocol_key(protocol: Protocol, evaluation: dict | None = None) -> str:
     """Hash of what makes numbers comparable; ``evaluation``: a structural grid's window lengths and token count."""
     import hashlib
 
-    ident = {k: v for k, v in protocol.as_dict().items() if k in PROTOCOL_IDENTITY}
+    ident = {k: v for k, v in protocol.as_dict().items()
+             if k in PROTOCOL_IDENTITY and not _later_default(k, v)}
     if evaluation is not None:
         ident["structural_evaluation"] = evaluation
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
@@ -610,7 +618,7 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
         _run_structural(grid, todo, rows_path, data_dir, cache, command, progress)
         return read_rows(rows_path)
     for model in dict.fromkeys(c.model for c in todo):
-        lm = load_model(model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen)
+        lm = load_model(model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen, bos=proto.bos)
         snapshot = WeightSnapshot(all_prunable(lm.model), device="cpu")
         origin = provenance(lm.device, command)
         for cell in (c for c in todo if c.model == model):
@@ -681,7 +689,8 @@ def _run_structural(grid: Grid, todo: list[Cell], rows_path: Path, data_dir, cac
                 continue
             method = cell.method
             t0 = time.time()
-            lm = load_model(cell.model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen)
+            lm = load_model(cell.model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen,
+                            bos=proto.bos)
             row = {"id": cell.id, "grid": grid.name, "model": cell.model, "method": method.name, "kind": "structural",
                    "formula": None, "key": None, "mode": None, "pattern": cell.pattern, "seed": cell.seed}
             if method.name == "dense":
@@ -780,7 +789,8 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
                       + (f"; latency: median of {ev.latency_repeats} forwards of 1 x "
                          f"{ev.latency_seqlen or proto.seqlen} tokens after 2 warm-ups" if ev.latency_repeats else ""))
     # the device is the environment (the rows' devices are listed below); a structural grid's methods set nsamples
-    shown = {k: v for k, v in proto.as_dict().items() if k != "device" and not (grid.structural and k == "nsamples")}
+    shown = {k: v for k, v in proto.as_dict().items()
+             if k != "device" and not (grid.structural and k == "nsamples") and not _later_default(k, v)}
     lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in shown.items())}{evaluation}; "
               f"seeds {', '.join(map(str, grid.seeds))}; "
               f"{'mean ± std over seeds' if len(grid.seeds) > 1 else 'one seed'}.", ""]

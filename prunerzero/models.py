@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,12 +80,16 @@ class Family:
     attn: tuple[str, tuple[str, ...]] = LLAMA_ATTN
     mlp: tuple[str, tuple[str, ...]] = LLAMA_MLP
     structural: str | None = None
+    # trained with BOS opening every sequence, and far off without it: protocol bos 'window' is this family's own
+    # regime (Gemma 3 270M, 8 WikiText-2 test windows of 512 tokens: ppl 63.68 as Wanda cuts them, 24.79 with BOS)
+    needs_bos: bool = False
 
 
 _FUSED = "fuses q/k/v into qkv_proj and gate/up into gate_up_proj; structural pruning needs them separate"
 _MOE = "is a mixture of experts; prunerzero has no structures for experts"
 FAMILIES = {
-    **{t: Family() for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    **{t: Family() for t in ("llama", "mistral", "qwen2", "qwen3")},
+    **{t: Family(needs_bos=True) for t in ("gemma", "gemma2", "gemma3_text")},
     "olmo2": Family(structural="normalises q and k over all heads at once (q_norm, k_norm), so removing a head "
                                "changes the others"),
     "phi3": Family(structural=_FUSED),
@@ -226,6 +231,7 @@ class LoadedModel:
     tokenizer: object
     name: str
     seqlen: int
+    window_bos: int | None = None   # protocol bos 'window': the token that opens every window; None: 'stream'
 
     @property
     def device(self) -> torch.device:
@@ -259,14 +265,21 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
 
 def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | None = None,
                cache: str | os.PathLike | None = None, device_map: str | None = None,
-               seqlen: int | None = None) -> LoadedModel:
+               seqlen: int | None = None, bos: str = "stream") -> LoadedModel:
     """Load a causal LM and its tokenizer.
+
+    ``bos`` is the protocol's BOS mode (``checks.BOS_MODES``): 'window' makes every calibration and evaluation
+    window open with the tokenizer's BOS token (``LoadedModel.window_bos``); 'stream' on a family that needs BOS
+    (``Family.needs_bos``) warns once.
 
     ``device_map="auto"`` spreads a model over all visible GPUs (accelerate), as Wanda does for 30B-70B models;
     the layer-by-layer code follows each block to its own device.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from . import checks
+
+    checks.bos(bos, "bos")
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source = resolve_model_source(name, cache)
@@ -286,7 +299,24 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     model.config.use_cache = False
     check_architecture(model)
     ctx = getattr(model.config, "max_position_embeddings", None) or DEFAULT_SEQLEN
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, seqlen=min(seqlen or DEFAULT_SEQLEN, ctx))
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, seqlen=min(seqlen or DEFAULT_SEQLEN, ctx),
+                       window_bos=window_bos(name, model, tokenizer, bos))
+
+
+def window_bos(name: str, model: nn.Module, tokenizer, bos: str) -> int | None:
+    """The token id that opens every window under protocol ``bos`` (None for 'stream', after warning a family
+    that needs BOS)."""
+    if bos == "stream":
+        if family(model).needs_bos:
+            warnings.warn(f"{name} ({model.config.model_type}) expects BOS at the start of every sequence; the "
+                          "protocol's bos 'stream' (Wanda's windows) puts it only before the first window, so its "
+                          "perplexity is far above the model's own: use bos 'window' (--bos window)", stacklevel=3)
+        return None
+    token = getattr(tokenizer, "bos_token_id", None)
+    if token is None:
+        raise UserError(f"{name}'s tokenizer has no BOS token, so bos 'window' cannot open windows with one: "
+                        "use bos 'stream'")
+    return int(token)
 
 
 def family(model_or_config) -> Family:

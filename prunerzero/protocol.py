@@ -13,6 +13,7 @@ from . import checks
 from .errors import UserError
 
 EVAL_SPLITS = ("test", "validation")
+
 GRAD_PRECISIONS = ("fp32", "model")   # fp32: half models are upcast for the backward passes; model: their dtype
 
 
@@ -30,6 +31,7 @@ class Protocol:
     eval_split: str = "test"
     eval_windows: int | None = None       # None = every window
     batch_size: int = 1                   # windows per forward pass (numerics only)
+    bos: str = "stream"                   # checks.BOS_MODES: stream = Wanda's windows; window = BOS opens each
 
     def __post_init__(self):
         from .data import EVAL_DATASETS
@@ -46,6 +48,7 @@ class Protocol:
             raise UserError(f"protocol.calibration '{self.calibration}' is unknown: use c4")
         if self.grad_precision not in GRAD_PRECISIONS:
             raise UserError(f"protocol.grad_precision '{self.grad_precision}': use {' or '.join(GRAD_PRECISIONS)}")
+        checks.bos(self.bos, "protocol.bos")
         if self.eval_split not in EVAL_SPLITS:
             raise UserError(f"protocol.eval_split '{self.eval_split}': use {' or '.join(EVAL_SPLITS)}")
         datasets = tuple(self.eval_datasets)

@@ -61,6 +61,7 @@ COMMON_CASES = [
     (["--eval", "c4,c4"], "--eval"),
     (["--tasks", ""], "--tasks"),
     (["--dtype", "fp8"], "--dtype"),
+    (["--bos", "first"], "--bos"),
     (["--device", "cuda"], "--device"),
     (["--device", "cuda:7"], "--device"),
     (["--device", "gpu0"], "--device"),
@@ -132,6 +133,7 @@ def test_common_options(command, extra, names, capsys):
     (["search", "--space", "no-such-space"], "no-such-space"),
     (["search", "--space", "tiny", "--device", "cuda"], "device"),
     (["search", "--space", "tiny", "--dtype", "fp8"], "--dtype"),
+    (["search", "--space", "tiny", "--bos", "first"], "--bos"),
     (["search", "--space", "tiny", "--seqlen", "0"], "--seqlen"),
     (["search", "--space", "tiny", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
     (["show", "/nonexistent/run"], "/nonexistent/run"),
@@ -197,6 +199,7 @@ def write_space(tmp_path, **fitness) -> str:
     ({"calib_seed": -1}, "fitness.calib_seed"),
     ({"batch_size": True}, "fitness.batch_size"),
     ({"dtype": "fp8"}, "fitness.dtype"),
+    ({"bos": "first"}, "fitness.bos"),
     ({"penalty": -1}, "fitness.penalty"),
     ({"colour": "red"}, "fitness.colour"),
 ])

@@ -89,3 +89,25 @@ def test_a_run_records_its_space_file_without_the_machine_prefix(tmp_path, monke
     packaged = __import__("pathlib").Path(prunerzero.__file__).parent / "spaces" / "cpu.yaml"
     assert _portable_path(packaged) == "prunerzero/spaces/cpu.yaml"
     assert _portable_path("/elsewhere/b.yaml") == "/elsewhere/b.yaml"
+
+
+def test_a_gemma_model_cut_as_wanda_cuts_warns_in_one_line(tmp_path, capsys):
+    """A family that needs BOS (Gemma) evaluated with bos 'stream' gets one 'warning:' line naming --bos window;
+    with --bos window, none."""
+    from transformers import AutoTokenizer
+
+    from conftest import make_tiny
+    from prunerzero.models import resolve_model_source
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_source("smollm2"))
+    make_tiny("gemma3", vocab=len(tok)).save_pretrained(tmp_path / "g")
+    tok.save_pretrained(tmp_path / "g")
+    argv = ["eval", "--model", str(tmp_path / "g"), "--seqlen", "32", "--eval-windows", "1", "--device", "cpu",
+            "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "BOS" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: ") and "--bos window" in warned[0]
+    assert "UserWarning" not in err
+    assert main(argv + ["--bos", "window"]) == 0
+    assert "BOS" not in capsys.readouterr().err

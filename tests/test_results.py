@@ -897,3 +897,41 @@ def test_block_check_proves_every_builtin_model():
     for name, r in rows.items():
         assert r["blocks"] >= 18 and r["hidden_rel_diff"] < 1e-5, name
         assert r["logits_max_abs_diff"] < 1e-3 * r["logits_max_abs"] and r["argmax_agreement"] == 1.0, name
+
+
+def test_a_grid_with_a_bos_per_window(tiny_model_dir, tmp_path):
+    """protocol bos 'window' reaches calibration and evaluation, is another cell than Wanda's windows, and is
+    written in the rows and the table's protocol line; the key of a 'stream' grid is the one rows had before."""
+    import hashlib
+
+    import yaml
+
+    from prunerzero.cli import main
+    from prunerzero.experiments import PROTOCOL_IDENTITY, load_grid, protocol_key, read_rows
+    from prunerzero.models import load_model
+    from prunerzero.pipeline import CalibConfig, evaluate_all, prune
+    from prunerzero.protocol import Protocol
+    from prunerzero.prune.masks import parse_pattern
+
+    old = {k: v for k, v in Protocol().as_dict().items() if k in PROTOCOL_IDENTITY and k != "bos"}
+    assert protocol_key(Protocol()) == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:8]
+    assert protocol_key(Protocol(bos="window")) != protocol_key(Protocol())
+    spec = {"name": "tiny-bos", "protocol": {"model": str(tiny_model_dir), "seqlen": 64, "nsamples": 2,
+                                             "eval_windows": 2, "bos": "window"},
+            "seeds": [0], "patterns": [0.5], "methods": [{"name": "wanda"}]}
+    grid = tmp_path / "b.yaml"
+    grid.write_text(yaml.safe_dump(spec))
+    cell = load_grid(grid).cells()[0]
+    same = Protocol(model=str(tiny_model_dir), seqlen=64, nsamples=2, eval_windows=2, bos="window")
+    assert cell.protocol_key == protocol_key(same) != protocol_key(same.with_(bos="stream"))
+    out = tmp_path / "res"
+    assert main(["bench", str(grid), "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    row = read_rows(out / "rows.jsonl")[0]
+    assert row["protocol"]["bos"] == "window" and "bos=window" in (tmp_path / "res.md").read_text()
+    results = {}
+    for bos in ("window", "stream"):
+        lm = load_model(str(tiny_model_dir), device="cpu", seqlen=64, bos=bos)
+        prune(lm, "wanda", parse_pattern("0.5"), CalibConfig(2, 0, 1, None, str(tmp_path / "cache")), sequential=True,
+              progress=False)
+        results[bos] = evaluate_all(lm, ["wikitext2"], 2, 1, None, False)["wikitext2"]["ppl"]
+    assert row["ppl"]["wikitext2"] == results["window"] != results["stream"]

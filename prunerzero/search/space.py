@@ -35,7 +35,7 @@ DEFAULTS = {
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
                 "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
                 "nsamples": _P.nsamples, "calib_seed": _P.seed, "batch_size": _P.batch_size, "dtype": _P.dtype,
-                "device": _P.device, "penalty": 100000.0,
+                "device": _P.device, "bos": _P.bos, "penalty": 100000.0,
                 # multi-setting, multi-model, multi-fidelity fitness (see ``settings_of`` and search/engine.py)
                 "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None},
     "seed_population": [],
@@ -277,6 +277,7 @@ def _check_fitness(fit: dict, given: dict) -> None:
                         "fitness.calib_seed a list of seeds, e.g. [0, 1, 2], and a fitness.reference")
     checks.integer(fit["batch_size"], "fitness.batch_size", 1)
     checks.dtype(fit["dtype"], "fitness.dtype")
+    checks.bos(fit["bos"], "fitness.bos")
     if fit["device"] is not None and not isinstance(fit["device"], str):
         raise UserError(f"fitness.device must be a device name such as cpu or cuda, got {fit['device']!r}")
     checks.real(fit["penalty"], "fitness.penalty", 0.0, open_low=True)

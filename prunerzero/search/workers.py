@@ -72,7 +72,7 @@ def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=N
     the models."""
     for name in fitness_models(fitness):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                        seqlen=fitness["seqlen"])
+                        seqlen=fitness["seqlen"], bos=fitness.get("bos", "stream"))
         for seed in fitness_seeds(fitness):
             _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed)
         del lm
@@ -87,9 +87,9 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     seeds = fitness_seeds(fitness)
     for model in fitness_models(fitness):
         lm = load_model(model, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                        seqlen=fitness["seqlen"])
+                        seqlen=fitness["seqlen"], bos=fitness.get("bos", "stream"))
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
-        windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"])
+        windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"], lm.window_bos)
         for seed in seeds:
             stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed).to(lm.device)
             name = target_name(model, seed, seeds)
