@@ -200,6 +200,7 @@ def write_space(tmp_path, **fitness) -> str:
     ({"batch_size": True}, "fitness.batch_size"),
     ({"dtype": "fp8"}, "fitness.dtype"),
     ({"bos": "first"}, "fitness.bos"),
+    ({"bos": {"no-such-model": "window"}}, "fitness.bos names 'no-such-model'"),
     ({"penalty": -1}, "fitness.penalty"),
     ({"colour": "red"}, "fitness.colour"),
 ])

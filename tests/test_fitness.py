@@ -391,3 +391,17 @@ def test_a_log_of_plain_perplexities_still_shows_and_an_older_run_is_not_resumed
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="older prunerzero"):
         Search(space, tmp_path, Plain(), progress=False).run(resume=True)
+
+
+def test_fitness_bos_per_model():
+    """``fitness.bos`` as a mapping: the named models get their mode, the others Wanda's windows."""
+    from prunerzero.search.workers import fitness_bos
+
+    raw = load_space("tiny").raw
+    raw["fitness"].update(models=["a", "b"], bos={"b": "window"})
+    fit = validate(raw).fitness
+    assert (fitness_bos(fit, "a"), fitness_bos(fit, "b")) == ("stream", "window")
+    assert fitness_bos({**fit, "bos": "window"}, "a") == "window"
+    raw["fitness"]["bos"] = {"b": "first"}
+    with pytest.raises(UserError, match="fitness.bos.b 'first'"):
+        validate(raw)

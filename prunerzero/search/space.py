@@ -187,6 +187,20 @@ def _check_settings(fit: dict, given: dict) -> None:
     fit["settings"] = out
 
 
+def _check_bos(fit: dict) -> None:
+    """``bos``: one mode for every fitness model (``checks.BOS_MODES``), or a mapping from some of the models to
+    their mode (the others: stream), e.g. ``{gemma3-270m: window}`` beside a model scored as Wanda cuts windows."""
+    bos = fit["bos"]
+    if not isinstance(bos, dict):
+        checks.bos(bos, "fitness.bos")
+        return
+    for model, mode in bos.items():
+        if model not in fit["models"]:
+            raise UserError(f"fitness.bos names '{model}', which is not among fitness.models "
+                            f"({', '.join(fit['models'])}): name those models, or give one mode for all (--bos)")
+        checks.bos(mode, f"fitness.bos.{model}")
+
+
 def _check_models(fit: dict) -> None:
     models = fit["models"]
     if models is None:
@@ -277,7 +291,7 @@ def _check_fitness(fit: dict, given: dict) -> None:
                         "fitness.calib_seed a list of seeds, e.g. [0, 1, 2], and a fitness.reference")
     checks.integer(fit["batch_size"], "fitness.batch_size", 1)
     checks.dtype(fit["dtype"], "fitness.dtype")
-    checks.bos(fit["bos"], "fitness.bos")
+    _check_bos(fit)
     if fit["device"] is not None and not isinstance(fit["device"], str):
         raise UserError(f"fitness.device must be a device name such as cpu or cuda, got {fit['device']!r}")
     checks.real(fit["penalty"], "fitness.penalty", 0.0, open_low=True)

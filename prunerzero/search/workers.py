@@ -28,6 +28,12 @@ def fitness_models(fitness: dict) -> list[str]:
     return list(fitness.get("models") or [fitness["model"]])
 
 
+def fitness_bos(fitness: dict, model: str) -> str:
+    """A fitness model's BOS mode: ``fitness.bos`` itself, or its entry for that model (default stream)."""
+    bos = fitness.get("bos", "stream")
+    return bos.get(model, "stream") if isinstance(bos, dict) else bos
+
+
 def fitness_patterns(fitness: dict) -> list:
     """The settings' patterns (``space.settings_of`` has validated and normalised them)."""
     from .space import settings_of
@@ -72,7 +78,7 @@ def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=N
     the models."""
     for name in fitness_models(fitness):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                        seqlen=fitness["seqlen"], bos=fitness.get("bos", "stream"))
+                        seqlen=fitness["seqlen"], bos=fitness_bos(fitness, name))
         for seed in fitness_seeds(fitness):
             _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed)
         del lm
@@ -87,7 +93,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     seeds = fitness_seeds(fitness)
     for model in fitness_models(fitness):
         lm = load_model(model, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                        seqlen=fitness["seqlen"], bos=fitness.get("bos", "stream"))
+                        seqlen=fitness["seqlen"], bos=fitness_bos(fitness, model))
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
         windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"], lm.window_bos)
         for seed in seeds:
