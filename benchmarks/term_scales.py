@@ -9,6 +9,8 @@ such as |W|·sqrt|X - G|: where G << X it is Wanda's |W|·sqrt(X) lowered by abo
     python benchmarks/term_scales.py --device cuda                    # the full protocol (128 x 2048)
     python benchmarks/term_scales.py --nsamples 32 --seqlen 1024 --out results/term-scales-cpu   # rows + table
     python benchmarks/term_scales.py --out results/term-scales-cpu --render-only
+    python benchmarks/term_scales.py --model gemma3-270m --nsamples 16 --seqlen 512 --bos window \
+        --out results/term-scales-gemma-cpu                           # Gemma with BOS opening every window
 
 With ``--out``, each (model, statistics setting, module type) is a row of ``<out>/rows.jsonl`` with provenance,
 and ``<out>.md`` is rendered from the rows and ``<out>/meta.json``; a setting already there is not measured again.
@@ -48,13 +50,16 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--bos", default="stream", choices=("stream", "window"),
+                    help="stream: Wanda's windows; window: BOS opens every calibration window (protocol bos)")
     ex.measurement_args(ap, None)
     args = ap.parse_args()
     if ex.rendered_only(ap, args, render):
         return
     out = Path(args.out) if args.out else None
-    setting = f"{args.nsamples} x {args.seqlen} C4, seed {args.seed}"
-    rid = f"term_scales|{args.model}|{args.nsamples}x{args.seqlen}|seed={args.seed}"
+    setting = f"{args.nsamples} x {args.seqlen} C4, seed {args.seed}" + (", BOS per window" if args.bos == "window" else "")
+    bos = "|bos=window" if args.bos == "window" else ""   # before the sizes: no stream id is a prefix of it
+    rid = f"term_scales|{args.model}{bos}|{args.nsamples}x{args.seqlen}|seed={args.seed}"
     if out is not None:
         if not ex.read_meta(out):
             ex.write_meta(out, DEFAULT_META)
@@ -66,7 +71,7 @@ def main() -> None:
     from prunerzero.pipeline import CalibConfig, one_shot_stats
     from prunerzero.report import term_scales
 
-    lm = load_model(args.model, device=args.device, seqlen=args.seqlen)
+    lm = load_model(args.model, device=args.device, seqlen=args.seqlen, bos=args.bos)
     stats = one_shot_stats(lm, CalibConfig(args.nsamples, args.seed, 1, args.data_dir))
     table = term_scales(stats)
     print(f"{args.model}: {args.nsamples} C4 windows of {lm.seqlen} (medians per layer, averaged over layers)")

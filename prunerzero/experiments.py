@@ -791,6 +791,9 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
     # the device is the environment (the rows' devices are listed below); a structural grid's methods set nsamples
     shown = {k: v for k, v in proto.as_dict().items()
              if k != "device" and not (grid.structural and k == "nsamples") and not _later_default(k, v)}
+    if list(grid.models) != [proto.model]:   # the grid's models list replaces protocol.model
+        shown = {("models" if k == "model" else k): (", ".join(grid.models) if k == "model" else v)
+                 for k, v in shown.items()}
     lines += [f"Protocol: {', '.join(f'{k}={v}' for k, v in shown.items())}{evaluation}; "
               f"seeds {', '.join(map(str, grid.seeds))}; "
               f"{'mean ± std over seeds' if len(grid.seeds) > 1 else 'one seed'}.", ""]

@@ -274,41 +274,78 @@ def test_readme_cpu_search_confirmation_is_the_rows():
         assert verdict(ppl("found-margin-wx", pattern), ppl("wanda", pattern)) == "within spread"
 
 
+def _seed_ppls(rows_path) -> dict:
+    """{(model, method, pattern): [WikiText-2 ppl at seeds 0, 1, 2]} of a grid's rows (cells with all three)."""
+    from prunerzero.experiments import read_rows
+
+    ppl = {}
+    for r in read_rows(rows_path):
+        ppl.setdefault((r["model"], r["method"], r["pattern"]), {})[r["seed"]] = r["ppl"]["wikitext2"]
+    return {k: [v[s] for s in (0, 1, 2)] for k, v in ppl.items() if len(v) == 3}
+
+
+def _ratio_cell(seeds: dict, model: str, method: str, pattern: str) -> str:
+    """A README transfer cell: Wanda's mean ± std, or the ratio of means to Wanda's with the verdict beyond both
+    spreads (bold when better, nothing when within)."""
+    import statistics
+
+    from prunerzero.experiments import fmt, verdict
+
+    mine, wanda = seeds[(model, method, pattern)], seeds[(model, "wanda", pattern)]
+    if method == "wanda":
+        return fmt(mine)
+    v = verdict(mine, wanda)
+    want = f"{statistics.fmean(mine) / statistics.fmean(wanda):.3f}" + ("" if v == "within spread" else f" {v}")
+    return f"**{want}**" if v == "better" else want
+
+
 def test_readme_transfer_table_is_the_rows():
     """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
-    import statistics
+    from prunerzero.experiments import load_grid
 
-    from prunerzero.experiments import fmt, load_grid, read_rows, verdict
-
-    rows = read_rows(RESULTS / "transfer-cpu" / "rows.jsonl")
-    ppl = {}
-    for r in rows:
-        ppl.setdefault((r["model"], r["method"], r["pattern"]), {})[r["seed"]] = r["ppl"]["wikitext2"]
-    seeds = {k: [v[s] for s in (0, 1, 2)] for k, v in ppl.items() if len(v) == 3}
+    seeds = _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl")
     table = _md_table((REPO / "README.md").read_text(), "| method | SmolLM2 50% | SmolLM2 2:4 | Gemma 3 50% |")
     not_run = {(m.name, model) for m in load_grid(REPO / "grids" / "transfer-cpu.yaml").methods
                for model in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") if not m.runs_on(model)}
     assert not_run == {("found-2m", "qwen2.5-0.5b"), ("found-2m-zsn", "qwen2.5-0.5b")}
+    cols = [(m, p) for m in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") for p in ("0.5", "2:4")]
+    assert len(table) == 7 and table[0][0] == "Wanda (ppl)" and all(len(cells) == 1 + len(cols) for cells in table)
+    for cells in table:
+        method = _readme_method(cells[0])
+        for cell, (model, p) in zip(cells[1:], cols):
+            if (method, model) in not_run:
+                assert cell == "not run" and (model, method, p) not in seeds, (cells[0], model, p)
+                continue
+            assert cell == _ratio_cell(seeds, model, method, p), (cells[0], model, p)
+
+
+def _readme_method(label: str) -> str:
     methods = {"Wanda (ppl)": "wanda", "RIA": "ria", "SparseGPT": "sparsegpt", "found on SmolLM2": "found-1m",
                "found on both, G": "found-2m",
                "found on both (W, X search), \\|W\\|·(W²": "found-2m-w2",
                "found on both (W, X search), \\|W\\|·(\\|zsn": "found-2m-zsn"}
-    cols = [(m, p) for m in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") for p in ("0.5", "2:4")]
-    assert len(table) == 7 and table[0][0] == "Wanda (ppl)" and all(len(cells) == 1 + len(cols) for cells in table)
+    return next(v for k, v in methods.items() if label.startswith(k))
+
+
+def test_readme_gemma_bos_table_is_the_rows():
+    """The README's Gemma table: each method on Wanda's windows (transfer-cpu) beside BOS per window
+    (transfer-bos-cpu), the same cells as the transfer table."""
+    stream = _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl")
+    bos = _seed_ppls(RESULTS / "transfer-bos-cpu" / "rows.jsonl")
+    table = _md_table((REPO / "README.md").read_text(), "| method | Gemma 3 50%, Wanda's windows |")
+    cols = [(stream, "0.5"), (bos, "0.5"), (stream, "2:4"), (bos, "2:4")]
+    assert len(table) == 6 and all(len(cells) == 5 for cells in table)
     for cells in table:
-        method = next(v for k, v in methods.items() if cells[0].startswith(k))
-        for cell, (model, p) in zip(cells[1:], cols):
-            if (method, model) in not_run:
-                assert cell == "not run" and (model, method, p) not in ppl, (cells[0], model, p)
-                continue
-            mine, wanda = seeds[(model, method, p)], seeds[(model, "wanda", p)]
-            if method == "wanda":
-                assert cell == fmt(mine), (cells[0], model, p)
-                continue
-            v = verdict(mine, wanda)
-            want = f"{statistics.fmean(mine) / statistics.fmean(wanda):.3f}" + ("" if v == "within spread" else f" {v}")
-            assert cell == (f"**{want}**" if v == "better" else want), (cells[0], model, p)
+        method = _readme_method(cells[0])
+        for cell, (seeds, p) in zip(cells[1:], cols):
+            assert cell == _ratio_cell(seeds, "gemma3-270m", method, p), (cells[0], p)
+    from prunerzero.experiments import read_rows
+
+    dense = [next(r["ppl"]["wikitext2"] for r in read_rows(RESULTS / g / "rows.jsonl")
+                  if r["model"] == "gemma3-270m" and r["method"] == "dense") for g in ("transfer-cpu", "transfer-bos-cpu")]
+    assert f"dense perplexity on these 8 test windows is {dense[0]:.2f} against {dense[1]:.2f} with BOS" in \
+        " ".join((REPO / "README.md").read_text().split())
 
 
 def test_readme_term_scales_are_the_rows():
