@@ -34,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from prunerzero.errors import UserError
-from prunerzero.experiments import Grid, Method, better, load_grid, mean_std, read_rows, render, run_grid
+from prunerzero.experiments import Grid, Method, better, later_default, load_grid, mean_std, read_rows, render, run_grid
 from prunerzero.fsutil import atomic_write_text
 from prunerzero.metric.known import KNOWN_METRICS, resolve_metric
 from prunerzero.metric.simplify import ranking_class
@@ -92,10 +92,27 @@ def choose(rows: list[dict], patterns: list[str], reference: str) -> tuple[dict 
     return best, best_beats
 
 
+def runs_bos(runs: list[str], model: str) -> str:
+    """The BOS mode the runs scored ``model`` with (their ``fitness.bos``; 'stream' where a run did not score it),
+    so candidates are re-scored in the regime they were found in; runs that disagree are refused."""
+    from prunerzero.search.engine import load_run_space
+    from prunerzero.search.workers import fitness_bos, fitness_models
+
+    modes = set()
+    for run in runs:
+        fit = load_run_space(run)[0].fitness
+        modes.add(fitness_bos(fit, model) if model in fitness_models(fit) else "stream")
+    if len(modes) > 1:
+        raise UserError(f"the runs scored {model} with different BOS modes ({', '.join(sorted(modes))}): "
+                        "pass --bos stream or --bos window")
+    return modes.pop() if modes else "stream"
+
+
 def build_grid(name: str, cands: list[dict], patterns: list[str], seeds: list[int], args) -> Grid:
     proto = Protocol(model=args.model, dtype=args.dtype, device=args.device, seqlen=args.seqlen,
                      nsamples=args.nsamples, seed=seeds[0], eval_datasets=("wikitext2",), eval_split="validation",
-                     eval_windows=args.eval_windows, batch_size=args.batch_size)
+                     eval_windows=args.eval_windows, batch_size=args.batch_size,
+                     bos=args.bos or runs_bos(args.run, args.model))
     methods = tuple(Method(c["name"], None if c["run"] is None else c["formula"], args.mode) for c in cands)
     how = ("as final runs prune (sequential)" if args.mode == "sequential" else
            "with one-shot statistics of the dense model, as the search scores (cheaper; final runs prune sequentially)")
@@ -104,7 +121,8 @@ def build_grid(name: str, cands: list[dict], patterns: list[str], seeds: list[in
 
 
 def _grid_yaml(grid: Grid) -> str:
-    raw = {"name": grid.name, "description": grid.description, "protocol": grid.protocol.as_dict(),
+    protocol = {k: v for k, v in grid.protocol.as_dict().items() if not later_default(k, v)}  # as earlier files
+    raw = {"name": grid.name, "description": grid.description, "protocol": protocol,
            "models": list(grid.models), "seeds": list(grid.seeds),
            "patterns": [float(p) if ":" not in p else p for p in grid.patterns],
            "methods": [{"name": m.name, **({"formula": m.formula} if m.formula else {}), "mode": m.mode}
@@ -178,6 +196,8 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--eval-windows", type=int, default=None, help="validation windows (default: all)")
+    ap.add_argument("--bos", default=None, choices=("stream", "window"),
+                    help="BOS mode of the re-scoring (default: the one the runs scored --model with)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import checks
-from .errors import UserError
+from .errors import PrunerzeroWarning, UserError
 from .protocol import Protocol
 
 _P = Protocol()  # the defaults of every protocol option live in prunerzero/protocol.py
@@ -718,7 +718,7 @@ def main(argv=None) -> int:
 
             def one_line(message, category, filename, lineno, file=None, line=None):
                 """prunerzero's own warnings as one line, like its errors; the libraries' as they come."""
-                if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+                if issubclass(category, PrunerzeroWarning):
                     print(f"warning: {message}", file=sys.stderr)
                 else:
                     shown(message, category, filename, lineno, file, line)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """A problem the user can fix; the message says how, on one line."""
+
+
+class PrunerzeroWarning(UserWarning):
+    """Something the user should know and may want to change; the CLI prints it on one line ("warning: ...")."""

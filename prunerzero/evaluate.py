@@ -46,9 +46,11 @@ def ppl_on(lm, dataset: str = "wikitext2", split: str = "test", max_windows: int
            batch_size: int = 1, data_dir=None, progress: bool = False, seqlen: int | None = None) -> dict:
     """Evaluate a LoadedModel on a dataset with windows of ``seqlen`` tokens (default ``lm.seqlen``); returns ppl,
     windows, tokens and seconds."""
-    from .data import eval_tokens, eval_windows
+    from .data import C4_VAL_WINDOWS, eval_tokens, eval_windows
 
     seqlen = seqlen or lm.seqlen
+    if dataset == "c4":   # its stream holds C4_VAL_WINDOWS windows; BOS windows take one token less of it each
+        max_windows = min(max_windows or C4_VAL_WINDOWS, C4_VAL_WINDOWS)
     tokens = eval_tokens(lm.tokenizer, dataset, split, data_dir, seqlen)
     windows = eval_windows(tokens, seqlen, max_windows, getattr(lm, "window_bos", None))
     t0 = time.time()

@@ -161,7 +161,7 @@ PROTOCOL_IDENTITY = ("dtype", "seqlen", "calibration", "nsamples", "grad_precisi
 PROTOCOL_LATER_FIELDS = {"bos": "stream"}
 
 
-def _later_default(key: str, value) -> bool:
+def later_default(key: str, value) -> bool:
     """A protocol field added after rows were committed, at its default: left out of keys and table headers."""
     return key in PROTOCOL_LATER_FIELDS and PROTOCOL_LATER_FIELDS[key] == value
 
@@ -171,7 +171,7 @@ def protocol_key(protocol: Protocol, evaluation: dict | None = None) -> str:
     import hashlib
 
     ident = {k: v for k, v in protocol.as_dict().items()
-             if k in PROTOCOL_IDENTITY and not _later_default(k, v)}
+             if k in PROTOCOL_IDENTITY and not later_default(k, v)}
     if evaluation is not None:
         ident["structural_evaluation"] = evaluation
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
@@ -790,7 +790,7 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
                          f"{ev.latency_seqlen or proto.seqlen} tokens after 2 warm-ups" if ev.latency_repeats else ""))
     # the device is the environment (the rows' devices are listed below); a structural grid's methods set nsamples
     shown = {k: v for k, v in proto.as_dict().items()
-             if k != "device" and not (grid.structural and k == "nsamples") and not _later_default(k, v)}
+             if k != "device" and not (grid.structural and k == "nsamples") and not later_default(k, v)}
     if list(grid.models) != [proto.model]:   # the grid's models list replaces protocol.model
         shown = {("models" if k == "model" else k): (", ".join(grid.models) if k == "model" else v)
                  for k, v in shown.items()}

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from .errors import PrunerzeroWarning, UserError
 from .fsutil import atomic_path
 
 BUILTIN_MODELS = {
@@ -287,8 +287,10 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        check_config(AutoConfig.from_pretrained(source))  # seconds, before any weight is read
+        config = AutoConfig.from_pretrained(source)
+        check_config(config)  # seconds, before any weight is read
         tokenizer = AutoTokenizer.from_pretrained(source)
+        token = window_bos(name, config, tokenizer, bos)  # refused or warned before the weights load too
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -300,17 +302,19 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     check_architecture(model)
     ctx = getattr(model.config, "max_position_embeddings", None) or DEFAULT_SEQLEN
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, seqlen=min(seqlen or DEFAULT_SEQLEN, ctx),
-                       window_bos=window_bos(name, model, tokenizer, bos))
+                       window_bos=token)
 
 
-def window_bos(name: str, model: nn.Module, tokenizer, bos: str) -> int | None:
+def window_bos(name: str, model_or_config, tokenizer, bos: str) -> int | None:
     """The token id that opens every window under protocol ``bos`` (None for 'stream', after warning a family
     that needs BOS)."""
     if bos == "stream":
-        if family(model).needs_bos:
-            warnings.warn(f"{name} ({model.config.model_type}) expects BOS at the start of every sequence; the "
+        if family(model_or_config).needs_bos:
+            kind = getattr(getattr(model_or_config, "config", model_or_config), "model_type", "?")
+            warnings.warn(f"{name} ({kind}) expects BOS at the start of every sequence; the "
                           "protocol's bos 'stream' (Wanda's windows) puts it only before the first window, so its "
-                          "perplexity is far above the model's own: use bos 'window' (--bos window)", stacklevel=3)
+                          "perplexity is far above the model's own: use bos 'window' (--bos window)",
+                          PrunerzeroWarning, stacklevel=3)
         return None
     token = getattr(tokenizer, "bos_token_id", None)
     if token is None:

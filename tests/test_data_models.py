@@ -230,6 +230,7 @@ def test_bos_modes_are_checked_and_resolved(tiny_model_dir):
     import warnings
 
     from prunerzero.models import load_model, window_bos
+    from prunerzero.errors import PrunerzeroWarning
     from prunerzero.protocol import Protocol
 
     with pytest.raises(UserError, match="protocol.bos 'always': use stream"):
@@ -242,8 +243,10 @@ def test_bos_modes_are_checked_and_resolved(tiny_model_dir):
     from prunerzero.evaluate import ppl_on   # every evaluation window opens with BOS, then the stream goes on
     res = ppl_on(lm, "wikitext2", "test", max_windows=2)
     assert res["windows"] == 2 and math.isfinite(res["ppl"])
+    assert ppl_on(lm, "c4", seqlen=8)["windows"] == data.C4_VAL_WINDOWS   # not 256 x 8 / 7 windows of its stream
+    assert window_bos("g", make_tiny("gemma3").config, lm.tokenizer, "window") == lm.tokenizer.bos_token_id
     gemma = make_tiny("gemma3")
-    with pytest.warns(UserWarning, match="expects BOS at the start of every sequence.*--bos window"):
+    with pytest.warns(PrunerzeroWarning, match="expects BOS at the start of every sequence.*--bos window"):
         assert window_bos("g", gemma, lm.tokenizer, "stream") is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -254,3 +257,18 @@ def test_bos_modes_are_checked_and_resolved(tiny_model_dir):
         bos_token_id = None
     with pytest.raises(UserError, match="has no BOS token.*use bos 'stream'"):
         window_bos("q", gemma, NoBos(), "window")
+
+
+def test_bos_window_without_a_bos_token_is_refused_before_the_weights_load(tiny_model_dir, monkeypatch):
+    import transformers
+
+    from prunerzero.models import load_model
+
+    class NoBos:
+        bos_token_id = None
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: NoBos())
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the weights were loaded before the refusal"))
+    with pytest.raises(UserError, match="has no BOS token"):
+        load_model(str(tiny_model_dir), device="cpu", bos="window")

@@ -972,3 +972,30 @@ def test_a_grid_with_a_bos_per_window(tiny_model_dir, tmp_path):
               progress=False)
         results[bos] = evaluate_all(lm, ["wikitext2"], 2, 1, None, False)["wikitext2"]["ppl"]
     assert row["ppl"]["wikitext2"] == results["window"] != results["stream"]
+
+
+def test_selection_rescoring_keeps_the_runs_bos_and_earlier_grid_files(tmp_path):
+    """select_formula re-scores a model in the BOS mode its runs scored it with (runs that disagree are refused),
+    and writes a stream grid exactly as before the bos key existed, so a rerun into a committed selection folder
+    reuses its rows instead of refusing it."""
+    from prunerzero.errors import UserError
+    from prunerzero.experiments import load_grid
+    from prunerzero.search.space import load_space
+
+    runs = {}
+    for name, bos in (("plain", "stream"), ("gemma-bos", {"gemma3-270m": "window"})):
+        raw = load_space("cpu2-rel").raw
+        raw["fitness"]["bos"] = bos
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"space": raw, "meta": {}}))
+        runs[name] = str(tmp_path / name)
+    assert select_formula.runs_bos([runs["gemma-bos"]], "gemma3-270m") == "window"
+    assert select_formula.runs_bos([runs["gemma-bos"]], "smollm2") == "stream"
+    assert select_formula.runs_bos([runs["gemma-bos"]], "qwen2.5-0.5b") == "stream"   # a model it did not score
+    assert select_formula.runs_bos([runs["plain"]], "gemma3-270m") == "stream"
+    with pytest.raises(UserError, match="different BOS modes.*--bos"):
+        select_formula.runs_bos([runs["plain"], runs["gemma-bos"]], "gemma3-270m")
+    committed = sorted(RESULTS.glob("selection-*/grid.yaml"))
+    assert committed
+    for path in committed:
+        assert select_formula._grid_yaml(load_grid(path)) == path.read_text(), path
