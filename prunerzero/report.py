@@ -6,6 +6,7 @@ masks on a model with its calibration statistics.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -259,15 +260,29 @@ def term_scales(stats) -> pd.DataFrame:
                          for m, cols in acc.items()])
 
 
+def transfer_rows(rows_paths) -> list[dict]:
+    """Rows of one or more grids (a path, or a list of paths) for ``transfer_table``: a model measured with BOS
+    opening every window (protocol bos 'window') in any of them is taken in that regime only, labelled
+    "<model> (BOS)"; the other models keep Wanda's windows."""
+    from .experiments import read_rows
+
+    paths = [rows_paths] if isinstance(rows_paths, (str, os.PathLike)) else list(rows_paths)
+    rows = [r for p in paths for r in read_rows(p)]
+    with_bos = {r["model"] for r in rows if r.get("protocol", {}).get("bos") == "window"}
+    return [{**r, "model": f"{r['model']} (BOS)"} if r["model"] in with_bos else r for r in rows
+            if r["model"] not in with_bos or r.get("protocol", {}).get("bos") == "window"]
+
+
 def transfer_table(rows_path, reference: str = "wanda", dataset: str = "wikitext2") -> pd.DataFrame:
-    """From an experiment grid's rows (a transfer report): per method, model and pattern, the mean ± std perplexity
-    over calibration seeds, the ratio of means to ``reference`` and the grid's verdict (better / worse only by more
-    than both spreads, >= 3 seeds), with what the method's formula reads (terminals and operations)."""
+    """From an experiment grid's rows (a transfer report; a path or a list of paths, see ``transfer_rows``): per
+    method, model and pattern, the mean ± std perplexity over calibration seeds, the ratio of means to ``reference``
+    and the grid's verdict (better / worse only by more than both spreads, >= 3 seeds), with what the method's
+    formula reads (terminals and operations)."""
     import statistics
 
-    from .experiments import read_rows, verdict
+    from .experiments import verdict
 
-    rows = [r for r in read_rows(rows_path) if r["method"] != "dense" and dataset in r.get("ppl", {})]
+    rows = [r for r in transfer_rows(rows_path) if r["method"] != "dense" and dataset in r.get("ppl", {})]
     groups: dict[tuple, list[float]] = {}
     formulas = {}
     for r in rows:

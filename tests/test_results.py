@@ -893,6 +893,25 @@ def test_notebook_transfer_table_agrees_with_the_rendered_report():
                 assert f"{r.ratio:.3f} ({r.verdict})" in line, (model, method, p)
 
 
+def test_transfer_table_takes_a_model_measured_with_bos_in_that_regime_only():
+    """Both transfer grids together: Gemma 3 comes from the BOS grid only (labelled so), the other families from
+    Wanda's windows, each cell the ratio and verdict its own grid renders."""
+    from prunerzero.experiments import load_grid, render, read_rows
+    from prunerzero.report import transfer_table
+
+    both = transfer_table([RESULTS / "transfer-cpu" / "rows.jsonl", RESULTS / "transfer-bos-cpu" / "rows.jsonl"])
+    assert set(both.model) == {"smollm2", "qwen2.5-0.5b", "gemma3-270m (BOS)"} and (both.seeds == 3).all()
+    alone = {g: transfer_table(RESULTS / g / "rows.jsonl") for g in ("transfer-cpu", "transfer-bos-cpu")}
+    for (model, grid) in (("smollm2", "transfer-cpu"), ("gemma3-270m (BOS)", "transfer-bos-cpu")):
+        mine = both[both.model == model].set_index(["method", "pattern"])[["ratio", "verdict"]].sort_index()
+        theirs = alone[grid][alone[grid].model == model]   # one grid alone: the same label
+        assert mine.equals(theirs.set_index(["method", "pattern"])[["ratio", "verdict"]].sort_index()), model
+    md = render(load_grid(REPO / "grids" / "transfer-bos-cpu.yaml"),
+                read_rows(RESULTS / "transfer-bos-cpu" / "rows.jsonl"))
+    ria = both[(both.model == "gemma3-270m (BOS)") & (both.method == "ria") & (both.pattern == "0.5")].iloc[0]
+    assert f"{ria.ratio:.3f} ({ria.verdict})" in md and ria.verdict == "better"
+
+
 def test_a_method_can_be_limited_to_some_models(tmp_path):
     """``models:`` on a method: its cells exist only for those models, the other models' tables leave it out, and
     its cells keep the ids they have without the key (rows already run still count)."""
