@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from prunerzero.checks import BOS_MODES
 from prunerzero.errors import UserError
 from prunerzero.experiments import Grid, Method, better, later_default, load_grid, mean_std, read_rows, render, run_grid
 from prunerzero.fsutil import atomic_write_text
@@ -196,7 +197,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--eval-windows", type=int, default=None, help="validation windows (default: all)")
-    ap.add_argument("--bos", default=None, choices=("stream", "window"),
+    ap.add_argument("--bos", default=None, choices=BOS_MODES,
                     help="BOS mode of the re-scoring (default: the one the runs scored --model with)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)

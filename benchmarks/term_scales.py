@@ -23,6 +23,8 @@ from pathlib import Path
 import pandas as pd
 
 from prunerzero import experiments as ex
+from prunerzero.checks import BOS_MODES
+from prunerzero.protocol import Protocol
 
 COLUMNS = [["model", "model", "s"], ["statistics", "statistics", "s"], ["module", "module", "s"],
            ["median X", "median X", ".4g"], ["\\|log X\\| > √X", "|log X| > √X", ".4f"],
@@ -50,15 +52,16 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--bos", default="stream", choices=("stream", "window"),
+    ap.add_argument("--bos", default=Protocol.bos, choices=BOS_MODES,
                     help="stream: Wanda's windows; window: BOS opens every calibration window (protocol bos)")
     ex.measurement_args(ap, None)
     args = ap.parse_args()
     if ex.rendered_only(ap, args, render):
         return
     out = Path(args.out) if args.out else None
-    setting = f"{args.nsamples} x {args.seqlen} C4, seed {args.seed}" + (", BOS per window" if args.bos == "window" else "")
-    bos = "|bos=window" if args.bos == "window" else ""   # before the sizes: no stream id is a prefix of it
+    window = args.bos == "window"
+    setting = f"{args.nsamples} x {args.seqlen} C4, seed {args.seed}" + (", BOS per window" if window else "")
+    bos = "|bos=window" if window else ""   # before the sizes: no stream id is a prefix of it
     rid = f"term_scales|{args.model}{bos}|{args.nsamples}x{args.seqlen}|seed={args.seed}"
     if out is not None:
         if not ex.read_meta(out):

@@ -438,8 +438,8 @@ def cmd_structural(args) -> None:
     lm = _load(args)
     datasets = args.eval_sets
     payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "preset": args.preset,
-               "bos": args.bos, "config": dataclasses.asdict(cfg), "sparsity": cfg.sparsity, "init": cfg.init, "metric": cfg.metric,
-               "steps": cfg.steps, "samples": cfg.samples, "lr": cfg.lr, "nsamples": cfg.nsamples,
+               "bos": args.bos, "config": dataclasses.asdict(cfg), "sparsity": cfg.sparsity, "init": cfg.init,
+               "metric": cfg.metric, "steps": cfg.steps, "samples": cfg.samples, "lr": cfg.lr, "nsamples": cfg.nsamples,
                "calib_seqlen": cfg.calib_seqlen, "eval_windows": cfg.eval_windows,
                "evaluation": f"WikiText-style perplexity on the first {cfg.eval_windows or 'all'} non-overlapping "
                              f"windows of each length of the test split"}

@@ -618,7 +618,8 @@ def run_grid(grid: Grid, out: str | Path, data_dir=None, cache=None, command: st
         _run_structural(grid, todo, rows_path, data_dir, cache, command, progress)
         return read_rows(rows_path)
     for model in dict.fromkeys(c.model for c in todo):
-        lm = load_model(model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen, bos=proto.bos)
+        lm = load_model(model, device=proto.device, dtype=proto.dtype, cache=cache, seqlen=proto.seqlen,
+                        bos=proto.bos)
         snapshot = WeightSnapshot(all_prunable(lm.model), device="cpu")
         origin = provenance(lm.device, command)
         for cell in (c for c in todo if c.model == model):

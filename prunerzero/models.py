@@ -309,9 +309,9 @@ def window_bos(name: str, model_or_config, tokenizer, bos: str) -> int | None:
     """The token id that opens every window under protocol ``bos`` (None for 'stream', after warning a family
     that needs BOS)."""
     if bos == "stream":
-        if family(model_or_config).needs_bos:
-            kind = getattr(getattr(model_or_config, "config", model_or_config), "model_type", "?")
-            warnings.warn(f"{name} ({kind}) expects BOS at the start of every sequence; the "
+        cfg = getattr(model_or_config, "config", model_or_config)
+        if family(cfg).needs_bos:
+            warnings.warn(f"{name} ({cfg.model_type}) expects BOS at the start of every sequence; the "
                           "protocol's bos 'stream' (Wanda's windows) puts it only before the first window, so its "
                           "perplexity is far above the model's own: use bos 'window' (--bos window)",
                           PrunerzeroWarning, stacklevel=3)

@@ -267,10 +267,10 @@ def transfer_rows(rows_paths) -> list[dict]:
     from .experiments import read_rows
 
     paths = [rows_paths] if isinstance(rows_paths, (str, os.PathLike)) else list(rows_paths)
-    rows = [r for p in paths for r in read_rows(p)]
-    with_bos = {r["model"] for r in rows if r.get("protocol", {}).get("bos") == "window"}
-    return [{**r, "model": f"{r['model']} (BOS)"} if r["model"] in with_bos else r for r in rows
-            if r["model"] not in with_bos or r.get("protocol", {}).get("bos") == "window"]
+    rows = [(r, r.get("protocol", {}).get("bos") == "window") for p in paths for r in read_rows(p)]
+    with_bos = {r["model"] for r, window in rows if window}
+    return [{**r, "model": f"{r['model']} (BOS)"} if window else r for r, window in rows
+            if window or r["model"] not in with_bos]
 
 
 def transfer_table(rows_path, reference: str = "wanda", dataset: str = "wikitext2") -> pd.DataFrame:
