@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from prunerzero.checks import BOS_MODES
+from prunerzero.checks import BOS_DEFAULT, BOS_MODES
 from prunerzero.errors import UserError
 from prunerzero.experiments import Grid, Method, better, later_default, load_grid, mean_std, read_rows, render, run_grid
 from prunerzero.fsutil import atomic_write_text
@@ -102,11 +102,11 @@ def runs_bos(runs: list[str], model: str) -> str:
     modes = set()
     for run in runs:
         fit = load_run_space(run)[0].fitness
-        modes.add(fitness_bos(fit, model) if model in fitness_models(fit) else "stream")
+        modes.add(fitness_bos(fit, model) if model in fitness_models(fit) else BOS_DEFAULT)
     if len(modes) > 1:
         raise UserError(f"the runs scored {model} with different BOS modes ({', '.join(sorted(modes))}): "
                         "pass --bos stream or --bos window")
-    return modes.pop() if modes else "stream"
+    return modes.pop() if modes else BOS_DEFAULT
 
 
 def build_grid(name: str, cands: list[dict], patterns: list[str], seeds: list[int], args) -> Grid:

@@ -16,6 +16,7 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # SparseGPT's protocol. window: every calibration and evaluation window is BOS + seqlen - 1 stream tokens, for
 # families that break down without BOS at the start of a sequence (Gemma; ``models.FAMILIES``).
 BOS_MODES = ("stream", "window")
+BOS_DEFAULT = "stream"   # the published protocol's
 
 
 def integer(value, what: str, minimum: int | None = None) -> int:

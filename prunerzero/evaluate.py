@@ -52,7 +52,7 @@ def ppl_on(lm, dataset: str = "wikitext2", split: str = "test", max_windows: int
     if dataset == "c4":   # its stream holds C4_VAL_WINDOWS windows; BOS windows take one token less of it each
         max_windows = min(max_windows or C4_VAL_WINDOWS, C4_VAL_WINDOWS)
     tokens = eval_tokens(lm.tokenizer, dataset, split, data_dir, seqlen)
-    windows = eval_windows(tokens, seqlen, max_windows, getattr(lm, "window_bos", None))
+    windows = eval_windows(tokens, seqlen, max_windows, lm.window_bos)
     t0 = time.time()
     value = perplexity(lm.model, windows, batch_size, progress)
     return {"dataset": dataset, "split": split, "ppl": value, "windows": int(windows.shape[0]),

@@ -158,7 +158,7 @@ class Cell:
 PROTOCOL_IDENTITY = ("dtype", "seqlen", "calibration", "nsamples", "grad_precision", "eval_datasets", "eval_split",
                      "eval_windows", "bos")
 # identity fields added after rows were committed, with their defaults: left out of the key there
-PROTOCOL_LATER_FIELDS = {"bos": "stream"}
+PROTOCOL_LATER_FIELDS = {"bos": checks.BOS_DEFAULT}
 
 
 def later_default(key: str, value) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .checks import BOS_DEFAULT
 from .errors import PrunerzeroWarning, UserError
 from .fsutil import atomic_path
 
@@ -265,7 +266,7 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
 
 def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | None = None,
                cache: str | os.PathLike | None = None, device_map: str | None = None,
-               seqlen: int | None = None, bos: str = "stream") -> LoadedModel:
+               seqlen: int | None = None, bos: str = BOS_DEFAULT) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
     ``bos`` is the protocol's BOS mode (``checks.BOS_MODES``): 'window' makes every calibration and evaluation
@@ -308,7 +309,7 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
 def window_bos(name: str, model_or_config, tokenizer, bos: str) -> int | None:
     """The token id that opens every window under protocol ``bos`` (None for 'stream', after warning a family
     that needs BOS)."""
-    if bos == "stream":
+    if bos == BOS_DEFAULT:
         cfg = getattr(model_or_config, "config", model_or_config)
         if family(cfg).needs_bos:
             warnings.warn(f"{name} ({cfg.model_type}) expects BOS at the start of every sequence; the "

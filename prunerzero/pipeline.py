@@ -41,7 +41,7 @@ class CalibConfig:
 
 def calibration_windows(lm: LoadedModel, cfg: CalibConfig, seqlen: int | None = None) -> torch.Tensor:
     return data.calibration_windows(lm.tokenizer, cfg.nsamples, seqlen or lm.seqlen, cfg.seed, cfg.data_dir,
-                                    bos=getattr(lm, "window_bos", None))
+                                    bos=lm.window_bos)
 
 
 def windows_sha1(windows: torch.Tensor) -> str:

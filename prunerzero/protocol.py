@@ -31,7 +31,7 @@ class Protocol:
     eval_split: str = "test"
     eval_windows: int | None = None       # None = every window
     batch_size: int = 1                   # windows per forward pass (numerics only)
-    bos: str = "stream"                   # checks.BOS_MODES: stream = Wanda's windows; window = BOS opens each
+    bos: str = checks.BOS_DEFAULT         # checks.BOS_MODES: stream = Wanda's windows; window = BOS opens each
 
     def __post_init__(self):
         from .data import EVAL_DATASETS

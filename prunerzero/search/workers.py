@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from ..calibration import needs_of
+from ..checks import BOS_DEFAULT
 from ..data import eval_tokens, eval_windows
 from ..errors import UserError
 from ..models import load_model
@@ -30,8 +31,8 @@ def fitness_models(fitness: dict) -> list[str]:
 
 def fitness_bos(fitness: dict, model: str) -> str:
     """A fitness model's BOS mode: ``fitness.bos`` itself, or its entry for that model (default stream)."""
-    bos = fitness.get("bos", "stream")
-    return bos.get(model, "stream") if isinstance(bos, dict) else bos
+    bos = fitness.get("bos", BOS_DEFAULT)
+    return bos.get(model, BOS_DEFAULT) if isinstance(bos, dict) else bos
 
 
 def fitness_patterns(fitness: dict) -> list:
