@@ -272,6 +272,19 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     for pattern in ("0.5", "2:4"):
         assert fmt(ppl("found-margin-wx", pattern)) in readme
         assert verdict(ppl("found-margin-wx", pattern), ppl("wanda", pattern)) == "within spread"
+    # the seed-mean W/X search: its best, chosen by the selection, is better at 2:4 and within the spread at 50%
+    summary = json.loads((RESULTS / "search-cpu-wx" / "summary.json").read_text())
+    best = "mul(sqrt(add(X, sqrt(W))), sqrt(sqr(W)))"
+    assert not summary["complete"] and summary["generations_done"] == 9 and summary["best"]["formula"] == best
+    assert round(summary["wall_seconds"]) == 3793 and f"{summary['best']['score']:.4f}" == "-0.0127"
+    assert summary["evaluations"] == 192 and summary["counts"]["eval"] == 74
+    assert summary["counts"]["key_audit"]["mismatch"] == 0
+    chosen = json.loads((RESULTS / "selection-cpu-wx.json").read_text())
+    assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
+    _, rows, _ = grid_rows("confirm-cpu-wx")
+    for pattern, v in (("0.5", "within spread"), ("2:4", "better")):
+        assert fmt(ppl("found-wx", pattern)) in readme
+        assert verdict(ppl("found-wx", pattern), ppl("wanda", pattern)) == v
 
 
 def _seed_ppls(rows_path) -> dict:
