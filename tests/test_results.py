@@ -322,9 +322,9 @@ def test_readme_transfer_table_is_the_rows():
     not_run = {(m.name, model) for m in load_grid(REPO / "grids" / "transfer-cpu.yaml").methods
                for model in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") if not m.runs_on(model)}
     assert not_run == {("found-2m", "qwen2.5-0.5b"), ("found-2m-zsn", "qwen2.5-0.5b"),
-                       ("found-2m-bos", "gemma3-270m")}   # its Gemma cells: transfer-bos-cpu (BOS per window)
+                       ("found-2m-bos", "gemma3-270m"), ("found-1m-wx", "gemma3-270m")}  # in transfer-bos-cpu
     cols = [(m, p) for m in ("smollm2", "gemma3-270m", "qwen2.5-0.5b") for p in ("0.5", "2:4")]
-    assert len(table) == 8 and table[0][0] == "Wanda (ppl)" and all(len(cells) == 1 + len(cols) for cells in table)
+    assert len(table) == 9 and table[0][0] == "Wanda (ppl)" and all(len(cells) == 1 + len(cols) for cells in table)
     for cells in table:
         method = _readme_method(cells[0])
         for cell, (model, p) in zip(cells[1:], cols):
@@ -335,7 +335,8 @@ def test_readme_transfer_table_is_the_rows():
 
 
 def _readme_method(label: str) -> str:
-    methods = {"Wanda (ppl)": "wanda", "RIA": "ria", "SparseGPT": "sparsegpt", "found on SmolLM2": "found-1m",
+    methods = {"Wanda (ppl)": "wanda", "RIA": "ria", "SparseGPT": "sparsegpt",
+               "found on SmolLM2, seed-mean": "found-1m-wx", "found on SmolLM2": "found-1m",  # longer first
                "found on both, Gemma with BOS": "found-2m-bos", "found on both, G": "found-2m",  # longer first
                "found on both (W, X search), \\|W\\|·(W²": "found-2m-w2",
                "found on both (W, X search), \\|W\\|·(\\|zsn": "found-2m-zsn"}
@@ -349,12 +350,12 @@ def test_readme_gemma_bos_table_is_the_rows():
     bos = _seed_ppls(RESULTS / "transfer-bos-cpu" / "rows.jsonl")
     table = _md_table((REPO / "README.md").read_text(), "| method | Gemma 3 50%, Wanda's windows |")
     cols = [(stream, "0.5"), (bos, "0.5"), (stream, "2:4"), (bos, "2:4")]
-    assert len(table) == 7 and all(len(cells) == 5 for cells in table)
+    assert len(table) == 8 and all(len(cells) == 5 for cells in table)
     for cells in table:
         method = _readme_method(cells[0])
         for cell, (seeds, p) in zip(cells[1:], cols):
-            if ("gemma3-270m", method, p) not in seeds:   # found-2m-bos ran on Gemma with BOS only
-                assert method == "found-2m-bos" and seeds is stream and cell == "not run", (cells[0], p)
+            if ("gemma3-270m", method, p) not in seeds:   # found-2m-bos and found-1m-wx: Gemma with BOS only
+                assert method in ("found-2m-bos", "found-1m-wx") and seeds is stream and cell == "not run", (cells[0], p)
                 continue
             assert cell == _ratio_cell(seeds, "gemma3-270m", method, p), (cells[0], p)
     from prunerzero.experiments import read_rows
