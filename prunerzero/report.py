@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -241,8 +242,6 @@ def term_scales(stats) -> pd.DataFrame:
     statistics hold the gradient, G, G/X and the share of weights with G > X."""
     from collections import defaultdict
 
-    import torch
-
     acc = defaultdict(lambda: defaultdict(list))
     for key, terms in stats.tensors.items():
         if "X" not in terms:
@@ -256,8 +255,8 @@ def term_scales(stats) -> pd.DataFrame:
             a["median G"].append(float(g.median()))
             a["median G/X"].append(float((g / x.clamp_min(1e-30)).median()))
             a["G > X"].append(float((g > x).double().mean()))
-    return pd.DataFrame([{"module": m, **{k: float(torch.tensor(v).mean()) for k, v in cols.items()}}
-                         for m, cols in acc.items()])
+    return pd.DataFrame([{"module": m, **{k: statistics.fmean(v) for k, v in cols.items()}}
+                         for m, cols in sorted(acc.items())])   # one order, from the cache or freshly computed
 
 
 def transfer_rows(rows_paths) -> list[dict]:
