@@ -23,8 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunerzero import experiments as ex
-from prunerzero.checks import BOS_MODES
-from prunerzero.protocol import Protocol
+from prunerzero.checks import BOS_DEFAULT, BOS_MODES
 
 COLUMNS = [["model", "model", "s"], ["statistics", "statistics", "s"], ["module", "module", "s"],
            ["median X", "median X", ".4g"], ["\\|log X\\| > √X", "|log X| > √X", ".4f"],
@@ -52,7 +51,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--bos", default=Protocol.bos, choices=BOS_MODES,
+    ap.add_argument("--bos", default=BOS_DEFAULT, choices=BOS_MODES,
                     help="stream: Wanda's windows; window: BOS opens every calibration window (protocol bos)")
     ex.measurement_args(ap, None)
     args = ap.parse_args()
