@@ -349,6 +349,7 @@ def cmd_search(args) -> None:
     from .search.table import format_table
     from .search.workers import InProcess, RayPool, build_evaluator
 
+    started = time.time()   # --max-minutes counts the model and statistics too
     if args.resume:
         space, meta = _resume_space(args)
         out = args.resume
@@ -368,7 +369,8 @@ def cmd_search(args) -> None:
         evaluate_many = InProcess(build_evaluator(space.fitness, terminals, args.data_dir, args.cache_dir,
                                                   not args.quiet))
     search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
-    search.run(resume=bool(args.resume), max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+    budget = None if args.max_minutes is None else 60 * args.max_minutes - (time.time() - started)
+    search.run(resume=bool(args.resume), max_seconds=budget)
     print(format_table(out, args.top))
     print(f"run directory: {out}")
 
@@ -579,8 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_at_least(1), default=1,
                    help="evaluate on N GPUs through a Ray actor pool (prunerzero[ray])")
     p.add_argument("--max-minutes", type=_number(0.0), default=None,
-                   help="stop after the generation that ends past this wall time; --resume continues it "
-                        "(default: no limit)")
+                   help="wall-time ceiling, model and statistics included: no generation is started that the "
+                        "last one's length says would end past it; --resume continues it (default: no limit)")
     p.add_argument("--data-dir", default=None,
                    help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
     p.add_argument("--cache-dir", default=None,

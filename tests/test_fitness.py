@@ -162,6 +162,10 @@ def test_fitness_with_several_calibration_seeds(tiny_model_dir, tmp_path):
     assert {f"{model}|seed1|{lb.split('|')[-1]}": p for lb, p in alone.ppls.items()} == \
         {lb: p for lb, p in res.ppls.items() if "|seed1|" in lb}
     assert res.ppls[f"{model}|seed0|2of4"] != res.ppls[f"{model}|seed1|2of4"]
+    # a fidelity of one seed: the first seed's parts only, exactly as measured with both
+    first = both(WANDA, seeds=1)
+    assert first.ppls == {lb: p for lb, p in res.ppls.items() if "|seed0|" in lb} and first.seeds == 1
+    assert both("mul(abs(W), X)", 1, seeds=1).ppls.keys() == first.ppls.keys()
 
 
 def test_fitness_with_a_bos_per_window(tiny_model_dir, tmp_path):
@@ -242,6 +246,39 @@ def test_fidelity_promotion_is_deterministic_and_the_table_ranks_full_fidelity_o
     assert any(len(r.get("stages", [])) == 3 and r["level"] < 2 for r in c)
 
 
+class SeedFake(Fake):
+    """A Fake over calibration seeds: ``seeds=k`` answers the parts of the first k seeds only."""
+
+    def __call__(self, formulas, windows=None, seeds=None):
+        for res in super().__call__(formulas, windows):
+            keep = [lb for lb in self.labels if seeds is None or int(lb.split("|seed")[1][0]) < seeds]
+            ppls = {lb: res["ppls"][lb] for lb in keep}
+            yield {**res, "ppls": ppls, "parts": {lb: res["parts"][lb] for lb in keep},
+                   "ppl": math.exp(sum(map(math.log, ppls.values())) / len(ppls)), "seeds": seeds}
+
+
+def test_fidelity_over_seeds_scores_low_levels_on_the_first_seed_against_the_reference_there(tmp_path):
+    """``fidelity.seeds: [1, null]``: the first level scores seed 0's parts against the reference's seed-0 parts,
+    the full level every seed; promotion and ranking are as with windows alone."""
+    labels = [f"m|seed{s}|{st}" for s in (0, 1, 2) for st in ("u0.5-row", "2of4")]
+    fake = SeedFake(labels)
+    space = tiny_space(fidelity={"windows": [1, None], "seeds": [1, None], "keep": 0.5}, eval_windows=4,
+                       calib_seed=[0, 1, 2])
+    space.raw["gp"].update(generations=2, population=8)
+    Search(space, tmp_path, fake, progress=False).run()
+    refs = json.loads((tmp_path / "references.json").read_text())["levels"]
+    assert set(refs["0"]["ppls"]) == set(labels[:2]) and set(refs["1"]["ppls"]) == set(labels)
+    recs = [r for r in read_evaluations(tmp_path) if r["hit"] == "eval" and "audit" not in r]
+    assert {len(r["stages"]) for r in recs} == {1, 2}
+    for r in recs:
+        low = r["stages"][0]
+        assert low["seeds"] == 1 and set(low["ppls"]) == set(labels[:2])
+        assert low["score"] == pytest.approx(combine_scores(low["ppls"], refs["0"]["ppls"]))
+        if r["level"] == 1:
+            assert r["stages"][1]["seeds"] is None and set(r["ppls"]) == set(labels)
+            assert r["score"] == pytest.approx(combine_scores(r["ppls"], refs["1"]["ppls"]))
+
+
 class Killed(Exception):
     pass
 
@@ -290,6 +327,11 @@ def test_resume_reuses_the_references_and_equals_an_uninterrupted_run(tmp_path):
     ({"fidelity": {"windows": [2, None], "keep": 0}}, "fitness.fidelity.keep"),
     ({"fidelity": {"windows": [2, None], "rungs": 3}}, "unknown key 'fitness.fidelity.rungs'"),
     ({"fidelity": [2, None]}, "must be a mapping"),
+    ({"fidelity": {"windows": [2, None], "seeds": [1, None]}}, "needs several calibration seeds"),
+    ({"fidelity": {"windows": [2, None], "seeds": [1]}, "calib_seed": [0, 1]}, "seed count per fidelity level"),
+    ({"fidelity": {"windows": [2, None], "seeds": [2, None]}, "calib_seed": [0, 1]}, "must stay below the 2"),
+    ({"fidelity": {"windows": [1, 2, None], "seeds": [2, 1, None]}, "calib_seed": [0, 1, 2]}, "must not decrease"),
+    ({"fidelity": {"windows": [2, None], "seeds": [0, None]}, "calib_seed": [0, 1]}, "fidelity.seeds"),
 ])
 def test_bad_fitness_keys_are_refused(fitness, msg):
     with pytest.raises(UserError, match=msg):

@@ -103,6 +103,39 @@ def test_time_budget_stops_at_a_generation_boundary_and_resume_finishes_identica
     assert json.loads((tmp_path / "budget" / "summary.json").read_text())["complete"] is True
 
 
+def test_time_budget_is_a_ceiling_no_generation_starts_that_would_end_past_it(tmp_path, evaluator_factory,
+                                                                               monkeypatch):
+    """On a clock that advances 10 s per evaluated formula: with a budget of generation 0's end plus half its
+    length, the old rule (stop once past the budget) would start generation 1 and end past the budget; the
+    ceiling stops after generation 0. With exactly room for one more generation 0, generation 1 runs (and the
+    run still ends within the budget)."""
+    import prunerzero.search.engine as engine
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(engine.time, "time", lambda: clock["t"])
+    inner = evaluator_factory()
+
+    def ticking(formulas):
+        for res in inner(formulas):
+            clock["t"] += 10.0
+            yield res
+
+    space = load_space(SPACE)
+    space.raw["gp"]["generations"] = 3
+    ends = []
+    checkpoint = Search._checkpoint
+    monkeypatch.setattr(Search, "_checkpoint", lambda self, g, p: (ends.append(clock["t"]), checkpoint(self, g, p)))
+    Search(space, tmp_path / "probe", ticking, progress=False).run()
+    g0 = sum(r["hit"] in ("eval", "mask", "error") for r in read_evaluations(tmp_path / "probe")
+             if r["generation"] == 0) * 10.0
+    assert ends[1] - ends[0] <= g0 < ends[0] + g0 * 0.5   # generation 1 is no longer than 0 here
+    for budget, at_least in ((ends[0] + 0.5 * g0, 0), (ends[0] + g0, 1)):
+        clock["t"], ends[:] = 0.0, []
+        Search(space, tmp_path / str(budget), ticking, progress=False).run(max_seconds=budget)
+        summary = json.loads((tmp_path / str(budget) / "summary.json").read_text())
+        assert (summary["generations_done"] == 0) == (at_least == 0) and clock["t"] <= budget
+
+
 def test_new_search_refuses_a_used_directory(tmp_path, evaluator_factory):
     run(tmp_path / "r", evaluator_factory, generations=0)
     with pytest.raises(UserError, match="already holds a search"):

@@ -3,7 +3,7 @@ a JSONL line per evaluation, a JSON checkpoint per generation, and resume.
 
 This module knows nothing about tensors: fitness comes from ``evaluate_many(formulas) -> iterator of dicts``
 (in-process or a Ray actor pool, see ``search.workers``), in the order given; with ``fitness.fidelity``,
-``evaluate_many(formulas, windows=N)``.
+``evaluate_many(formulas, windows=N)`` (and ``seeds=K`` when ``fitness.fidelity.seeds`` is set).
 
 A record of a scored run (evaluator results with per-part ``ppls``) holds, besides the candidate's formula fields:
 ``ppls`` (part label "<model>|<setting slug>" -> perplexity at the fidelity reached), ``ppl`` (their geometric
@@ -196,6 +196,8 @@ class Search:
       8; the best ``keep`` of those on all. Selection compares like with like: a candidate's ``fitness`` is its
       score at the highest level it reached plus ``FIDELITY_GAP`` per level it missed, so every candidate that
       reached a higher level ranks before every one that did not (it is ranked by its score within its level).
+      ``fitness.fidelity.seeds: [1, null]`` (with several ``calib_seed``) also scores the low levels with the first
+      seed(s) only, each against the reference at the same seeds; the full level is every window and every seed.
       A ``fitness.fidelity.audit`` fraction is scored at every level for the record only (benchmarks/fidelity.py);
     * evaluators that return no ``ppls`` (one plain perplexity) are ranked by ``ppl`` as before.
     """
@@ -223,6 +225,7 @@ class Search:
         fit = space.fitness
         self.fidelity = fit.get("fidelity")
         self.levels: list = list(self.fidelity["windows"]) if self.fidelity else [None]
+        self.seed_levels: list | None = self.fidelity.get("seeds") if self.fidelity else None
         self.combine = fit.get("combine", "mean")
         self.references: dict[str, dict] | None = None   # str(level) -> {ppls, parts, windows}
 
@@ -258,13 +261,17 @@ class Search:
     def _stage(self, texts: list[str], level: int):
         if self.fidelity is None:   # the evaluate_many(formulas) contract of a one-fidelity run
             return self.evaluate_many(texts)
-        return self.evaluate_many(texts, windows=self.levels[level])
+        if self.seed_levels is None:
+            return self.evaluate_many(texts, windows=self.levels[level])
+        return self.evaluate_many(texts, windows=self.levels[level], seeds=self.seed_levels[level])
 
     def _scored(self, res: dict, level: int) -> dict:
         """One stage of a candidate: its result at one fidelity, with its score when the result has parts."""
         st = {"windows": self.levels[level], "ppl": float(res["ppl"]), "hit": res["hit"],
               "seconds": round(float(res["seconds"]), 3), "fingerprint": res.get("fingerprint"),
               "error": res.get("error")}
+        if self.seed_levels is not None:
+            st["seeds"] = self.seed_levels[level]
         if res.get("retryable"):
             st["retryable"] = True
         if res.get("ppls"):
@@ -506,8 +513,10 @@ class Search:
 
     # ------------------------------------------------------------------------------------------ loop
     def run(self, resume: bool = False, max_seconds: float | None = None) -> list[dict]:
-        """Evolve to ``gp.generations``; with ``max_seconds``, stop after the first generation that ends past that
-        wall time (checkpointed: ``--resume`` continues it exactly as if it had never stopped).
+        """Evolve to ``gp.generations``; with ``max_seconds``, stop at the first generation boundary where the time
+        spent plus the generation just finished (the next one's expected length) passes that wall time, so the
+        run ends within it unless a generation is much longer than the one before (checkpointed: ``--resume``
+        continues it exactly as if it had never stopped).
 
         ``resume`` on a run that stopped before its first checkpoint restarts it from generation 0 with its
         recorded settings (the partial log is discarded; the result is that of an uninterrupted run)."""
@@ -550,15 +559,17 @@ class Search:
             else:
                 self._simplify_offspring(pop)
                 self.evaluate(pop, gen)
-            self.wall += time.time() - t0
+            took = time.time() - t0
+            self.wall += took
             self._checkpoint(gen, pop)
             top = self.best(1)
             if top:
                 score = f"score {top[0]['score']:.4f}, " if top[0].get("score") is not None else ""
                 bar.set_postfix_str(f"best {score}ppl {top[0]['ppl']:.3f} {top[0]['simplified']}")
             last = gen
-            if max_seconds is not None and time.time() - started > max_seconds and gen < gp_cfg["generations"]:
-                tqdm.write(f"time budget spent after generation {gen}: continue with --resume {self.files.root}")
+            if max_seconds is not None and time.time() - started + took > max_seconds and gen < gp_cfg["generations"]:
+                tqdm.write(f"time budget: another generation would end past it; stopped after generation {gen}: "
+                           f"continue with --resume {self.files.root}")
                 break
         bar.close()
         summary = {"best": self.best(1)[0] if self.hof else None, "hall_of_fame": self.best(HOF_SIZE),

@@ -114,17 +114,20 @@ class FitnessResult:
     ppls: dict | None = None     # part label ("<model>|<pattern slug>") -> perplexity
     parts: dict | None = None    # part label -> that part's mask fingerprint
     windows: int | None = None   # the fidelity: fitness windows used (None: all of them)
+    seeds: int | None = None     # the fidelity: calibration seeds scored (the first n of each model's; None: all)
 
 
 @dataclass
 class Target:
     """One model's material for fitness: the model, its one-shot statistics (of one calibration seed) and its
-    (full) fitness windows. Targets of one model (several seeds) share its layers and their dense snapshot."""
+    (full) fitness windows. Targets of one model (several seeds) share its layers and their dense snapshot;
+    ``rank`` is the seed's position in ``fitness.calib_seed`` (a fidelity of n seeds scores ranks below n)."""
     name: str
     model: object
     stats: Stats
     windows: torch.Tensor
     share: InitVar["Target | None"] = None
+    rank: int = 0
 
     def __post_init__(self, share):
         if share is not None:
@@ -207,25 +210,32 @@ class FitnessEvaluator:
     def pattern(self):
         return self.patterns[0]
 
-    def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor) -> None:
+    def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor, rank: int = 0) -> None:
+        """Another target: a model, or another calibration seed (``rank``: its position among the seeds) of one
+        already added, whose layers and snapshot it then shares."""
         if any(t.name == name for t in self.targets):
             raise UserError(f"fitness.models names {name} twice: list each model once")
         same = next((t for t in self.targets if t.model is model), None)
-        self.targets.append(Target(name, model, stats, windows, share=same))
+        self.targets.append(Target(name, model, stats, windows, share=same, rank=rank))
 
     @property
     def labels(self) -> list[str]:
         return [part_label(t.name, p, u) for t in self.targets for p, u in zip(self.patterns, self.updates)]
 
-    def __call__(self, formula: str, windows: int | None = None) -> FitnessResult:
+    def __call__(self, formula: str, windows: int | None = None, seeds: int | None = None) -> FitnessResult:
+        """The formula's perplexity per part on the first ``windows`` fitness windows (None: all), with the
+        statistics of each model's first ``seeds`` calibration seeds (None: all of them)."""
         t0 = time.time()
         try:
             text, slug = split_candidate(formula)
             node = parse(text)
         except (FormulaError, UserError) as exc:
-            return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc), windows=windows)
+            return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc), windows=windows,
+                                 seeds=seeds)
         ppls, parts, measured, error = {}, {}, False, None
         for target in self.targets:
+            if seeds is not None and target.rank >= seeds:
+                continue
             for pattern, update in zip(self.patterns, self.updates):
                 label = part_label(target.name, pattern, update)
                 try:
@@ -241,11 +251,11 @@ class FitnessEvaluator:
                     if update == "admm":
                         target.snapshot.restore()
                     return FitnessResult(formula, self.penalty, "error", time.time() - t0, error=str(exc),
-                                         windows=windows)
+                                         windows=windows, seeds=seeds)
                 except torch.OutOfMemoryError:
                     if update == "admm":
                         target.snapshot.restore()
-                    return self._out_of_memory(formula, t0, None, windows)
+                    return self._out_of_memory(formula, t0, None, windows, seeds)
                 fp = mask_fingerprint(masks)
                 parts[label] = fp
                 cached = self.by_mask.get((label, fp, windows))
@@ -266,7 +276,7 @@ class FitnessEvaluator:
                     w = target.windows if windows is None else target.windows[:windows]
                     ppl = perplexity(target.model, w, self.batch_size)
                 except torch.OutOfMemoryError:
-                    return self._out_of_memory(formula, t0, None, windows)
+                    return self._out_of_memory(formula, t0, None, windows, seeds)
                 finally:
                     target.snapshot.restore()
                 if not math.isfinite(ppl):
@@ -275,10 +285,10 @@ class FitnessEvaluator:
                 self.by_mask[(label, fp, windows)] = ppl
                 ppls[label] = ppl
                 measured = True
-        fp = parts[self.labels[0]] if len(parts) == 1 else combined_fingerprint(parts)
+        fp = next(iter(parts.values())) if len(parts) == 1 else combined_fingerprint(parts)
         hit = "error" if error else ("eval" if measured else "mask")
         return FitnessResult(formula, geometric_mean(ppls.values()), hit, time.time() - t0, fp, error,
-                             ppls=ppls, parts=parts, windows=windows)
+                             ppls=ppls, parts=parts, windows=windows, seeds=seeds)
 
     def _counts(self, target: Target, pattern: Pattern, slug: str) -> dict[str, int]:
         """Per-layer prune counts of a layer-wise allocation gene (``allocation.allocate``: OWL from the dense
@@ -365,11 +375,11 @@ class FitnessEvaluator:
         for label, fp, windows, ppl in records:
             self.by_mask.setdefault((label, fp, windows), ppl)
 
-    def _out_of_memory(self, formula: str, t0: float, fp: str | None, windows=None) -> FitnessResult:
+    def _out_of_memory(self, formula: str, t0: float, fp: str | None, windows=None, seeds=None) -> FitnessResult:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return FitnessResult(formula, self.penalty, "error", time.time() - t0, fp, "out of memory", retryable=True,
-                             windows=windows)
+                             windows=windows, seeds=seeds)
 
 
 def combined_fingerprint(parts: dict) -> str:

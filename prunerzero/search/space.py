@@ -108,7 +108,7 @@ class SearchSpace:
 
 SETTING_KEYS = ("sparsity", "pattern", "group", "sequential", "update")
 UPDATES = ("none", "obs", "lsq", "admm")
-FIDELITY_KEYS = ("windows", "keep", "audit")
+FIDELITY_KEYS = ("windows", "seeds", "keep", "audit")
 COMBINE = ("mean", "worst", "margin")
 
 
@@ -256,7 +256,28 @@ def _check_fidelity(fit: dict) -> None:
                         f"{fit['eval_windows']} before the final null")
     checks.real(fid["keep"], "fitness.fidelity.keep", 0.0, 1.0, open_low=True)
     checks.real(fid["audit"], "fitness.fidelity.audit", 0.0, 1.0)
+    if fid.get("seeds") is not None:
+        _check_fidelity_seeds(fid["seeds"], len(windows), fit["calib_seed"])
     fit["fidelity"] = fid
+
+
+def _check_fidelity_seeds(seeds, levels: int, calib_seed) -> None:
+    """``fitness.fidelity.seeds``: per fidelity level, how many of the calibration seeds score (the first n of
+    ``calib_seed``), one entry per entry of ``windows``, never decreasing, ending with null (all of them)."""
+    n = len(calib_seed) if isinstance(calib_seed, list) else 1
+    if n < 2:
+        raise UserError("fitness.fidelity.seeds needs several calibration seeds: give fitness.calib_seed a list, "
+                        "e.g. [0, 1, 2], or drop fitness.fidelity.seeds")
+    if not isinstance(seeds, list) or len(seeds) != levels or seeds[-1] is not None:
+        raise UserError(f"fitness.fidelity.seeds must give a seed count per fidelity level ({levels}, as "
+                        "fitness.fidelity.windows) ending with null (all seeds), e.g. [1, null]")
+    last = 1
+    for k in seeds[:-1]:
+        checks.integer(k, "fitness.fidelity.seeds[]", 1)
+        if k < last or k >= n:
+            raise UserError(f"fitness.fidelity.seeds {seeds} must not decrease and must stay below the {n} "
+                            "calibration seeds before the final null, e.g. [1, null]")
+        last = k
 
 
 def _check_fitness(fit: dict, given: dict) -> None:

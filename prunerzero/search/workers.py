@@ -97,7 +97,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
                         seqlen=fitness["seqlen"], bos=fitness_bos(fitness, model))
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
         windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"], lm.window_bos)
-        for seed in seeds:
+        for rank, seed in enumerate(seeds):
             stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed).to(lm.device)
             name = target_name(model, seed, seeds)
             if evaluator is None:
@@ -105,7 +105,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
                                              fitness["batch_size"], fitness["penalty"], name=name,
                                              updates=fitness_updates(fitness))
             else:
-                evaluator.add_model(name, lm.model, stats, windows)
+                evaluator.add_model(name, lm.model, stats, windows, rank=rank)
     return evaluator
 
 
@@ -113,9 +113,9 @@ class InProcess:
     def __init__(self, evaluator: FitnessEvaluator):
         self.evaluator = evaluator
 
-    def __call__(self, formulas: list[str], windows: int | None = None):
+    def __call__(self, formulas: list[str], windows: int | None = None, seeds: int | None = None):
         for f in formulas:
-            yield asdict(self.evaluator(f, windows))
+            yield asdict(self.evaluator(f, windows, seeds))
 
     def preload(self, records: list[dict]) -> None:
         """Resume: parts already measured (log records, references) answer from the cache again."""
@@ -145,8 +145,8 @@ class RayPool:
             def __init__(self):
                 self.local = InProcess(build_evaluator(fitness, terminals, data_dir, cache, progress=False))
 
-            def evaluate(self, formula, windows):
-                return next(self.local([formula], windows))
+            def evaluate(self, formula, windows, seeds):
+                return next(self.local([formula], windows, seeds))
 
             def learn(self, parts):
                 self.local.evaluator.learn(parts)
@@ -167,9 +167,9 @@ class RayPool:
             self.by_mask[(label, fp, windows)] = ppl
             self._unsent.append((label, fp, windows, ppl))
 
-    def __call__(self, formulas: list[str], windows: int | None = None):
+    def __call__(self, formulas: list[str], windows: int | None = None, seeds: int | None = None):
         self._sync()
-        for res in self.pool.map(lambda actor, f: actor.evaluate.remote(f, windows), formulas):
+        for res in self.pool.map(lambda actor, f: actor.evaluate.remote(f, windows, seeds), formulas):
             parts = list(part_records(res))
             if parts:
                 known = [(lb, fp, w) in self.by_mask for lb, fp, w, _ in parts]
