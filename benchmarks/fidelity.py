@@ -35,23 +35,28 @@ def report_rows(run_dir: Path) -> list[dict]:
     fid = cfg["fidelity"]
     full_windows = cfg["eval_windows"]
     levels = [w if w is not None else full_windows for w in fid["windows"]]
+    seeds = fid.get("seeds")   # calibration seeds per level (null: all), when the low levels score fewer
     recs = [r for r in read_evaluations(run_dir) if r.get("stages") and "audit" not in r]
     complete = [r for r in recs if len(r["stages"]) == len(levels)
                 and all(st["hit"] != "error" and st.get("score") is not None for st in r["stages"])]
-    df = pd.DataFrame([[st["score"] for st in r["stages"]] for r in complete],
-                      columns=[f"{w} windows" for w in levels])
+    names = [f"{w} windows" + ("" if not seeds or seeds[i] is None else f" x {seeds[i]} seed(s)")
+             for i, w in enumerate(levels)]
+    df = pd.DataFrame([[st["score"] for st in r["stages"]] for r in complete], columns=names)
     run = str(run_dir)
     rows = [{"bench": "fidelity", "part": "level", "run": run, "fidelity": col, "candidates": len(df),
              "spearman": float(df[col].corr(df[df.columns[-1]], method="spearman")) if len(df) > 2
              else float("nan")} for col in df.columns]
-    # what the promotion rule spends (windows x parts) vs every candidate on all windows
-    parts = max((len(r["stages"][0].get("ppls") or {}) for r in recs), default=1)
-    spent = sum(sum(levels[i] for i in range(r["level"] + 1)) for r in recs) * parts
-    flat = len(recs) * levels[-1] * parts
+    # what the promotion rule spends (windows x parts of each stage scored) vs every candidate on all windows and
+    # parts; a level's parts (fewer at a level of fewer seeds) from the candidates' stages there
+    parts = [max((len(r["stages"][i].get("ppls") or {}) for r in recs if len(r["stages"]) > i), default=1)
+             for i in range(len(levels))]
+    spent = sum(sum(levels[i] * parts[i] for i in range(r["level"] + 1)) for r in recs)
+    flat = len(recs) * levels[-1] * parts[-1]
     top_full = df.nsmallest(max(1, len(df) // 4), df.columns[-1]).index
     kept = df.index[df[df.columns[0]].rank(method="first") <= max(1, round(fid["keep"] * len(df)))]
     rows.append({"bench": "fidelity", "part": "summary", "run": run, "evaluated": len(recs),
-                 "complete": len(complete), "windows": str(fid["windows"]), "eval_windows": full_windows,
+                 "complete": len(complete), "windows": str(fid["windows"]) + ("" if not seeds else f", seeds {seeds}"),
+                 "eval_windows": full_windows,
                  "keep": fid["keep"], "spent": spent, "flat": flat, "saved": 1 - spent / max(flat, 1),
                  "top_quarter": len(top_full), "top_kept": len(set(top_full) & set(kept)), "first": df.columns[0]})
     return rows

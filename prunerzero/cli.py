@@ -370,6 +370,9 @@ def cmd_search(args) -> None:
                                                   not args.quiet))
     search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
     budget = None if args.max_minutes is None else 60 * args.max_minutes - (time.time() - started)
+    if budget is not None and budget <= 0:
+        raise UserError(f"the model and statistics took the whole --max-minutes {args.max_minutes:g} budget "
+                        "before the first generation: raise --max-minutes (the statistics are now cached)")
     search.run(resume=bool(args.resume), max_seconds=budget)
     print(format_table(out, args.top))
     print(f"run directory: {out}")

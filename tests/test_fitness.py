@@ -2,6 +2,7 @@
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from prunerzero.search.toolbox import to_individual
 from prunerzero.search.workers import InProcess
 
 WANDA = "mul(abs(W), sqrt(X))"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_space(**fitness):
@@ -279,6 +281,26 @@ def test_fidelity_over_seeds_scores_low_levels_on_the_first_seed_against_the_ref
             assert r["score"] == pytest.approx(combine_scores(r["ppls"], refs["1"]["ppls"]))
 
 
+    # the fidelity report charges each stage its own parts (2 at the one-seed level, 6 at the full one)
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from fidelity import report_rows
+
+    summary = report_rows(tmp_path)[-1]
+    every = [r for r in read_evaluations(tmp_path) if r.get("stages") and "audit" not in r]
+    assert summary["flat"] == len(every) * 4 * 6
+    assert summary["spent"] == sum(1 * 2 + (4 * 6 if r["level"] == 1 else 0) for r in every)
+    assert "seeds [1, None]" in summary["windows"]
+    # references.json records the seeds per level; a resume against other seeds is refused
+    path = tmp_path / "references.json"
+    data = json.loads(path.read_text())
+    assert [lv["seeds"] for lv in data["levels"].values()] == [1, None]
+    data["levels"]["0"]["seeds"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="does not match this run's fitness settings"):
+        Search(space, tmp_path, fake, progress=False).run(resume=True)
+
+
 class Killed(Exception):
     pass
 
@@ -389,6 +411,13 @@ def test_search_model_runs_a_non_llama_family_end_to_end(qwen2_dir, tmp_path, ca
     cfg = json.loads((out / "config.json").read_text())["space"]["fitness"]
     assert cfg["models"] == [str(qwen2_dir)]
     assert "score" in capsys.readouterr().out
+    # --max-minutes counts the model and statistics: a budget they spend is refused before any generation,
+    # and nothing is written
+    spent = tmp_path / "spent"
+    assert main(["search", "--space", "tiny", "--out", str(spent), "--model", str(qwen2_dir), "--seqlen", "64",
+                 "--nsamples", "4", "--eval-windows", "2", "--device", "cpu", "--max-minutes", "1e-7",
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) != 0
+    assert "took the whole --max-minutes" in capsys.readouterr().err and not spent.exists()
 
 
 # ------------------------------------------------------------------------------------------ batched masks

@@ -197,7 +197,8 @@ class Search:
       score at the highest level it reached plus ``FIDELITY_GAP`` per level it missed, so every candidate that
       reached a higher level ranks before every one that did not (it is ranked by its score within its level).
       ``fitness.fidelity.seeds: [1, null]`` (with several ``calib_seed``) also scores the low levels with the first
-      seed(s) only, each against the reference at the same seeds; the full level is every window and every seed.
+      seed(s) only, each against the reference at the same seeds; the full level is every window and every seed
+      (the key audit, which compares first-level masks, then compares the first seed's);
       A ``fitness.fidelity.audit`` fraction is scored at every level for the record only (benchmarks/fidelity.py);
     * evaluators that return no ``ppls`` (one plain perplexity) are ranked by ``ppl`` as before.
     """
@@ -428,12 +429,15 @@ class Search:
         if ref is None:
             return
         if reuse and path.is_file():
+            seeds = self.seed_levels or [None] * len(self.levels)
             try:
                 data = json.loads(path.read_text())
                 levels = data["levels"]
-            except (ValueError, KeyError, TypeError):
+                # (files written before fitness.fidelity.seeds existed have no "seeds")
+                recorded = [(lv["windows"], lv.get("seeds", k)) for lv, k in zip(levels.values(), seeds)]
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise UserError(f"{path} is unreadable: restore it, or start a new run") from None
-            if data.get("formula") != ref or len(levels) != len(self.levels):
+            if data.get("formula") != ref or recorded != list(zip(self.levels, seeds)) or len(levels) != len(seeds):
                 raise UserError(f"{path} does not match this run's fitness settings: restore it, or start a new run")
             self.references = levels
             if self.on_resume:
@@ -449,6 +453,8 @@ class Search:
                                 f"({res.get('error')}): choose another fitness.reference")
             out[str(level)] = {"windows": self.levels[level], "ppls": res["ppls"], "parts": res.get("parts"),
                                "hit": "eval", "seconds": round(float(res["seconds"]), 3)}
+            if self.seed_levels is not None:
+                out[str(level)]["seeds"] = self.seed_levels[level]
         self.references = out
         atomic_write_text(path, json.dumps({"reference": self.space.fitness["reference"], "formula": ref,
                                             "combine": self.combine, "levels": out}, indent=2) + "\n")

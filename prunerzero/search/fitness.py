@@ -210,13 +210,13 @@ class FitnessEvaluator:
     def pattern(self):
         return self.patterns[0]
 
-    def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor, rank: int = 0) -> None:
-        """Another target: a model, or another calibration seed (``rank``: its position among the seeds) of one
-        already added, whose layers and snapshot it then shares."""
+    def add_model(self, name: str, model, stats: Stats, windows: torch.Tensor) -> None:
+        """Another target: a model, or another calibration seed of one already added (its layers and snapshot
+        then shared; its ``rank`` among that model's seeds is the order added)."""
         if any(t.name == name for t in self.targets):
             raise UserError(f"fitness.models names {name} twice: list each model once")
-        same = next((t for t in self.targets if t.model is model), None)
-        self.targets.append(Target(name, model, stats, windows, share=same, rank=rank))
+        same = [t for t in self.targets if t.model is model]
+        self.targets.append(Target(name, model, stats, windows, share=same[0] if same else None, rank=len(same)))
 
     @property
     def labels(self) -> list[str]:

@@ -97,7 +97,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
                         seqlen=fitness["seqlen"], bos=fitness_bos(fitness, model))
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
         windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"], lm.window_bos)
-        for rank, seed in enumerate(seeds):
+        for seed in seeds:
             stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed).to(lm.device)
             name = target_name(model, seed, seeds)
             if evaluator is None:
@@ -105,7 +105,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
                                              fitness["batch_size"], fitness["penalty"], name=name,
                                              updates=fitness_updates(fitness))
             else:
-                evaluator.add_model(name, lm.model, stats, windows, rank=rank)
+                evaluator.add_model(name, lm.model, stats, windows)
     return evaluator
 
 
