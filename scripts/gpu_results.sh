@@ -8,7 +8,7 @@
 # Stages write under $RES (default results/, the committed layout: baselines, search-gpu-*, selection-gpu,
 # confirm-gpu, gpu-logs); each can run alone (select/confirm read earlier stages' files; baselines rows and
 # searches resume). Defaults are the published protocol (seqlen 2048, 128 C4 windows, all test windows, fp16 on the GPU).
-# Smoke test on a CPU (7 min): RES=/tmp/smoke DEVICE=cpu SEQLEN=128 NSAMPLES=2 EVALW=2 BATCH=2 POP=6 SEARCH_MIN=0.3 TOP=2 bash ...
+# Smoke test on a CPU (7 min): RES=/tmp/smoke DEVICE=cpu SEQLEN=128 NSAMPLES=2 EVALW=2 BATCH=2 POP=6 SEARCH_MIN=2 TOP=2 bash ...
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -18,7 +18,7 @@ SEQLEN=${SEQLEN:-2048}
 NSAMPLES=${NSAMPLES:-128}
 BATCH=${BATCH:-8}
 EVALW=${EVALW:-}                 # empty: every window (the protocol)
-SEARCH_MIN=${SEARCH_MIN:-5.5}    # wall-time budget of each search in minutes (resumable)
+SEARCH_MIN=${SEARCH_MIN:-5.5}    # wall-time ceiling of each search in minutes, model and statistics included (resumable)
 POP=${POP:-40}
 TOP=${TOP:-5}
 SEEDS=${SEEDS:-0,1,2}             # calibration seeds of the select and confirm stages (>= 3: spreads)
