@@ -39,8 +39,7 @@ def report_rows(run_dir: Path) -> list[dict]:
     recs = [r for r in read_evaluations(run_dir) if r.get("stages") and "audit" not in r]
     complete = [r for r in recs if len(r["stages"]) == len(levels)
                 and all(st["hit"] != "error" and st.get("score") is not None for st in r["stages"])]
-    names = [f"{w} windows" + ("" if not seeds or seeds[i] is None else f" x {seeds[i]} seed(s)")
-             for i, w in enumerate(levels)]
+    names = [f"{w} windows" + ("" if not seeds else f" x {seeds[i] or 'all'} seed(s)") for i, w in enumerate(levels)]
     df = pd.DataFrame([[st["score"] for st in r["stages"]] for r in complete], columns=names)
     run = str(run_dir)
     rows = [{"bench": "fidelity", "part": "level", "run": run, "fidelity": col, "candidates": len(df),

@@ -11,6 +11,7 @@ from prunerzero.metric.simplify import simplify
 from prunerzero.experiments import STRUCTURAL_LATER_FIELDS
 from prunerzero import provenance
 from prunerzero.provenance import cpu_model
+from prunerzero.search.engine import read_evaluations
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import select_formula  # noqa: E402
@@ -285,6 +286,23 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     for pattern, v in (("0.5", "within spread"), ("2:4", "better")):
         assert fmt(ppl("found-wx", pattern)) in readme
         assert verdict(ppl("found-wx", pattern), ppl("wanda", pattern)) == v
+    # the same search with halving over seeds: more candidates within its 60 minutes; its pick within the spread
+    summary = json.loads((RESULTS / "search-cpu-wx2" / "summary.json").read_text())
+    best = "mul(X, mul(W, mul(W, sqrt(W))))"
+    assert not summary["complete"] and summary["generations_done"] == 10 and summary["best"]["formula"] == best
+    assert summary["wall_seconds"] < 3600 and f"{summary['best']['score']:.4f}" == "-0.0128"
+    assert summary["evaluations"] == 285 and summary["counts"]["eval"] == 119 and "119" in readme
+    assert summary["counts"]["key_audit"] == {"checked": 4, "mismatch": 0}
+    recs = [r for r in read_evaluations(RESULTS / "search-cpu-wx2") if r.get("stages")]
+    assert all(set(r["stages"][0]["ppls"]) == {"smollm2|seed0|u0.5-row", "smollm2|seed0|2of4"} for r in recs
+               if r["hit"] != "error")
+    assert all(len(r["ppls"]) == 6 for r in recs if r.get("fidelity") is None and r["hit"] != "error")
+    chosen = json.loads((RESULTS / "selection-cpu-wx2.json").read_text())
+    assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
+    _, rows, _ = grid_rows("confirm-cpu-wx2")
+    for pattern in ("0.5", "2:4"):
+        assert fmt(ppl("found-wx2", pattern)) in readme
+        assert verdict(ppl("found-wx2", pattern), ppl("wanda", pattern)) == "within spread"
 
 
 def _seed_ppls(rows_path) -> dict:
