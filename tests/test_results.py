@@ -303,6 +303,19 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     for pattern in ("0.5", "2:4"):
         assert fmt(ppl("found-wx2", pattern)) in readme
         assert verdict(ppl("found-wx2", pattern), ppl("wanda", pattern)) == "within spread"
+    # the three-rung funnel: the best fitness of the W/X searches, within the spread on test and no better in the mean
+    summary = json.loads((RESULTS / "search-cpu-wx3" / "summary.json").read_text())
+    best = "mul(add(sqr(div(sqrt(W), exp(W))), sqrt(sqrt(X))), mul(W, mul(W, X)))"
+    assert summary["generations_done"] == 7 and summary["best"]["formula"] == best
+    assert f"{summary['best']['score']:.4f}" == "-0.0247" and "-0.0247" in readme.replace("−", "-")
+    assert summary["evaluations"] == 323 and summary["counts"]["eval"] == 111
+    chosen = json.loads((RESULTS / "selection-cpu-wx3.json").read_text())
+    assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
+    _, rows, _ = grid_rows("confirm-cpu-wx3")
+    for pattern in ("0.5", "2:4"):
+        assert fmt(ppl("found-wx3", pattern)) in readme
+        assert verdict(ppl("found-wx3", pattern), ppl("wanda", pattern)) == "within spread"
+        assert sum(ppl("found-wx3", pattern)) > sum(ppl("wanda", pattern))
 
 
 def _seed_ppls(rows_path) -> dict:
