@@ -273,6 +273,18 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     for pattern in ("0.5", "2:4"):
         assert fmt(ppl("found-margin-wx", pattern)) in readme
         assert verdict(ppl("found-margin-wx", pattern), ppl("wanda", pattern)) == "within spread"
+    def confirmed(name, method, best, verdicts):
+        """The 3-seed selection over results/search-<name> chose ``best`` (better than Wanda at no pattern on
+        validation), and on test (confirm-<name>) ``method`` has ``verdicts`` at 50% and 2:4, its figures in the
+        README; ``ppl`` then reads that confirmation's rows."""
+        nonlocal rows
+        chosen = json.loads((RESULTS / f"selection-{name}.json").read_text())
+        assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
+        _, rows, _ = grid_rows(f"confirm-{name}")
+        for pattern, v in zip(("0.5", "2:4"), verdicts):
+            assert fmt(ppl(method, pattern)) in readme
+            assert verdict(ppl(method, pattern), ppl("wanda", pattern)) == v
+
     # the seed-mean W/X search: its best, chosen by the selection, is better at 2:4 and within the spread at 50%
     summary = json.loads((RESULTS / "search-cpu-wx" / "summary.json").read_text())
     best = "mul(sqrt(add(X, sqrt(W))), sqrt(sqr(W)))"
@@ -280,12 +292,7 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert round(summary["wall_seconds"]) == 3793 and f"{summary['best']['score']:.4f}" == "-0.0127"
     assert summary["evaluations"] == 192 and summary["counts"]["eval"] == 74
     assert summary["counts"]["key_audit"]["mismatch"] == 0
-    chosen = json.loads((RESULTS / "selection-cpu-wx.json").read_text())
-    assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
-    _, rows, _ = grid_rows("confirm-cpu-wx")
-    for pattern, v in (("0.5", "within spread"), ("2:4", "better")):
-        assert fmt(ppl("found-wx", pattern)) in readme
-        assert verdict(ppl("found-wx", pattern), ppl("wanda", pattern)) == v
+    confirmed("cpu-wx", "found-wx", best, ("within spread", "better"))
     # the same search with halving over seeds: more candidates within its 60 minutes; its pick within the spread
     summary = json.loads((RESULTS / "search-cpu-wx2" / "summary.json").read_text())
     best = "mul(X, mul(W, mul(W, sqrt(W))))"
@@ -297,24 +304,15 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert all(set(r["stages"][0]["ppls"]) == {"smollm2|seed0|u0.5-row", "smollm2|seed0|2of4"} for r in recs
                if r["hit"] != "error")
     assert all(len(r["ppls"]) == 6 for r in recs if r.get("fidelity") is None and r["hit"] != "error")
-    chosen = json.loads((RESULTS / "selection-cpu-wx2.json").read_text())
-    assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
-    _, rows, _ = grid_rows("confirm-cpu-wx2")
-    for pattern in ("0.5", "2:4"):
-        assert fmt(ppl("found-wx2", pattern)) in readme
-        assert verdict(ppl("found-wx2", pattern), ppl("wanda", pattern)) == "within spread"
+    confirmed("cpu-wx2", "found-wx2", best, ("within spread", "within spread"))
     # the three-rung funnel: the best fitness of the W/X searches, within the spread on test and no better in the mean
     summary = json.loads((RESULTS / "search-cpu-wx3" / "summary.json").read_text())
     best = "mul(add(sqr(div(sqrt(W), exp(W))), sqrt(sqrt(X))), mul(W, mul(W, X)))"
     assert summary["generations_done"] == 7 and summary["best"]["formula"] == best
     assert f"{summary['best']['score']:.4f}" == "-0.0247" and "-0.0247" in readme.replace("−", "-")
     assert summary["evaluations"] == 323 and summary["counts"]["eval"] == 111
-    chosen = json.loads((RESULTS / "selection-cpu-wx3.json").read_text())
-    assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
-    _, rows, _ = grid_rows("confirm-cpu-wx3")
+    confirmed("cpu-wx3", "found-wx3", best, ("within spread", "within spread"))
     for pattern in ("0.5", "2:4"):
-        assert fmt(ppl("found-wx3", pattern)) in readme
-        assert verdict(ppl("found-wx3", pattern), ppl("wanda", pattern)) == "within spread"
         assert sum(ppl("found-wx3", pattern)) > sum(ppl("wanda", pattern))
 
 
