@@ -112,3 +112,23 @@ def test_lowest_k_equals_stable_sort(seed):
             ref = torch.zeros_like(score, dtype=torch.bool)
             ref.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True)
             assert torch.equal(lowest_k(score, k), ref)
+
+
+def sorted_nm(score, n, m):
+    """The reference N:M mask: the first n indices of a stable ascending sort of every group of m."""
+    rows, cols = score.shape
+    ref = torch.zeros(rows, cols // m, m, dtype=torch.bool)
+    ref.scatter_(-1, torch.sort(score.reshape(rows, cols // m, m), dim=-1, stable=True).indices[..., :n], True)
+    return ref.reshape(rows, cols)
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 4), (4, 8), (1, 2), (8, 16), (5, 16), (2, 32)])
+def test_nm_selection_equals_stable_sort(n, m):
+    """The pairwise-rank N:M path (and the sort above PAIRWISE_MAX_M) gives the stable sort's mask, ties included."""
+    g = torch.Generator().manual_seed(n * 100 + m)
+    scores = [torch.randn(7, 4 * m, generator=g), torch.randint(0, 3, (7, 4 * m), generator=g).float(),
+              torch.zeros(3, 2 * m), torch.tensor([[0.0, -0.0] * m])]
+    for score in scores:
+        got = mask_from_scores(score, parse_pattern(pattern=f"{n}:{m}"))
+        assert torch.equal(got, sorted_nm(score, n, m))
+        assert torch.equal(got.view(score.shape[0], -1, m).sum(-1), torch.full((score.shape[0], score.shape[1] // m), n))

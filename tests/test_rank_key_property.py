@@ -228,3 +228,19 @@ def test_dangerous_variants_change_masks_on_real_statistics(real_layers, groups)
                 break
     print(f"\n{differ} of the first 40 dangerous variants ({len(danger)} in all) change the masks")
     assert differ >= 8
+
+
+def test_nm_selection_equals_stable_sort_on_real_statistics(real_layers):
+    """The fast N:M selection (pairwise ranks, prune/masks.py) gives the stable sort's masks on whole real layers:
+    |W| of the Q4_1 weights (ties in most groups), W, |W|·X and |W|·√X at both scales, 2:4 and 4:8."""
+    from test_masks import sorted_nm
+
+    tied_groups = 0
+    for name, env in real_layers:
+        w, x = env["W"], env["X"]
+        for score in (w.abs(), w, w.abs() * x, w.abs() * x.sqrt()):
+            for p in PATTERNS[2:]:
+                assert torch.equal(mask_from_scores(score, p), sorted_nm(score, p.n, p.m)), (name, p)
+        groups = w.abs().reshape(w.shape[0], -1, 4).sort(-1).values
+        tied_groups += int((groups[..., 1:] == groups[..., :-1]).any(-1).sum())
+    assert tied_groups > 100_000   # the check covers ties, not only distinct scores

@@ -211,3 +211,34 @@ def test_resume_after_a_torn_last_line_matches(tmp_path, evaluator_factory, caps
     resumed = run(tmp_path / "cut", evaluator_factory, resume=True, generations=2)
     assert resumed == full
     assert "torn last line" in capsys.readouterr().err
+
+
+def test_insert_mutation_wraps_a_subtree_and_zero_weight_keeps_old_runs():
+    """gp.mutation.insert puts a new primitive above a subtree (the subtree stays whole), and its default weight 0
+    leaves the random draws of spaces that do not name it unchanged (old runs rerun and resume identically)."""
+    import random
+
+    from prunerzero.search.toolbox import build_pset, build_toolbox, to_individual
+
+    space = validate({"terminals": ["W", "X"], "gp": {"mutation": {"uniform": 0, "node": 0, "shrink": 0,
+                                                                  "insert": 1}}})
+    pset = build_pset(space)
+    tb = build_toolbox(space, pset)
+    random.seed(3)
+    grown = 0
+    for _ in range(30):
+        parent = [node.name for node in to_individual("mul(abs(W), X)", pset)]
+        child = [node.name for node in tb.mutate(to_individual("mul(abs(W), X)", pset))[0]]
+        rest = iter(child)   # the parent's nodes, in prefix order, are a subsequence of the child's: only added
+        assert len(child) > len(parent) and all(name in rest for name in parent), child
+        grown += len(child) - len(parent)
+    assert grown >= 30
+    default = validate({"terminals": ["W", "X"]})
+    assert default.gp["mutation"]["insert"] == 0.0
+    draws = []
+    for sp in (default, validate({"terminals": ["W", "X"], "gp": {"mutation": {"uniform": 0.5, "node": 0.3,
+                                                                               "shrink": 0.2}}})):
+        random.seed(5)
+        t = build_toolbox(sp, build_pset(sp))
+        draws.append([str(t.mutate(to_individual("mul(abs(W), sqrt(X))", build_pset(sp)))[0]) for _ in range(20)])
+    assert draws[0] == draws[1]

@@ -30,7 +30,7 @@ DEFAULTS = {
     "init": {"min_depth": 2, "max_depth": 4},
     "limits": {"max_depth": 8, "max_size": 32},
     "gp": {"population": 30, "generations": 20, "tournament": 3, "cxpb": 0.7, "mutpb": 0.3, "elites": 2,
-           "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2}},
+           "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0}},
     # the protocol's defaults (prunerzero/protocol.py) except what fitness needs of its own: validation, 8 windows
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
                 "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,

@@ -65,6 +65,8 @@ def _mutate(ind, toolbox, pset, weights: dict):
         return gp.mutUniform(ind, expr=toolbox.expr_mut, pset=pset)
     if kind == "node":
         return gp.mutNodeReplacement(ind, pset=pset)
+    if kind == "insert":   # a new primitive above a random subtree, which stays one of its arguments
+        return gp.mutInsert(ind, pset=pset)
     return gp.mutShrink(ind)
 
 

@@ -1,0 +1,98 @@
+"""N:M mask selection: stable sort of every group of M against pairwise ranks (prune/masks.py), one run.
+
+Scores are |W|·√X on the real SmolLM2 layers (all 210 Linears; |W| of the Q4_1 weights ties in most groups of 4,
+so the tie order is exercised) with X the activation norms of the cached one-shot statistics (the search's own
+protocol: 32 C4 windows of 1024 tokens, seed 0; computed once if absent, ~1 minute on 2 cores). Each path selects
+the masks of every layer; times are the minimum of the repeats, and the masks of both paths must be identical.
+
+    OMP_NUM_THREADS=1 python benchmarks/nm_masks.py --out results/nm-masks-cpu
+    python benchmarks/nm_masks.py --out results/nm-masks-cpu --render-only
+
+Rows go to ``<out>/rows.jsonl`` with provenance; ``<out>.md`` is rendered from them and ``<out>/meta.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from prunerzero import experiments as ex
+from prunerzero.models import all_prunable, load_model
+from prunerzero.pipeline import CalibConfig, one_shot_stats
+from prunerzero.prune.masks import lowest_n_of_m
+from prunerzero.timing import sync
+
+COLUMNS = [["device", "device", "s"], ["pattern", "pattern", "s"], ["Linears", "layers", "d"],
+           ["stable sort s", "sort s", ".3f"], ["pairwise ranks s", "pairwise s", ".3f"],
+           ["speed-up", "speed-up", ".1f"], ["groups of 4 with a tie in abs(W)", "tied groups", "d"],
+           ["same masks", "same", "s"]]
+DEFAULT_META = {"renderer": "nm_masks", "blocks": [
+    {"text": "# N:M masks: stable sort against pairwise ranks\n\nScores |W|·√X on every Linear of SmolLM2-135M "
+             "(real Q4_1 weights, X of the cached one-shot statistics: 32 C4 windows of 1024 tokens, seed 0); "
+             "minimum of the repeats (benchmarks/nm_masks.py)."},
+    {"commands": {"bench": "nm_masks"}},
+    {"table": {"where": {"bench": "nm_masks"}, "columns": COLUMNS}}]}
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+
+
+def sort_masks(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    rows, cols = score.shape
+    idx = torch.sort(score.reshape(rows, cols // m, m), dim=-1, stable=True).indices[..., :n]
+    mask = torch.zeros(rows, cols // m, m, dtype=torch.bool, device=score.device)
+    return mask.scatter_(-1, idx, True).reshape(rows, cols)
+
+
+def timed(fn, scores, n, m, device, repeats):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        sync(device); t = time.perf_counter()
+        out = [fn(s, n, m) for s in scores]
+        sync(device); best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--patterns", default="2:4,4:8")
+    ap.add_argument("--repeats", type=int, default=3)
+    ex.measurement_args(ap, None)
+    args = ap.parse_args()
+    if ex.rendered_only(ap, args, render):
+        return
+    out = Path(args.out) if args.out else None
+    if out is not None and not ex.read_meta(out):
+        ex.write_meta(out, DEFAULT_META)
+    loaded = load_model("smollm2", device=args.device, dtype=torch.float32)
+    stats = one_shot_stats(loaded, CalibConfig(32, 0, 1), need_g=False, seqlen=1024, progress=False)
+    linears = all_prunable(loaded.model)
+    scores = [lin.weight.detach().abs() * stats.env(k, lin.weight)["X"].sqrt() for k, lin in linears.items()]
+    tied = sum(int((g[..., 1:] == g[..., :-1]).any(-1).sum()) for g in
+               (lin.weight.detach().abs().reshape(lin.weight.shape[0], -1, 4).sort(-1).values
+                for lin in linears.values()))
+    rows = []
+    for pattern in args.patterns.split(","):
+        n, m = (int(v) for v in pattern.split(":"))
+        t_sort, a = timed(sort_masks, scores, n, m, args.device, args.repeats)
+        t_pair, b = timed(lowest_n_of_m, scores, n, m, args.device, args.repeats)
+        row = {"bench": "nm_masks", "device": args.device, "pattern": pattern, "layers": len(scores),
+               "sort s": t_sort, "pairwise s": t_pair, "speed-up": t_sort / t_pair, "tied groups": tied,
+               "same": "yes" if all(torch.equal(x, y) for x, y in zip(a, b)) else "NO"}
+        rows.append(row)
+        if out is not None:
+            ex.record(out, ex.measurement(f"nm_masks|{args.device}|{pattern}", row, args.device))
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if out is not None:
+        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+    if any(r["same"] != "yes" for r in rows):
+        raise SystemExit("the two selections gave different masks")
+
+
+if __name__ == "__main__":
+    main()
