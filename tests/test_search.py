@@ -242,3 +242,53 @@ def test_insert_mutation_wraps_a_subtree_and_zero_weight_keeps_old_runs():
         t = build_toolbox(sp, build_pset(sp))
         draws.append([str(t.mutate(to_individual("mul(abs(W), sqrt(X))", build_pset(sp)))[0]) for _ in range(20)])
     assert draws[0] == draws[1]
+
+
+def test_distinct_tournament_is_deaps_without_duplicates_and_demotes_repeats():
+    """gp.distinct_parents: with every fitness distinct the tournaments are DEAP's, draw for draw; with a population
+    crowded by one phenotype (8 copies of the best), its repeats stop winning most tournaments."""
+    import random
+
+    from deap import tools
+
+    from prunerzero.search.engine import distinct_tournament, first_of_each_fitness
+    from prunerzero.search.toolbox import build_pset, to_individual
+
+    pset = build_pset(validate({"terminals": ["W", "X"]}))
+
+    def population(values):
+        pop = []
+        for v in values:
+            ind = to_individual("mul(abs(W), X)", pset)
+            ind.fitness.values = (v,)
+            pop.append(ind)
+        return pop
+
+    distinct = population([0.3, 0.1, 0.7, 0.2, 0.9, 0.5])
+    random.seed(1)
+    ours = distinct_tournament(distinct, 50, 3)
+    random.seed(1)
+    assert [id(i) for i in ours] == [id(i) for i in tools.selTournament(distinct, 50, 3)]
+    crowded = population([1.0] * 8 + [2.0, 3.0, 4.0, 5.0])
+    assert [i.fitness.values[0] for i in first_of_each_fitness(crowded)] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    random.seed(2)
+    plain = sum(i.fitness.values[0] == 1.0 for i in tools.selTournament(crowded, 1000, 3))
+    random.seed(2)
+    winners = distinct_tournament(crowded, 1000, 3)
+    assert plain > 900 and sum(i.fitness.values[0] == 1.0 for i in winners) < 550
+
+
+def test_distinct_parents_search_is_deterministic_and_resumes_identically(tmp_path, evaluator_factory):
+    a = run(tmp_path / "a", evaluator_factory, generations=3, distinct_parents=True)
+    assert a == run(tmp_path / "b", evaluator_factory, generations=3, distinct_parents=True)
+    assert a != run(tmp_path / "plain", evaluator_factory, generations=3)
+    space = load_space(SPACE)
+    space.raw["gp"].update(generations=3, distinct_parents=True)
+    Search(space, tmp_path / "cut", evaluator_factory(), progress=False).run(max_seconds=0.0)
+    assert run(tmp_path / "cut", evaluator_factory, resume=True, generations=3, distinct_parents=True) == a
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_distinct_parents_must_be_a_boolean(value):
+    with pytest.raises(UserError, match="gp.distinct_parents must be true or false"):
+        validate({"gp": {"distinct_parents": value}})

@@ -183,6 +183,32 @@ def fidelity_selected(text: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") % 1_000_000 < round(fraction * 1_000_000)
 
 
+def first_of_each_fitness(pop: list) -> list:
+    """The individuals whose fitness no earlier one in ``pop`` has: one per phenotype. Equal fitness means the same
+    masks (clones, key and mask-cache hits copy their answer; distinct masks giving a bit-identical mean log ratio
+    do not happen in practice), and all failures share the penalty, so they count as one."""
+    seen: set[float] = set()
+    out = []
+    for ind in pop:
+        value = ind.fitness.values[0]
+        if value not in seen:
+            seen.add(value)
+            out.append(ind)
+    return out
+
+
+def distinct_tournament(pop: list, k: int, size: int) -> list:
+    """``k`` tournaments of ``size`` drawn as DEAP's ``selTournament`` draws them, where a repeat of an earlier
+    individual's fitness (``first_of_each_fitness``) ranks below every first occurrence: duplicates of the best
+    (a population full of Wanda's rewrites) stop crowding out the other parents."""
+    first = {id(ind) for ind in first_of_each_fitness(pop)}
+
+    def rank(ind):
+        return (id(ind) not in first, ind.fitness.values[0])
+
+    return [min((random.choice(pop) for _ in range(size)), key=rank) for _ in range(k)]
+
+
 class Search:
     """The GP loop. Fitness (``space.fitness``), as the engine scores it:
 
@@ -556,11 +582,15 @@ class Search:
         for gen in bar:
             t0 = time.time()
             if gen > 0:
-                parents = self.toolbox.select(pop, len(pop))
+                if gp_cfg["distinct_parents"]:
+                    parents = distinct_tournament(pop, len(pop), gp_cfg["tournament"])
+                    elites = tools.selBest(first_of_each_fitness(pop), gp_cfg["elites"])
+                else:
+                    parents = self.toolbox.select(pop, len(pop))
+                    elites = tools.selBest(pop, gp_cfg["elites"])
                 offspring = algorithms.varAnd(parents, self.toolbox, gp_cfg["cxpb"], gp_cfg["mutpb"])
                 self._simplify_offspring(offspring)
                 self.evaluate(offspring, gen)
-                elites = tools.selBest(pop, gp_cfg["elites"])
                 pop = [self.toolbox.clone(e) for e in elites] + offspring[: len(pop) - len(elites)]
             else:
                 self._simplify_offspring(pop)

@@ -30,7 +30,10 @@ DEFAULTS = {
     "init": {"min_depth": 2, "max_depth": 4},
     "limits": {"max_depth": 8, "max_size": 32},
     "gp": {"population": 30, "generations": 20, "tournament": 3, "cxpb": 0.7, "mutpb": 0.3, "elites": 2,
-           "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0}},
+           "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0},
+           # true: an individual whose fitness equals an earlier one's in the population (a clone, or a rewrite
+           # with the same masks) loses every tournament and is no elite, so parents are distinct (engine.py)
+           "distinct_parents": False},
     # the protocol's defaults (prunerzero/protocol.py) except what fitness needs of its own: validation, 8 windows
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
                 "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
@@ -363,6 +366,8 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
         raise UserError("gp.elites must be in [0, population)")
     for k in ("cxpb", "mutpb"):
         checks.real(gp[k], f"gp.{k}", 0.0, 1.0)
+    if not isinstance(gp["distinct_parents"], bool):
+        raise UserError("gp.distinct_parents must be true or false")
     for k, v in gp["mutation"].items():
         checks.real(v, f"gp.mutation.{k}", 0.0)
     if sum(gp["mutation"].values()) <= 0:
