@@ -126,9 +126,23 @@ def sorted_nm(score, n, m):
 def test_nm_selection_equals_stable_sort(n, m):
     """The pairwise-rank N:M path (and the sort above PAIRWISE_MAX_M) gives the stable sort's mask, ties included."""
     g = torch.Generator().manual_seed(n * 100 + m)
+    nan = torch.randn(5, 4 * m, generator=g)
+    nan[nan > 0.8] = float("nan")   # only reachable without check_scores (e.g. a direct call): sorted, NaN last
     scores = [torch.randn(7, 4 * m, generator=g), torch.randint(0, 3, (7, 4 * m), generator=g).float(),
-              torch.zeros(3, 2 * m), torch.tensor([[0.0, -0.0] * m])]
+              torch.zeros(3, 2 * m), torch.tensor([[0.0, -0.0] * m]), nan,
+              torch.randint(0, 3, (7, 4 * m), generator=g).to(torch.bfloat16)]
     for score in scores:
         got = mask_from_scores(score, parse_pattern(pattern=f"{n}:{m}"))
         assert torch.equal(got, sorted_nm(score, n, m))
-        assert torch.equal(got.view(score.shape[0], -1, m).sum(-1), torch.full((score.shape[0], score.shape[1] // m), n))
+        counts = got.view(score.shape[0], -1, m).sum(-1)
+        assert torch.equal(counts, torch.full((score.shape[0], score.shape[1] // m), n))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nm_selection_on_cuda_equals_the_cpu_mask():
+    g = torch.Generator().manual_seed(0)
+    for score in (torch.randn(64, 256, generator=g), torch.randint(0, 3, (64, 256), generator=g).half()):
+        for p in ("2:4", "4:8", "8:16"):
+            got = mask_from_scores(score.cuda(), parse_pattern(pattern=p))
+            want = mask_from_scores(score, parse_pattern(pattern=p))
+            assert got.device.type == "cuda" and torch.equal(got.cpu(), want)

@@ -233,15 +233,18 @@ def test_insert_mutation_wraps_a_subtree_and_zero_weight_keeps_old_runs():
         assert len(child) > len(parent) and all(name in rest for name in parent), child
         grown += len(child) - len(parent)
     assert grown >= 30
+    from prunerzero.search.toolbox import _mutate
+
     default = validate({"terminals": ["W", "X"]})
-    assert default.gp["mutation"]["insert"] == 0.0
+    assert default.gp["mutation"] == {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0}
+    pset = build_pset(default)
+    tb = build_toolbox(default, pset)
     draws = []
-    for sp in (default, validate({"terminals": ["W", "X"], "gp": {"mutation": {"uniform": 0.5, "node": 0.3,
-                                                                               "shrink": 0.2}}})):
+    for weights in (default.gp["mutation"], {"uniform": 0.5, "node": 0.3, "shrink": 0.2}):  # the weights before
         random.seed(5)
-        t = build_toolbox(sp, build_pset(sp))
-        draws.append([str(t.mutate(to_individual("mul(abs(W), sqrt(X))", build_pset(sp)))[0]) for _ in range(20)])
-    assert draws[0] == draws[1]
+        draws.append([str(_mutate(to_individual("mul(abs(W), sqrt(X))", pset), tb, pset, weights)[0])
+                      for _ in range(40)])
+    assert draws[0] == draws[1] and len(set(draws[0])) > 5
 
 
 def test_distinct_tournament_is_deaps_without_duplicates_and_demotes_repeats():

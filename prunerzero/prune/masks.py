@@ -79,7 +79,7 @@ def mask_from_scores(score: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     if pattern.is_nm:
         if cols % pattern.m:
             raise UserError(f"N:M with M={pattern.m} needs the input size ({cols}) to be a multiple of M")
-        if pattern.m <= PAIRWISE_MAX_M:
+        if pattern.m <= PAIRWISE_MAX_M and not bool(torch.isnan(score).any()):  # NaN has no pairwise order
             return lowest_n_of_m(score, pattern.n, pattern.m)
         grouped = score.reshape(rows, cols // pattern.m, pattern.m)
         idx = torch.sort(grouped, dim=-1, stable=True).indices[..., : pattern.n]
@@ -112,17 +112,19 @@ def lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # N:M groups up to this size are ranked by pairwise comparisons (M(M-1)/2 elementwise ops over 1/M of the
-# weights each); larger groups by a stable sort. Same mask either way; benchmarks/nm_masks.py measures both.
-PAIRWISE_MAX_M = 16
+# weights each); larger groups (and scores holding NaN) by a stable sort. Same mask either way;
+# benchmarks/nm_masks.py measures both paths at 2:4, 4:8 and 8:16.
+PAIRWISE_MAX_M = 8
 
 
 def lowest_n_of_m(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """In every group of m consecutive inputs, mark the n lowest scores; ties go to the lower index first.
 
     The same mask as the first n indices of a stable ascending sort of each group: a weight's rank is the number of
-    group members strictly below it plus the tied ones at a lower index. Pairwise comparisons instead of a sort of
-    many tiny groups (several times faster on a CPU, where the 2:4 selection otherwise costs as much as a forward
-    pass of SmolLM2 in the search).
+    group members strictly below it plus the tied ones at a lower index. Scores must not hold NaN (which compares
+    with nothing, so the count would not be exact); ``mask_from_scores`` sorts those instead. Pairwise comparisons
+    instead of a sort of many tiny groups: several times faster on a CPU, where the 2:4 selection otherwise costs
+    as much as a forward pass of SmolLM2 in the search.
     """
     rows, cols = score.shape
     grouped = score.reshape(rows, cols // m, m)
