@@ -1145,7 +1145,8 @@ def render_document(rows: list[dict], meta: dict) -> str:
             lines += ["| " + " | ".join(c[0] for c in cols) + " |",
                       "| " + " | ".join("---" if c[2] == "s" else "---:" for c in cols) + " |"]
             for r in (r for r in rows if _matches(r, spec.get("where", {}))):
-                lines.append("| " + " | ".join("-" if r.get(c[1]) is None else format(r[c[1]], c[2])
+                lines.append("| " + " | ".join("-" if r.get(c[1]) is None else
+                                                format(r[c[1]], c[2]).replace("|", "\\|")   # |W| stays in its cell
                                                 for c in cols) + " |")
             lines.append("")
         else:
