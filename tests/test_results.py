@@ -314,6 +314,21 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     confirmed("cpu-wx3", "found-wx3", best, ("within spread", "within spread"))
     for pattern in ("0.5", "2:4"):
         assert sum(ppl("found-wx3", pattern)) > sum(ppl("wanda", pattern))
+    # scored on 8 windows: the best is a rewrite of Wanda's ranking (score 0 up to rounding); 3 in 4 from the caches
+    summary = json.loads((RESULTS / "search-cpu-wx4" / "summary.json").read_text())
+    assert summary["generations_done"] == 13 and abs(summary["best"]["score"]) < 1e-4
+    assert summary["evaluations"] == 538 and summary["counts"]["eval"] == 127 and "405 cache answers" in readme
+    assert all(abs(r["score"]) < 1e-4 for r in summary["hall_of_fame"][:10])
+    # its full level is the selection's protocol: Wanda's reference equals selection-cpu-wx3's Wanda cells bit for
+    # bit, whose 2:4 masks came from the stable sort (session 20) and the search's from pairwise ranks
+    from prunerzero.experiments import read_rows
+
+    sel = {(r["method"], r["mode"], r["pattern"], r["seed"]): r
+           for r in read_rows(RESULTS / "selection-cpu-wx3" / "rows.jsonl")}
+    for seed in (0, 1, 2):
+        for pattern, part in (("0.5", "u0.5-row"), ("2:4", "2of4")):
+            assert summary["references"]["2"][f"smollm2|seed{seed}|{part}"] == \
+                sel[("wanda", "oneshot", pattern, seed)]["ppl"]["wikitext2"]
 
 
 def _seed_ppls(rows_path) -> dict:
