@@ -329,6 +329,17 @@ def test_readme_cpu_search_confirmation_is_the_rows():
         for pattern, part in (("0.5", "u0.5-row"), ("2:4", "2of4")):
             assert summary["references"]["2"][f"smollm2|seed{seed}|{part}"] == \
                 sel[("wanda", "oneshot", pattern, seed)]["ppl"]["wikitext2"]
+    # distinct parents: more new candidates per generation; its picks trade 50% for 2:4; within the spread on test
+    summary = json.loads((RESULTS / "search-cpu-wx5" / "summary.json").read_text())
+    best = "zsn(sqrt(mul(mul(sqrt(W), X), W)))"
+    assert summary["generations_done"] == 8 and summary["best"]["formula"] == best
+    assert f"{summary['best']['score']:.4f}" == "-0.0188" and "(−0.0188)" in readme
+    assert summary["evaluations"] == 361 and summary["counts"]["eval"] == 137 and "137 evaluated" in readme
+    ppls = summary["best"]["ppls"]
+    for seed in (0, 1, 2):   # worse at 50% and better at 2:4 than Wanda at every seed
+        assert ppls[f"smollm2|seed{seed}|u0.5-row"] > summary["references"]["2"][f"smollm2|seed{seed}|u0.5-row"]
+        assert ppls[f"smollm2|seed{seed}|2of4"] < summary["references"]["2"][f"smollm2|seed{seed}|2of4"]
+    confirmed("cpu-wx5", "found-wx5", "mul(sqr(W), mms(add(W, X)))", ("within spread", "within spread"))
 
 
 def _seed_ppls(rows_path) -> dict:
