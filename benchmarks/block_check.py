@@ -16,7 +16,6 @@ A model already in ``<out>/rows.jsonl`` with the same setting is not measured ag
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from prunerzero import experiments as ex
 
@@ -57,9 +56,7 @@ def main() -> None:
         if value < 1:
             ap.error(f"{name} must be at least 1")
     models = args.model or ["smollm2"]
-    out = Path(args.out) if args.out else None
-    if out is not None and not ex.read_meta(out):
-        ex.write_meta(out, DEFAULT_META)
+    out = ex.measurement_out(args.out, DEFAULT_META)
 
     import torch
 

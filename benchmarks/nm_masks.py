@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -70,9 +69,7 @@ def main():
     args = ap.parse_args()
     if ex.rendered_only(ap, args, render):
         return
-    out = Path(args.out) if args.out else None
-    if out is not None and not ex.read_meta(out):
-        ex.write_meta(out, DEFAULT_META)
+    out = ex.measurement_out(args.out, DEFAULT_META)
     loaded = load_model("smollm2", device=args.device, dtype=torch.float32)
     stats = one_shot_stats(loaded, CalibConfig(32, 0, 1), need_g=False, seqlen=1024, progress=False)
     linears = all_prunable(loaded.model)

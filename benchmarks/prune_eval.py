@@ -24,7 +24,6 @@ import argparse
 import gc
 import resource
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -135,9 +134,7 @@ def main():
     args = ap.parse_args()
     if ex.rendered_only(ap, args, render):
         return
-    out = Path(args.out) if args.out else None
-    if out is not None and not ex.read_meta(out):
-        ex.write_meta(out, DEFAULT_META)
+    out = ex.measurement_out(args.out, DEFAULT_META)
     done = {r["id"] for r in ex.read_rows(out / "rows.jsonl")} if out is not None else set()
     rows = []
     for device in args.devices.split(","):

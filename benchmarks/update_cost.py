@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -77,9 +76,7 @@ def main():
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else None
-    if out is not None and not ex.read_meta(out):
-        ex.write_meta(out, DEFAULT_META)
+    out = ex.measurement_out(args.out, DEFAULT_META)
     rid = (f"update_cost|{args.device}|threads={torch.get_num_threads()}|blocks={args.blocks or 'all'}|"
            f"{args.nsamples}x{args.calib_seqlen}|{args.windows}x{args.seqlen}"
            + ("" if args.update == "obs" else f"|update={args.update}"))

@@ -1094,6 +1094,15 @@ def measurement_args(parser, default_out: str) -> None:
                         help="re-render OUT.md from OUT/rows.jsonl and OUT/meta.json; measure nothing")
 
 
+def measurement_out(out: str | None, default_meta: dict) -> Path | None:
+    """The ``--out`` folder of a timing benchmark (None without one), its ``meta.json`` written on first use."""
+    if not out:
+        return None
+    if not read_meta(out):
+        write_meta(out, default_meta)
+    return Path(out)
+
+
 def rendered_only(parser, args, render) -> bool:
     """With ``--render-only``: re-render OUT.md from its rows (OUT required) and print it; says whether it did."""
     if not args.render_only:
