@@ -23,7 +23,7 @@ import torch
 from prunerzero import experiments as ex
 from prunerzero.models import all_prunable, load_model
 from prunerzero.pipeline import CalibConfig, one_shot_stats
-from prunerzero.prune.masks import PAIRWISE_MAX_M, lowest_n_of_m
+from prunerzero.prune.masks import PAIRWISE_MAX_M, lowest_n_of_m, sorted_n_of_m
 from prunerzero.timing import sync
 
 COLUMNS = [["device", "device", "s"], ["scores", "scores", "s"], ["pattern", "pattern", "s"],
@@ -42,13 +42,6 @@ DEFAULT_META = {"renderer": "nm_masks", "blocks": [
 
 def render(rows: list[dict], meta: dict) -> str:
     return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
-
-
-def sort_masks(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    rows, cols = score.shape
-    idx = torch.sort(score.reshape(rows, cols // m, m), dim=-1, stable=True).indices[..., :n]
-    mask = torch.zeros(rows, cols // m, m, dtype=torch.bool, device=score.device)
-    return mask.scatter_(-1, idx, True).reshape(rows, cols)
 
 
 def timed(fn, scores, n, m, device, repeats):
@@ -80,7 +73,7 @@ def main():
     for kind, scores in kinds.items():
         for pattern in args.patterns.split(","):
             n, m = (int(v) for v in pattern.split(":"))
-            t_sort, a = timed(sort_masks, scores, n, m, args.device, args.repeats)
+            t_sort, a = timed(sorted_n_of_m, scores, n, m, args.device, args.repeats)
             t_pair, b = timed(lowest_n_of_m, scores, n, m, args.device, args.repeats)
             groups = [s.reshape(s.shape[0], -1, m).sort(-1).values for s in scores]
             row = {"bench": "nm_masks", "device": args.device, "scores": kind, "pattern": pattern,

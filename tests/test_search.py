@@ -254,7 +254,7 @@ def test_distinct_tournament_is_deaps_without_duplicates_and_demotes_repeats():
 
     from deap import tools
 
-    from prunerzero.search.engine import distinct_tournament, first_of_each_fitness
+    from prunerzero.search.toolbox import distinct_tournament, first_of_each_fitness
     from prunerzero.search.toolbox import build_pset, to_individual
 
     pset = build_pset(validate({"terminals": ["W", "X"]}))

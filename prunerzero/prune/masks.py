@@ -81,11 +81,7 @@ def mask_from_scores(score: torch.Tensor, pattern: Pattern) -> torch.Tensor:
             raise UserError(f"N:M with M={pattern.m} needs the input size ({cols}) to be a multiple of M")
         if pattern.m <= PAIRWISE_MAX_M and not bool(torch.isnan(score).any()):  # NaN has no pairwise order
             return lowest_n_of_m(score, pattern.n, pattern.m)
-        grouped = score.reshape(rows, cols // pattern.m, pattern.m)
-        idx = torch.sort(grouped, dim=-1, stable=True).indices[..., : pattern.n]
-        mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
-        mask.view(rows, cols // pattern.m, pattern.m).scatter_(-1, idx, True)
-        return mask
+        return sorted_n_of_m(score, pattern.n, pattern.m)
     if pattern.group == "row":
         return lowest_k(score, int(cols * pattern.sparsity))
     return lowest_k(score.reshape(1, -1), int(score.numel() * pattern.sparsity)).view(rows, cols)
@@ -115,6 +111,14 @@ def lowest_k(score: torch.Tensor, k: int) -> torch.Tensor:
 # weights each); larger groups (and scores holding NaN) by a stable sort. Same mask either way;
 # benchmarks/nm_masks.py measures both paths at 2:4, 4:8 and 8:16.
 PAIRWISE_MAX_M = 8
+
+
+def sorted_n_of_m(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In every group of m consecutive inputs, mark the first n of a stable ascending sort (NaN last)."""
+    rows, cols = score.shape
+    idx = torch.sort(score.reshape(rows, cols // m, m), dim=-1, stable=True).indices[..., :n]
+    mask = torch.zeros(rows, cols // m, m, dtype=torch.bool, device=score.device)
+    return mask.scatter_(-1, idx, True).reshape(rows, cols)
 
 
 def lowest_n_of_m(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

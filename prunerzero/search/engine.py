@@ -35,7 +35,7 @@ from ..fsutil import atomic_write_text
 from ..metric.simplify import simplify
 from .genes import join_candidate, split_candidate
 from .space import SearchSpace, reference_formula, validate
-from .toolbox import build_pset, build_toolbox, text_of, to_individual
+from .toolbox import build_pset, build_toolbox, first_of_each_fitness, text_of, to_individual
 
 HOF_SIZE = 30
 KEY_AUDIT_EVERY = 10  # about one key hit in this many is also evaluated and its mask fingerprint compared
@@ -181,32 +181,6 @@ def fidelity_selected(text: str, seed: int, fraction: float) -> bool:
         return False
     digest = hashlib.sha1(f"fidelity:{seed}:{text}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 1_000_000 < round(fraction * 1_000_000)
-
-
-def first_of_each_fitness(pop: list) -> list:
-    """The individuals whose fitness no earlier one in ``pop`` has: one per phenotype. Equal fitness means the same
-    masks (clones, key and mask-cache hits copy their answer; distinct masks giving a bit-identical mean log ratio
-    do not happen in practice), and all failures share the penalty, so they count as one."""
-    seen: set[float] = set()
-    out = []
-    for ind in pop:
-        value = ind.fitness.values[0]
-        if value not in seen:
-            seen.add(value)
-            out.append(ind)
-    return out
-
-
-def distinct_tournament(pop: list, k: int, size: int) -> list:
-    """``k`` tournaments of ``size`` drawn as DEAP's ``selTournament`` draws them, where a repeat of an earlier
-    individual's fitness (``first_of_each_fitness``) ranks below every first occurrence: duplicates of the best
-    (a population full of Wanda's rewrites) stop crowding out the other parents."""
-    first = {id(ind) for ind in first_of_each_fitness(pop)}
-
-    def rank(ind):
-        return (id(ind) not in first, ind.fitness.values[0])
-
-    return [min((random.choice(pop) for _ in range(size)), key=rank) for _ in range(k)]
 
 
 class Search:
@@ -582,12 +556,9 @@ class Search:
         for gen in bar:
             t0 = time.time()
             if gen > 0:
-                if gp_cfg["distinct_parents"]:
-                    parents = distinct_tournament(pop, len(pop), gp_cfg["tournament"])
-                    elites = tools.selBest(first_of_each_fitness(pop), gp_cfg["elites"])
-                else:
-                    parents = self.toolbox.select(pop, len(pop))
-                    elites = tools.selBest(pop, gp_cfg["elites"])
+                parents = self.toolbox.select(pop, len(pop))
+                elites = tools.selBest(first_of_each_fitness(pop) if gp_cfg["distinct_parents"] else pop,
+                                       gp_cfg["elites"])
                 offspring = algorithms.varAnd(parents, self.toolbox, gp_cfg["cxpb"], gp_cfg["mutpb"])
                 self._simplify_offspring(offspring)
                 self.evaluate(offspring, gen)

@@ -32,7 +32,7 @@ DEFAULTS = {
     "gp": {"population": 30, "generations": 20, "tournament": 3, "cxpb": 0.7, "mutpb": 0.3, "elites": 2,
            "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0},
            # true: an individual whose fitness equals an earlier one's in the population (a clone, or a rewrite
-           # with the same masks) loses every tournament and is no elite, so parents are distinct (engine.py)
+           # with the same masks) loses every tournament and is no elite, so parents are distinct (toolbox.py)
            "distinct_parents": False},
     # the protocol's defaults (prunerzero/protocol.py) except what fitness needs of its own: validation, 8 windows
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",

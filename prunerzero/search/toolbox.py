@@ -70,6 +70,32 @@ def _mutate(ind, toolbox, pset, weights: dict):
     return gp.mutShrink(ind)
 
 
+def first_of_each_fitness(pop: list) -> list:
+    """The individuals whose fitness no earlier one in ``pop`` has: one per phenotype. Equal fitness means the same
+    masks (clones, key and mask-cache hits copy their answer; distinct masks giving a bit-identical mean log ratio
+    do not happen in practice), and all failures share the penalty, so they count as one."""
+    seen: set[float] = set()
+    out = []
+    for ind in pop:
+        value = ind.fitness.values[0]
+        if value not in seen:
+            seen.add(value)
+            out.append(ind)
+    return out
+
+
+def distinct_tournament(pop: list, k: int, tournsize: int) -> list:
+    """``k`` tournaments of ``tournsize`` drawn as DEAP's ``selTournament`` draws them, where a repeat of an earlier
+    individual's fitness (``first_of_each_fitness``) ranks below every first occurrence: duplicates of the best
+    (a population full of Wanda's rewrites) stop crowding out the other parents."""
+    first = {id(ind) for ind in first_of_each_fitness(pop)}
+
+    def rank(ind):
+        return (id(ind) not in first, ind.fitness.values[0])
+
+    return [min((random.choice(pop) for _ in range(tournsize)), key=rank) for _ in range(k)]
+
+
 def build_toolbox(space: SearchSpace, pset: gp.PrimitiveSet) -> base.Toolbox:
     ini, lim, cfg = space.raw["init"], space.raw["limits"], space.gp
     tb = base.Toolbox()
@@ -77,7 +103,8 @@ def build_toolbox(space: SearchSpace, pset: gp.PrimitiveSet) -> base.Toolbox:
     tb.register("expr", gp.genHalfAndHalf, pset=pset, min_=ini["min_depth"] - 1, max_=ini["max_depth"] - 1)
     tb.register("individual", tools.initIterate, creator.PZIndividual, tb.expr)
     tb.register("population", tools.initRepeat, list, tb.individual)
-    tb.register("select", tools.selTournament, tournsize=cfg["tournament"])
+    tb.register("select", distinct_tournament if cfg["distinct_parents"] else tools.selTournament,
+                tournsize=cfg["tournament"])
     tb.register("mate", gp.cxOnePoint)
     tb.register("expr_mut", gp.genGrow, min_=0, max_=2, pset=pset)
     tb.register("mutate", _mutate, toolbox=tb, pset=pset, weights=cfg["mutation"])
