@@ -210,6 +210,41 @@ def test_real_settings_score_the_reference_zero(tmp_path):
     assert "ppl[u0.5-row]" in table and "ppl[2of4]" in table and "score" in table
 
 
+def test_parts_scored_one_by_one_merge_into_the_whole_result():
+    """What the Ray pool does with a candidate of several parts (two calibration seeds x 50% and 2:4): scoring each
+    part alone (``only``) and merging gives the one call's result, field for field except seconds: perplexities,
+    fingerprints in part order, the hit (eval, then mask on a second call), low fidelity with one seed, and a
+    formula error (the first part's, as the one call stops there)."""
+    from dataclasses import asdict
+
+    from prunerzero.search.fitness import merge_results
+
+    model = make_tiny(layers=1)
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randint(0, 256, (4, 32), generator=g) for _ in range(2)]
+    stats = [activation_stats(model, c, progress=False) for c in calib]
+    windows = torch.randint(0, 256, (3, 32), generator=g)
+
+    def evaluator():
+        ev = FitnessEvaluator(model, stats[0], [Pattern(0.5, "row"), Pattern(n=2, m=4)], windows, name="m|seed0")
+        ev.add_model("m|seed1", model, stats[1], windows)
+        return ev
+
+    whole, split = evaluator(), evaluator()
+    assert split.part_labels() == ["m|seed0|u0.5-row", "m|seed0|2of4", "m|seed1|u0.5-row", "m|seed1|2of4"]
+    assert split.part_labels(1) == ["m|seed0|u0.5-row", "m|seed0|2of4"]
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    hits = []
+    for formula, win, seeds in [(WANDA, None, None), ("mul(sqr(W), X)", 1, 1), (WANDA, None, None),
+                                ("mul(W, ", None, None)]:
+        one = asdict(whole(formula, win, seeds))
+        merged = merge_results([asdict(split(formula, win, seeds, [lb])) for lb in split.part_labels(seeds)])
+        assert drop(merged) == drop(one) and list(merged["ppls"] or ()) == list(one["ppls"] or ())
+        hits.append(merged["hit"])
+    assert hits == ["eval", "eval", "mask", "error"]
+    assert one["error"] and not merged["ppls"]
+
+
 # ------------------------------------------------------------------------------------------ fidelity
 FID = {"windows": [1, 2, None], "keep": 0.5}
 LABELS = ["smollm2|u0.5-row"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import InitVar, dataclass
+from dataclasses import InitVar, asdict, dataclass
 
 import torch
 
@@ -220,11 +220,18 @@ class FitnessEvaluator:
 
     @property
     def labels(self) -> list[str]:
-        return [part_label(t.name, p, u) for t in self.targets for p, u in zip(self.patterns, self.updates)]
+        return self.part_labels()
 
-    def __call__(self, formula: str, windows: int | None = None, seeds: int | None = None) -> FitnessResult:
+    def part_labels(self, seeds: int | None = None) -> list[str]:
+        """The labels of the parts a call with ``seeds`` scores, in the order it scores them."""
+        return [part_label(t.name, p, u) for t in self.targets if seeds is None or t.rank < seeds
+                for p, u in zip(self.patterns, self.updates)]
+
+    def __call__(self, formula: str, windows: int | None = None, seeds: int | None = None,
+                 only: list[str] | None = None) -> FitnessResult:
         """The formula's perplexity per part on the first ``windows`` fitness windows (None: all), with the
-        statistics of each model's first ``seeds`` calibration seeds (None: all of them)."""
+        statistics of each model's first ``seeds`` calibration seeds (None: all of them); ``only``: just the parts
+        with these labels (``merge_results`` joins such calls into the whole call's result)."""
         t0 = time.time()
         try:
             text, slug = split_candidate(formula)
@@ -238,6 +245,8 @@ class FitnessEvaluator:
                 continue
             for pattern, update in zip(self.patterns, self.updates):
                 label = part_label(target.name, pattern, update)
+                if only is not None and label not in only:
+                    continue
                 try:
                     # N:M fixes every group: the allocation gene does not apply
                     counts = None if slug == "uniform" or pattern.is_nm else self._counts(target, pattern, slug)
@@ -386,6 +395,26 @@ def combined_fingerprint(parts: dict) -> str:
     import hashlib
 
     return hashlib.sha1(";".join(f"{k}={parts[k]}" for k in sorted(parts)).encode()).hexdigest()
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One candidate's result from results of its parts (``FitnessEvaluator(..., only=...)`` as dicts, in part
+    order), equal to the one call that scores every part except for ``seconds`` (their sum): a call that stopped
+    early (a formula error, out of memory: no perplexities) is the answer, the first in part order as the one call
+    stops at its first; otherwise perplexities and fingerprints in part order, ``eval`` when any part was measured,
+    and the first part's error (a perplexity that is not finite)."""
+    seconds = sum(r["seconds"] for r in results)
+    for r in results:
+        if r["hit"] == "error" and not r.get("ppls"):
+            return {**r, "seconds": seconds}
+    ppls = {k: v for r in results for k, v in r["ppls"].items()}
+    parts = {k: v for r in results for k, v in r["parts"].items()}
+    errors = [r["error"] for r in results if r.get("error")]
+    hit = "error" if errors else ("eval" if any(r["hit"] == "eval" for r in results) else "mask")
+    fp = next(iter(parts.values())) if len(parts) == 1 else combined_fingerprint(parts)
+    return asdict(FitnessResult(results[0]["formula"], geometric_mean(ppls.values()), hit, seconds, fp,
+                                errors[0] if errors else None, ppls=ppls, parts=parts,
+                                windows=results[0].get("windows"), seeds=results[0].get("seeds")))
 
 
 def part_records(rec: dict):

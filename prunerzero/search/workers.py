@@ -9,6 +9,10 @@ The mask cache is shared through the driver: results come back in order, a mask 
 logged as a ``mask`` hit with the first answer (exactly what one process would have logged), and every worker
 learns the new masks before the next batch. Masks are cached per part (one model at one setting) and per
 fidelity (number of windows). The evaluations log is then the same for any number of workers.
+
+A candidate with several parts (models x calibration seeds x settings) is scored part by part, one task each, so
+that a single candidate promoted to the full fidelity keeps every worker busy instead of one; its parts are joined
+into the result one process gives (``fitness.merge_results``).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from ..errors import UserError
 from ..models import load_model
 from ..pipeline import CalibConfig, one_shot_stats
 from ..prune.masks import parse_pattern
-from .fitness import FitnessEvaluator, geometric_mean, part_records
+from .fitness import FitnessEvaluator, geometric_mean, merge_results, part_records
 
 
 def fitness_models(fitness: dict) -> list[str]:
@@ -113,9 +117,9 @@ class InProcess:
     def __init__(self, evaluator: FitnessEvaluator):
         self.evaluator = evaluator
 
-    def __call__(self, formulas: list[str], windows: int | None = None, seeds: int | None = None):
+    def __call__(self, formulas: list[str], windows: int | None = None, seeds: int | None = None, only=None):
         for f in formulas:
-            yield asdict(self.evaluator(f, windows, seeds))
+            yield asdict(self.evaluator(f, windows, seeds, only))
 
     def preload(self, records: list[dict]) -> None:
         """Resume: parts already measured (log records, references) answer from the cache again."""
@@ -145,8 +149,11 @@ class RayPool:
             def __init__(self):
                 self.local = InProcess(build_evaluator(fitness, terminals, data_dir, cache, progress=False))
 
-            def evaluate(self, formula, windows, seeds):
-                return next(self.local([formula], windows, seeds))
+            def evaluate(self, formula, windows, seeds, only=None):
+                return next(self.local([formula], windows, seeds, only))
+
+            def part_labels(self, seeds):
+                return self.local.evaluator.part_labels(seeds)
 
             def learn(self, parts):
                 self.local.evaluator.learn(parts)
@@ -156,6 +163,7 @@ class RayPool:
         self._ray = ray
         self.by_mask: dict[tuple, float] = {}   # every part answered so far, by any worker
         self._unsent: list[tuple] = []
+        self._labels: dict = {}   # seeds -> the labels of the parts scored with them
 
     def _sync(self) -> None:
         if self._unsent:
@@ -167,9 +175,27 @@ class RayPool:
             self.by_mask[(label, fp, windows)] = ppl
             self._unsent.append((label, fp, windows, ppl))
 
+    def _results(self, formulas: list[str], windows, seeds):
+        """Each formula's result, in order. Its parts (model x seed x setting) are scored as separate tasks, so
+        that one candidate at a high fidelity keeps every worker busy; ``merge_results`` joins them into what one
+        call scoring every part gives (each part's perplexity does not depend on the process that measures it)."""
+        if seeds not in self._labels:
+            self._labels[seeds] = self._ray.get(self.actors[0].part_labels.remote(seeds))
+        labels = self._labels[seeds]
+        if len(labels) < 2 or len(self.actors) < 2:
+            yield from self.pool.map(lambda actor, f: actor.evaluate.remote(f, windows, seeds), formulas)
+            return
+        tasks = [(f, label) for f in formulas for label in labels]
+        done: list[dict] = []
+        for res in self.pool.map(lambda actor, t: actor.evaluate.remote(t[0], windows, seeds, [t[1]]), tasks):
+            done.append(res)
+            if len(done) == len(labels):
+                yield merge_results(done)
+                done = []
+
     def __call__(self, formulas: list[str], windows: int | None = None, seeds: int | None = None):
         self._sync()
-        for res in self.pool.map(lambda actor, f: actor.evaluate.remote(f, windows, seeds), formulas):
+        for res in self._results(formulas, windows, seeds):
             parts = list(part_records(res))
             if parts:
                 known = [(lb, fp, w) in self.by_mask for lb, fp, w, _ in parts]
