@@ -130,7 +130,8 @@ class InProcess:
 class RayPool:
     """``workers`` Ray actors, one GPU each (none with ``device: cpu``); ``pip install 'prunerzero[ray]'``."""
 
-    def __init__(self, fitness: dict, terminals: list[str], workers: int, data_dir=None, cache=None):
+    def __init__(self, fitness: dict, terminals: list[str], workers: int, data_dir=None, cache=None,
+                 split_parts: bool = True):
         try:
             import ray
             from ray.util import ActorPool
@@ -164,6 +165,7 @@ class RayPool:
         self.by_mask: dict[tuple, float] = {}   # every part answered so far, by any worker
         self._unsent: list[tuple] = []
         self._labels: dict = {}   # seeds -> the labels of the parts scored with them
+        self.split_parts = split_parts   # False: a candidate's parts in one task (benchmarks/workers.py compares)
 
     def _sync(self) -> None:
         if self._unsent:
@@ -182,7 +184,7 @@ class RayPool:
         if seeds not in self._labels:
             self._labels[seeds] = self._ray.get(self.actors[0].part_labels.remote(seeds))
         labels = self._labels[seeds]
-        if len(labels) < 2 or len(self.actors) < 2:
+        if len(labels) < 2 or len(self.actors) < 2 or not self.split_parts:
             yield from self.pool.map(lambda actor, f: actor.evaluate.remote(f, windows, seeds), formulas)
             return
         tasks = [(f, label) for f in formulas for label in labels]
@@ -215,3 +217,9 @@ class RayPool:
             for part in part_records(r):
                 self._remember(*part)
         self._sync()
+
+    def close(self) -> None:
+        """Stop the workers (their models and memory go with them)."""
+        for actor in self.actors:
+            self._ray.kill(actor)
+        self.actors = []
