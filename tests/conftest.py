@@ -15,6 +15,17 @@ def data_dir() -> Path:
     return Path(os.environ.get("PRUNERZERO_DATA", SHARED_DATA))
 
 
+def untimed(rec: dict) -> dict:
+    """A search log record without its timings (``seconds`` of the record, of its fidelity stages and of its key
+    audit): what two runs of one search must agree on."""
+    rec = {k: v for k, v in rec.items() if k != "seconds"}
+    if "stages" in rec:
+        rec["stages"] = [untimed(st) for st in rec["stages"]]
+    if "audit" in rec:
+        rec["audit"] = untimed(rec["audit"])
+    return rec
+
+
 def tiny_config(arch: str = "llama", layers: int = 2, vocab: int = 256):
     """A tiny random config of a family (hidden 64, 4 heads, 2 KV heads); sliding windows of 8 tokens, so a test
     with longer windows really exercises both attention types of Gemma 2/3."""

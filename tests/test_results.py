@@ -6,7 +6,7 @@ import re
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, untimed
 
 from prunerzero.metric.simplify import simplify
 from prunerzero.experiments import STRUCTURAL_LATER_FIELDS
@@ -358,13 +358,6 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     confirmed("cpu-wx6", "found-wx6", "mul(sqrt(log(sqr(sqrt(X)))), mul(W, mul(W, X)))",
               ("within spread", "within spread"))
     # the same search again with one Ray task per part: the same log (timings aside), in less wall time
-    def untimed(rec):
-        rec = {k: v for k, v in rec.items() if k != "seconds"}
-        for k in ("stages", "audit"):
-            if k in rec:
-                rec[k] = [untimed(st) for st in rec[k]] if k == "stages" else untimed(rec[k])
-        return rec
-
     again = json.loads((RESULTS / "search-cpu-wx6-parts" / "summary.json").read_text())
     assert again["generations_done"] == summary["generations_done"] == 8
     assert again["wall_seconds"] < summary["wall_seconds"]

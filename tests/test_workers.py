@@ -5,20 +5,11 @@ Skipped where Ray is not installed (``pip install 'prunerzero[ray]'``; scripts/s
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, untimed
 from prunerzero.cli import main
 
 ray = pytest.importorskip("ray")
 
-TIMING = ("seconds",)
-
-
-def _untimed(rec: dict) -> dict:
-    """A log record without its timings (its own and its fidelity stages')."""
-    rec = {k: v for k, v in rec.items() if k not in TIMING}
-    if "stages" in rec:
-        rec["stages"] = [_untimed(st) for st in rec["stages"]]
-    return rec
 
 
 # several parts per candidate (two calibration seeds x two settings, two fidelities): the pool scores them as
@@ -65,8 +56,8 @@ def test_two_ray_workers_log_what_one_process_logs(tiny_model_dir, tmp_path, mon
         _search(tmp_path / "two", tiny_model_dir, cache / "two", 2, space)
     finally:
         ray.shutdown()
-    one = [_untimed(r) for r in read_evaluations(tmp_path / "one")]
-    two = [_untimed(r) for r in read_evaluations(tmp_path / "two")]
+    one = [untimed(r) for r in read_evaluations(tmp_path / "one")]
+    two = [untimed(r) for r in read_evaluations(tmp_path / "two")]
     assert len(one) > 6 and {r["generation"] for r in one} == {0, 1, 2}
     assert {r["hit"] for r in one} >= {"eval"}
     if parts > 1:
