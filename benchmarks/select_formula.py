@@ -15,6 +15,9 @@ The chosen formula beats the reference at every pattern and has the lowest mean 
 three or more seeds "beats" means by more than both spreads (mean ± std intervals apart); with fewer it is a plain
 comparison of means and the table says so. If none beats it everywhere, the lowest ratio is chosen and the table
 says that too. Only then is it evaluated on test (``prunerzero bench grids/confirm-*.yaml --formula found=...``).
+The ratio is combined over patterns as the runs' fitness combined its settings (``--combine``, default: the runs'
+``fitness.combine``): the mean, or the worst pattern's ratio for runs scored by the worse setting (``worst``,
+``margin``), so a 2:4 gain cannot buy back a 50% loss in the choice either.
 
     python benchmarks/select_formula.py --run results/search-gpu --top 6 --out results/search-gpu-selection
     python benchmarks/select_formula.py --run A --run B --also ria --patterns u,2:4,4:8 --seeds 0,1,2
@@ -71,9 +74,11 @@ def _values(v) -> list[float]:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def choose(rows: list[dict], patterns: list[str], reference: str) -> tuple[dict | None, bool]:
+def choose(rows: list[dict], patterns: list[str], reference: str, combine: str = "mean"
+           ) -> tuple[dict | None, bool]:
     """``rows[i]["ppl"][pattern]`` is a value or a list of values over seeds. The best candidate beats the
-    reference at every pattern (by more than both spreads with >= 3 seeds each) with the lowest mean log ratio."""
+    reference at every pattern (by more than both spreads with >= 3 seeds each) with the lowest log ratio of its
+    means: the mean over patterns, or with ``combine="worst"`` the largest (``worst_ratio``)."""
     ref = next(r for r in rows if r["name"] == reference)
     best, best_beats = None, False
     if any(p not in ref["ppl"] for p in patterns):
@@ -83,14 +88,33 @@ def choose(rows: list[dict], patterns: list[str], reference: str) -> tuple[dict 
             continue
         mine = {p: _values(r["ppl"][p]) for p in patterns}
         theirs = {p: _values(ref["ppl"][p]) for p in patterns}
-        r["log_ratio"] = sum(math.log(mean_std(mine[p])[0] / mean_std(theirs[p])[0]) for p in patterns) / len(patterns)
+        ratios = [math.log(mean_std(mine[p])[0] / mean_std(theirs[p])[0]) for p in patterns]
+        r["log_ratio"] = sum(ratios) / len(patterns)
+        if combine == "worst":
+            r["worst_ratio"] = max(ratios)
         seeded = all(len(mine[p]) >= 3 and len(theirs[p]) >= 3 for p in patterns)
         r["beats_reference"] = all(better(mine[p], theirs[p]) if seeded else
                                    mean_std(mine[p])[0] < mean_std(theirs[p])[0] for p in patterns)
-        key = (not r["beats_reference"], r["log_ratio"])
-        if best is None or key < (not best_beats, best["log_ratio"]):
+        rank = "worst_ratio" if combine == "worst" else "log_ratio"
+        key = (not r["beats_reference"], r[rank])
+        if best is None or key < (not best_beats, best[rank]):
             best, best_beats = r, r["beats_reference"]
     return best, best_beats
+
+
+COMBINE = {"mean": "mean", "worst": "worst", "margin": "worst"}   # a run's fitness.combine -> the choice's
+
+
+def runs_combine(runs: list[str]) -> str:
+    """How the runs' fitness combined settings, as the choice combines patterns (``COMBINE``); runs that
+    disagree are refused."""
+    from prunerzero.search.engine import load_run_space
+
+    modes = {COMBINE[load_run_space(run)[0].fitness.get("combine", "mean")] for run in runs}
+    if len(modes) > 1:
+        raise UserError("the runs combined their settings differently (mean and worst): pass --combine mean or "
+                        "--combine worst")
+    return modes.pop()
 
 
 def runs_bos(runs: list[str], model: str) -> str:
@@ -151,12 +175,14 @@ def _pattern_name(p: str) -> str:
 
 
 def render_selection(grid: Grid, rows: list[dict], cands: list[dict], patterns: list[str], reference: str,
-                     chosen: dict | None, beats: bool) -> str:
+                     chosen: dict | None, beats: bool, combine: str = "mean") -> str:
     seeds = len(grid.seeds)
+    worst = combine == "worst"
     head = " | ".join(f"val ppl {p}" for p in patterns)
     lines = [render(grid, rows).rstrip(), "", f"## Selection against {reference}", "",
-             f"| name | formula | search fitness | {head} | mean log ratio to {reference} |",
-             "| --- | --- | ---: | " + " | ".join("---:" for _ in patterns) + " | ---: |"]
+             f"| name | formula | search fitness | {head} | mean log ratio to {reference} |"
+             + (" worst pattern's log ratio |" if worst else ""),
+             "| --- | --- | ---: | " + " | ".join("---:" for _ in patterns) + " | ---: |" + (" ---: |" if worst else "")]
     for r in cands:
         vals = []
         for p in patterns:
@@ -167,6 +193,8 @@ def render_selection(grid: Grid, rows: list[dict], cands: list[dict], patterns: 
             vals.append(f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}")
         fit = f"{r['search_ppl']:.3f}" if r["search_ppl"] is not None else "-"
         ratio = f"{r['log_ratio']:+.4f}" if "log_ratio" in r else "-"
+        if worst:
+            ratio += f" | {r['worst_ratio']:+.4f}" if "worst_ratio" in r else " | -"
         lines.append(f"| {r['name']} | `{r['formula']}` | {fit} | {' | '.join(vals)} | {ratio} |")
     rule = ("by more than both spreads (mean ± std over the seeds)" if seeds >= 3 else
             f"by its mean ({seeds} seed{'s' if seeds > 1 else ''}: too few for a spread)")
@@ -174,7 +202,8 @@ def render_selection(grid: Grid, rows: list[dict], cands: list[dict], patterns: 
         lines += ["", f"Chosen: `{chosen['formula']}` ({chosen['name']}); "
                   + (f"it beats {reference} at every pattern on validation, {rule}." if beats else
                      f"NO candidate beats {reference} at every pattern on validation ({rule}); this one has the "
-                     "lowest mean ratio.")]
+                     + ("lowest worst-pattern ratio (the runs' fitness took the worse setting)." if worst else
+                        "lowest mean ratio."))]
     return "\n".join(lines) + "\n"
 
 
@@ -199,6 +228,8 @@ def main() -> None:
     ap.add_argument("--eval-windows", type=int, default=None, help="validation windows (default: all)")
     ap.add_argument("--bos", default=None, choices=BOS_MODES,
                     help="BOS mode of the re-scoring (default: the one the runs scored --model with)")
+    ap.add_argument("--combine", default=None, choices=["mean", "worst"],
+                    help="how the choice combines the patterns' ratios (default: as the runs' fitness.combine)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()
@@ -220,12 +251,14 @@ def select(args) -> dict | None:
         saved = json.loads(out.with_suffix(".json").read_text())
         grid, cands = load_grid(grid_file), saved["candidates"]
         patterns, reference = saved["meta"]["patterns"], saved["meta"]["reference"]
+        combine = saved["meta"].get("combine", "mean")   # selections made before --combine chose by the mean
     else:
         if not args.run:
             raise UserError("--run names no search run: pass at least one")
         seeds = [int(s) for s in re.split(r"\s*,\s*", args.seeds.strip()) if s]
         also = [a.strip() for a in args.also.split(",") if a.strip()]
         reference = args.reference
+        combine = args.combine or runs_combine(args.run)
         cands = candidates(args.run, args.top, reference, also)
         grid = build_grid(out.name, cands, patterns, seeds, args)
         if grid_file.is_file() and grid_file.read_text() != _grid_yaml(grid):
@@ -236,13 +269,13 @@ def select(args) -> dict | None:
     rows = read_rows(out / "rows.jsonl")
     scored = collect(grid, rows, [{k: c[k] for k in ("name", "formula", "simplified", "search_ppl", "run")}
                                   for c in cands])
-    chosen, beats = choose(scored, patterns, reference)
+    chosen, beats = choose(scored, patterns, reference, combine)
     meta = {"reference": reference, "patterns": patterns, "seeds": list(grid.seeds), "grid": str(grid_file),
-            "rows": str(out / "rows.jsonl")}
+            "rows": str(out / "rows.jsonl"), **({"combine": combine} if combine != "mean" else {})}
     atomic_write_text(out.with_suffix(".json"), json.dumps(
         {"meta": meta, "candidates": scored, "chosen": chosen, "beats_reference": beats}, indent=2) + "\n")
     atomic_write_text(out.with_suffix(".md"), render_selection(grid, rows, scored, patterns, reference, chosen,
-                                                               beats))
+                                                               beats, combine))
     print(out.with_suffix(".md").read_text())
     return chosen
 

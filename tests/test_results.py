@@ -680,6 +680,23 @@ def test_selection_prefers_a_formula_that_beats_the_reference_at_every_pattern()
     assert select_formula.choose([{**ref, "ppl": {}}, b], ["u", "2:4"], "wanda") == (None, False)
 
 
+def test_selection_fallback_follows_the_runs_combine():
+    """Where none beats the reference everywhere, a worst-setting search's selection takes the lowest worst-pattern
+    ratio (a 2:4 gain does not buy back a 50% loss); a mean search's, the lowest mean ratio. The default comes from
+    the runs' fitness.combine (margin scores the worse setting too); runs that disagree are refused."""
+    ref = {"name": "wanda", "run": None, "ppl": {"u": 50.0, "2:4": 200.0}}
+    trade = {"name": "t", "run": "r", "ppl": {"u": 51.0, "2:4": 180.0}}    # mean ratio -0.043, worst +0.020
+    even = {"name": "e", "run": "r", "ppl": {"u": 50.5, "2:4": 199.0}}     # mean ratio +0.002, worst +0.010
+    assert select_formula.choose([ref, trade, even], ["u", "2:4"], "wanda") == (trade, False)
+    assert select_formula.choose([ref, trade, even], ["u", "2:4"], "wanda", "worst") == (even, False)
+    assert even["worst_ratio"] == pytest.approx(math.log(50.5 / 50.0))
+    runs = {n: str(RESULTS / f"search-cpu-{n}") for n in ("wx5", "wx6", "margin-wx")}
+    assert [select_formula.runs_combine([runs[n]]) for n in ("wx5", "wx6", "margin-wx")] == ["mean", "worst", "worst"]
+    assert select_formula.runs_combine([runs["wx6"], runs["margin-wx"]]) == "worst"
+    with pytest.raises(select_formula.UserError, match="--combine mean or --combine worst"):
+        select_formula.runs_combine([runs["wx5"], runs["wx6"]])
+
+
 @pytest.mark.parametrize("name", ["structural-gpu", "structural-cpu", "structural-ablation"])
 def test_structural_grids_hold_the_committed_runs(name):
     """Every structural row is the cell of its grid that ran it: the same config (formula, steps, lr, preset) and
@@ -716,10 +733,11 @@ def test_selection_table_re_renders_from_its_rows(name):
     grid, rows = load_grid(out / "grid.yaml"), read_rows(out / "rows.jsonl")
     cands = [{k: c[k] for k in ("name", "formula", "simplified", "search_ppl", "run")} for c in saved["candidates"]]
     scored = select_formula.collect(grid, rows, cands)
-    chosen, beats = select_formula.choose(scored, saved["meta"]["patterns"], saved["meta"]["reference"])
+    combine = saved["meta"].get("combine", "mean")
+    chosen, beats = select_formula.choose(scored, saved["meta"]["patterns"], saved["meta"]["reference"], combine)
     assert chosen["formula"] == saved["chosen"]["formula"] and beats == saved["beats_reference"]
     md = select_formula.render_selection(grid, rows, scored, saved["meta"]["patterns"], saved["meta"]["reference"],
-                                         chosen, beats)
+                                         chosen, beats, combine)
     assert md == (RESULTS / f"{name}.md").read_text()
 
 
@@ -1114,3 +1132,26 @@ def test_selection_rescoring_keeps_the_runs_bos_and_earlier_grid_files(tmp_path)
     assert committed
     for path in committed:
         assert select_formula._grid_yaml(load_grid(path)) == path.read_text(), path
+
+
+def test_cpu_wx7_operations_are_those_the_committed_op_usage_keeps(tmp_path, capsys):
+    """Space cpu-wx7's operations are what benchmarks/op_usage.py keeps from the seven committed W/X CPU searches
+    (rerun here from their logs, and equal to the committed table); a directory that is not a run is refused."""
+    import yaml
+
+    import op_usage
+
+    runs = [RESULTS / f"search-cpu-wx{n}" for n in ("", "2", "3", "4", "5", "6")] + [RESULTS / "search-cpu-margin-wx"]
+    rows, counts = op_usage.usage(runs, 0.02)
+    assert counts == {"formulas": 896, "good": 93}
+    kept = {r["op"] for r in rows if r["good_share"] >= 0.05}
+    space = yaml.safe_load((REPO / "prunerzero" / "spaces" / "cpu-wx7.yaml").read_text())
+    assert set(space["unary"]) | set(space["binary"]) == kept
+    assert {"neg", "sub", "identity", "tanh", "sigmoid"}.isdisjoint(kept)
+    committed = {r["op"]: r for r in (json.loads(line) for line in
+                                      (RESULTS / "op-usage-cpu-wx" / "rows.jsonl").read_text().splitlines())}
+    assert {op: r["good_share"] for op, r in committed.items()} == {r["op"]: r["good_share"] for r in rows}
+    assert op_usage.ops_of(op_usage.parse("mul(abs(W), sqrt(add(X, X)))")) == {"mul", "abs", "sqrt", "add"}
+    with pytest.raises(SystemExit, match="not a search run"):
+        op_usage.main(["--runs", str(tmp_path)])
+    assert not (tmp_path / "rows.jsonl").exists()
