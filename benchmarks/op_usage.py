@@ -7,7 +7,8 @@ formulas that use it. An operation is kept when at least ``--keep`` of the good 
 is the unary and binary lists to paste into a space.
 
     python benchmarks/op_usage.py --runs results/search-cpu-wx results/search-cpu-wx2 ...   # a table and a verdict
-    python benchmarks/op_usage.py --runs ... --out results/op-usage-cpu-wx                 # also rows + a table file
+    python benchmarks/op_usage.py --runs ... --out results/op-usage-cpu-wx                 # also rows + a table
+    python benchmarks/op_usage.py --out results/op-usage-cpu-wx --render-only
 
 Nothing here evaluates a formula: it only counts operations in logged ones, so it runs in a second.
 """
@@ -17,9 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
+from prunerzero import experiments as ex
 from prunerzero.errors import UserError
 from prunerzero.metric.expr import parse
-from prunerzero.provenance import command_line, provenance
 from prunerzero.search.engine import read_evaluations
 
 
@@ -51,35 +52,50 @@ def usage(runs: list[Path], good: float) -> tuple[list[dict], dict]:
     return rows, {"formulas": len(fitness), "good": len(good_f)}
 
 
+BLOCKS = [
+    {"line": {"where": {"bench": "op_usage", "op": "mul"},
+              "text": "{good} good formulas (fitness < {good_below}) of {formulas} distinct ones in {n_runs} runs; an "
+                      "operation is kept when at least {keep:.0%} of the good ones use it."}},
+    {"line": {"where": {"bench": "op_usage"}, "head": "| op | good formulas using it | all formulas using it | kept "
+                                                      "|\n| --- | ---: | ---: | --- |",
+              "text": "| {op} | {good_share:.1%} | {all_share:.1%} | {kept} |"}}]
+DEFAULT_META = {"renderer": "op_usage", "blocks": [{"text": "# Operations of the good formulas of earlier searches"},
+                                                   {"commands": {"bench": "op_usage"}}, *BLOCKS]}
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", nargs="+", required=True, help="search run directories (evaluations.jsonl, config.json)")
+    ap.add_argument("--runs", nargs="+", default=[], help="search run directories (evaluations.jsonl, config.json)")
     ap.add_argument("--good", type=float, default=0.02, help="fitness below which a formula is good (default 0.02)")
     ap.add_argument("--keep", type=float, default=0.05, help="share of good formulas an op needs to be kept (0.05)")
-    ap.add_argument("--out", help="also write <out>/rows.jsonl (with provenance) and <out>.md")
+    ex.measurement_args(ap, None)
     args = ap.parse_args(argv)
+    if ex.rendered_only(ap, args, render):
+        return
     runs = [Path(r) for r in args.runs]
+    if not runs:
+        raise SystemExit("error: --runs names no search run: pass the run directories to count")
     for r in runs:
         if not (r / "evaluations.jsonl").is_file() or not (r / "config.json").is_file():
             raise SystemExit(f"error: {r} is not a search run (no evaluations.jsonl / config.json): check the path")
     rows, counts = usage(runs, args.good)
-    keep = [r for r in rows if r["good_share"] >= args.keep]
-    lines = [f"{counts['good']} good (fitness < {args.good}) of {counts['formulas']} distinct formulas in "
-             f"{len(runs)} runs", "", "| op | good formulas using it | all formulas using it | kept |",
-             "| --- | ---: | ---: | --- |"]
-    lines += [f"| {r['op']} | {r['good_share']:.1%} | {r['all_share']:.1%} | "
-              f"{'yes' if r in keep else 'no'} |" for r in rows]
-    lines += ["", f"unary: [{', '.join(r['op'] for r in keep if r['arity'] == 1)}]",
-              f"binary: [{', '.join(r['op'] for r in keep if r['arity'] == 2)}]"]
-    print("\n".join(lines))
+    for r in rows:
+        r.update(bench="op_usage", kept="yes" if r["good_share"] >= args.keep else "no", good_below=args.good,
+                 keep=args.keep, n_runs=len(runs), runs=[str(x) for x in runs], **counts)
+    print(ex.render_document(rows, {"blocks": BLOCKS}))
+    kept = [r for r in rows if r["kept"] == "yes"]
+    print(f"unary: [{', '.join(r['op'] for r in kept if r['arity'] == 1)}]")
+    print(f"binary: [{', '.join(r['op'] for r in kept if r['arity'] == 2)}]")
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        command = command_line()
-        meta = {"command": command, "provenance": provenance(command=command), "runs": [str(r) for r in runs],
-                "good": args.good, "keep": args.keep, **counts}
-        (out / "rows.jsonl").write_text("".join(json.dumps({**r, **meta}) + "\n" for r in rows))
-        Path(f"{out}.md").write_text(f"# {out.name}\n\nCommand: `{command}`\n\n" + "\n".join(lines) + "\n")
+        if not ex.read_meta(args.out):
+            ex.write_meta(args.out, DEFAULT_META)
+        for r in rows:
+            ex.record(args.out, ex.measurement(f"op_usage|{r['op']}", r))
+        print(f"rows in {Path(args.out) / 'rows.jsonl'}; table {ex.write_measurements(args.out, render)}")
 
 
 if __name__ == "__main__":

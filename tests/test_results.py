@@ -1155,3 +1155,36 @@ def test_cpu_wx7_operations_are_those_the_committed_op_usage_keeps(tmp_path, cap
     with pytest.raises(SystemExit, match="not a search run"):
         op_usage.main(["--runs", str(tmp_path)])
     assert not (tmp_path / "rows.jsonl").exists()
+
+
+def test_rescore_gives_a_runs_own_best_its_logged_perplexities_and_ranks_a_new_formula(tiny_model_dir, tmp_path,
+                                                                                      capsys):
+    """benchmarks/rescore.py rebuilds a run's evaluator from its config.json: the run's best, scored again, has
+    the logged perplexities and rank 1; a formula the run never generated gets its score and rank there; a
+    malformed formula is refused before a model loads, and nothing is written."""
+    import rescore
+
+    from prunerzero.cli import main
+
+    space = tmp_path / "space.yaml"
+    space.write_text((REPO / "search_spaces/tiny.yaml").read_text().replace(
+        "fitness: {model: smollm2, sparsity: 0.5, pattern: unstructured, group: row,",
+        "fitness: {model: smollm2, settings: [{sparsity: 0.5}, {pattern: '2:4'}], combine: worst,"))
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    assert main(["search", "--space", str(space), "--out", str(run), "--model", str(tiny_model_dir), "--seqlen", "64",
+                 "--nsamples", "4", "--eval-windows", "2", "--device", "cpu", "--generations", "1",
+                 "--population", "6", "--seed", "0", "--cache-dir", str(cache), "--quiet"]) == 0
+    best = json.loads((run / "summary.json").read_text())["best"]
+    new = "mul(add(abs(log(X)), sqrt(X)), abs(W))"
+    assert new not in {r["formula"] for r in read_evaluations(run)}
+    out = tmp_path / "rescored"
+    rescore.main(["--run", str(run), "--formula", best["formula"], "--formula", new, "--cache-dir", str(cache),
+                  "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert rows[0]["reproduced"] and rows[0]["rank"] == 1 and rows[0]["score"] == pytest.approx(best["score"])
+    assert rows[1]["in_run"] == "no" and "reproduced" not in rows[1] and rows[1]["ranked"] == rows[0]["ranked"]
+    assert rows[1]["combine"] == "worst" and set(rows[1]["ppls"]) == set(best["ppls"])
+    assert f"`{new}`" in (tmp_path / "rescored.md").read_text()
+    with pytest.raises(SystemExit, match="error: "):
+        rescore.main(["--run", str(run), "--formula", "mul(W,", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
