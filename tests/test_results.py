@@ -363,6 +363,22 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert again["wall_seconds"] < summary["wall_seconds"]
     assert [untimed(r) for r in read_evaluations(RESULTS / "search-cpu-wx6-parts")] == \
         [untimed(r) for r in read_evaluations(RESULTS / "search-cpu-wx6")]
+    # cpu-wx6 over the operations good formulas used (cpu-wx7): its best is Wanda's ranking again, and the GPU
+    # search's |W|·(|log X| + √X), scored with this very fitness (rescore-cpu-wx7), ranks first: the fitness would
+    # have picked it; no CPU search generated it
+    wx7 = json.loads((RESULTS / "search-cpu-wx7" / "summary.json").read_text())
+    assert wx7["generations_done"] == 13 and abs(wx7["best"]["score"]) < 1e-4
+    assert wx7["evaluations"] == 532 and wx7["counts"]["eval"] == 129 and "129 evaluated" in readme
+    assert wx7["counts"]["key_audit"]["mismatch"] == 0 and wx7["wall_seconds"] < 3600
+    assert wx7["references"]["2"] == summary["references"]["2"]          # cpu-wx6's protocol, bit for bit
+    rescored = {r["formula"]: r for r in (json.loads(line) for line in
+                                          (RESULTS / "rescore-cpu-wx7" / "rows.jsonl").read_text().splitlines())}
+    assert rescored[wx7["best"]["formula"]]["reproduced"] and rescored[wx7["best"]["formula"]]["rank"] == 1
+    gpu = rescored["mul(add(abs(log(X)), sqrt(X)), abs(W))"]
+    assert gpu["in_run"] == "no" and gpu["rank"] == 1 and f"{gpu['score']:.4f}".replace("-", "−") in readme
+    assert gpu["score"] < min(r["score"] for name in ("search-cpu-wx6", "search-cpu-wx7")
+                              for r in read_evaluations(RESULTS / name)
+                              if r.get("fidelity") is None and r.get("score") is not None)
 
 
 def _seed_ppls(rows_path) -> dict:
