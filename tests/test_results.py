@@ -375,6 +375,8 @@ def test_readme_cpu_search_confirmation_is_the_rows():
                                           (RESULTS / "rescore-cpu-wx7" / "rows.jsonl").read_text().splitlines())}
     assert rescored[wx7["best"]["formula"]]["reproduced"] and rescored[wx7["best"]["formula"]]["rank"] == 1
     gpu = rescored["mul(add(abs(log(X)), sqrt(X)), abs(W))"]
+    # without the abs the log term pushes near-silent channels (X < 1) to the bottom: worse than Wanda
+    assert rescored["mul(abs(W), add(sqrt(X), log(X)))"]["score"] > 0
     assert gpu["in_run"] == "no" and gpu["rank"] == 1 and f"{gpu['score']:.4f}".replace("-", "−") in readme
     assert gpu["score"] < min(r["score"] for name in ("search-cpu-wx6", "search-cpu-wx7")
                               for r in read_evaluations(RESULTS / name)
