@@ -90,9 +90,13 @@ def main(argv=None) -> None:
     try:
         if not args.formula:
             raise UserError("--formula names nothing to score: pass at least one")
-        for text in args.formula:
-            parse(text)                                   # a malformed formula stops here, before a model loads
+        nodes = [parse(text) for text in args.formula]   # a malformed formula stops here, before a model loads
         space, _ = load_run_space(args.run)
+        for text, node in zip(args.formula, nodes):
+            missing = sorted(node.terminals() - set(space.raw["terminals"]))
+            if missing:
+                raise UserError(f"'{text}' reads {', '.join(missing)}, which the run computed no statistics for "
+                                f"(its terminals: {', '.join(space.raw['terminals'])}): rescore it on a run that has")
         refs = full_references(args.run)
         from prunerzero.search.workers import build_evaluator
 

@@ -1176,10 +1176,11 @@ def test_cpu_wx7_operations_are_those_the_committed_op_usage_keeps(tmp_path, cap
 
 
 def test_rescore_gives_a_runs_own_best_its_logged_perplexities_and_ranks_a_new_formula(tiny_model_dir, tmp_path,
-                                                                                      capsys):
+                                                                                      monkeypatch):
     """benchmarks/rescore.py rebuilds a run's evaluator from its config.json: the run's best, scored again, has
     the logged perplexities and rank 1; a formula the run never generated gets its score and rank there; a
-    malformed formula is refused before a model loads, and nothing is written."""
+    malformed formula, one reading a statistic the run lacks, or a missing run is refused before a model loads, and
+    nothing is written."""
     import rescore
 
     from prunerzero.cli import main
@@ -1205,4 +1206,14 @@ def test_rescore_gives_a_runs_own_best_its_logged_perplexities_and_ranks_a_new_f
     assert f"`{new}`" in (tmp_path / "rescored.md").read_text()
     with pytest.raises(SystemExit, match="error: "):
         rescore.main(["--run", str(run), "--formula", "mul(W,", "--out", str(tmp_path / "bad")])
+    import prunerzero.search.workers as workers
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded for a formula the run cannot score")
+
+    monkeypatch.setattr(workers, "load_model", no_model)
+    with pytest.raises(SystemExit, match="reads Hd, which the run computed no statistics for"):
+        rescore.main(["--run", str(run), "--formula", "mul(W, Hd)", "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="has no config.json"):
+        rescore.main(["--run", str(tmp_path / "nowhere"), "--formula", "abs(W)", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
