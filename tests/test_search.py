@@ -236,7 +236,7 @@ def test_insert_mutation_wraps_a_subtree_and_zero_weight_keeps_old_runs():
     from prunerzero.search.toolbox import _mutate
 
     default = validate({"terminals": ["W", "X"]})
-    assert default.gp["mutation"] == {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0}
+    assert default.gp["mutation"] == {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0, "term": 0.0}
     pset = build_pset(default)
     tb = build_toolbox(default, pset)
     draws = []
@@ -245,6 +245,35 @@ def test_insert_mutation_wraps_a_subtree_and_zero_weight_keeps_old_runs():
         draws.append([str(_mutate(to_individual("mul(abs(W), sqrt(X))", pset), tb, pset, weights)[0])
                       for _ in range(40)])
     assert draws[0] == draws[1] and len(set(draws[0])) > 5
+
+
+def test_term_mutation_adds_a_term_of_at_least_one_operation_next_to_a_subtree():
+    """gp.mutation.term turns a subtree s into b(s, t) or b(t, s) with t a new term holding an operation (DEAP's
+    insert only adds bare terminals): the parent's nodes stay in order, at least three nodes are added, and in a
+    few draws from Wanda it reaches |W|·(√X + t) and a term on the W side."""
+    import random
+
+    from prunerzero.metric.expr import parse
+    from prunerzero.search.toolbox import build_pset, build_toolbox, to_individual
+
+    space = validate({"terminals": ["W", "X"], "unary": ["abs", "sqrt", "log"], "binary": ["add", "mul"],
+                      "gp": {"mutation": {"uniform": 0, "node": 0, "shrink": 0, "term": 1}}})
+    pset = build_pset(space)
+    tb = build_toolbox(space, pset)
+    random.seed(1)
+    wanda = "mul(abs(W), sqrt(X))"
+    parent = [node.name for node in to_individual(wanda, pset)]
+    children = set()
+    for _ in range(200):
+        child = tb.mutate(to_individual(wanda, pset))[0]
+        names = [node.name for node in child]
+        rest = iter(names)
+        assert len(names) >= len(parent) + 3 and all(name in rest for name in parent), names
+        assert names.count("add") + names.count("mul") >= 2
+        children.add(str(parse(str(child))))
+    assert any(c.startswith("mul(abs(W), add(sqrt(X), ") or
+               c.startswith("mul(abs(W), add(") and c.endswith(", sqrt(X)))") for c in children)
+    assert any(c.startswith("mul(add(abs(W), ") or c.startswith("mul(mul(abs(W), ") for c in children)
 
 
 def test_distinct_tournament_is_deaps_without_duplicates_and_demotes_repeats():

@@ -30,7 +30,7 @@ DEFAULTS = {
     "init": {"min_depth": 2, "max_depth": 4},
     "limits": {"max_depth": 8, "max_size": 32},
     "gp": {"population": 30, "generations": 20, "tournament": 3, "cxpb": 0.7, "mutpb": 0.3, "elites": 2,
-           "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0},
+           "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0, "term": 0.0},
            # true: an individual whose fitness equals an earlier one's in the population (a clone, or a rewrite
            # with the same masks) loses every tournament and is no elite, so parents are distinct (toolbox.py)
            "distinct_parents": False},

@@ -67,7 +67,23 @@ def _mutate(ind, toolbox, pset, weights: dict):
         return gp.mutNodeReplacement(ind, pset=pset)
     if kind == "insert":   # a new primitive above a random subtree, which stays one of its arguments
         return gp.mutInsert(ind, pset=pset)
+    if kind == "term":
+        return add_term(ind, toolbox.expr_term, pset)
     return gp.mutShrink(ind)
+
+
+def add_term(ind, expr, pset: gp.PrimitiveSet):
+    """A random subtree ``s`` becomes ``b(s, t)`` or ``b(t, s)``: ``b`` a binary primitive of the space, ``t`` a new
+    random term of at least one operation (``expr``). DEAP's mutInsert gives the new primitive bare terminals as its
+    other arguments (``s + X``); this one can add ``|log X|`` next to ``√X`` in one step."""
+    binaries = [p for p in pset.primitives[pset.ret] if p.arity == 2]
+    if not binaries:
+        return gp.mutInsert(ind, pset=pset)
+    where = ind.searchSubtree(random.randrange(len(ind)))
+    prim, term, first = random.choice(binaries), expr(pset=pset), random.random() < 0.5
+    sub = ind[where]
+    ind[where] = [prim] + (sub + term if first else term + sub)
+    return (ind,)
 
 
 def first_of_each_fitness(pop: list) -> list:
@@ -107,6 +123,7 @@ def build_toolbox(space: SearchSpace, pset: gp.PrimitiveSet) -> base.Toolbox:
                 tournsize=cfg["tournament"])
     tb.register("mate", gp.cxOnePoint)
     tb.register("expr_mut", gp.genGrow, min_=0, max_=2, pset=pset)
+    tb.register("expr_term", gp.genGrow, min_=1, max_=2)
     tb.register("mutate", _mutate, toolbox=tb, pset=pset, weights=cfg["mutation"])
     for op in ("mate", "mutate"):  # bloat control: children over the limits are replaced by their parents
         tb.decorate(op, gp.staticLimit(key=operator.attrgetter("height"), max_value=lim["max_depth"] - 1))
