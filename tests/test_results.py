@@ -375,6 +375,11 @@ def test_readme_cpu_search_confirmation_is_the_rows():
                                           (RESULTS / "rescore-cpu-wx7" / "rows.jsonl").read_text().splitlines())}
     assert rescored[wx7["best"]["formula"]]["reproduced"] and rescored[wx7["best"]["formula"]]["rank"] == 1
     gpu = rescored["mul(add(abs(log(X)), sqrt(X)), abs(W))"]
+    # with term mutations (cpu-wx8, 40 minutes): Wanda itself is the best again
+    wx8 = json.loads((RESULTS / "search-cpu-wx8" / "summary.json").read_text())
+    assert wx8["generations_done"] == 6 and wx8["best"]["formula"] == "mul(abs(W), sqrt(X))"
+    assert wx8["evaluations"] == 286 and wx8["counts"]["eval"] == 80 and "80 evaluated" in readme
+    assert json.loads((RESULTS / "search-cpu-wx8" / "config.json").read_text())["space"]["gp"]["mutation"]["term"] == 0.2
     # without the abs the log term pushes near-silent channels (X < 1) to the bottom: worse than Wanda
     assert rescored["mul(abs(W), add(sqrt(X), log(X)))"]["score"] > 0
     assert gpu["in_run"] == "no" and gpu["rank"] == 1 and f"{gpu['score']:.4f}".replace("-", "−") in readme
