@@ -26,9 +26,7 @@ from prunerzero.search.engine import read_evaluations
 
 def ops_of(node) -> set[str]:
     """The operations (not terminals or constants) in a formula tree."""
-    if not node.children:
-        return set()
-    return {node.op}.union(*(ops_of(c) for c in node.children))
+    return {n.op for n in node.walk() if n.children}
 
 
 def usage(runs: list[Path], good: float) -> tuple[list[dict], dict]:
@@ -82,7 +80,10 @@ def main(argv=None) -> None:
     for r in runs:
         if not (r / "evaluations.jsonl").is_file() or not (r / "config.json").is_file():
             raise SystemExit(f"error: {r} is not a search run (no evaluations.jsonl / config.json): check the path")
-    rows, counts = usage(runs, args.good)
+    try:
+        rows, counts = usage(runs, args.good)
+    except UserError as exc:
+        raise SystemExit(f"error: {exc}") from None
     for r in rows:
         r.update(bench="op_usage", kept="yes" if r["good_share"] >= args.keep else "no", good_below=args.good,
                  keep=args.keep, n_runs=len(runs), runs=[str(x) for x in runs], **counts)

@@ -11,7 +11,8 @@ the logged perplexities (same threads, same statistics), which makes the compari
         --formula "mul(add(abs(log(X)), sqrt(X)), abs(W))" --formula "mul(sqrt(W), mul(W, mul(W, X)))" \\
         --out results/rescore-cpu-wx6
 
-Rows (one per formula, with provenance) go to ``<out>/rows.jsonl`` and the table to ``<out>.md``.
+Rows (one per formula, with provenance) go to ``<out>/rows.jsonl`` and the table to ``<out>.md``;
+``python benchmarks/rescore.py --out results/rescore-cpu-wx7 --render-only`` re-renders it.
 """
 from __future__ import annotations
 
@@ -44,18 +45,21 @@ def full_references(run: Path) -> dict:
     path = run / "references.json"
     if not path.is_file():
         raise UserError(f"{run} has no references.json: rescoring needs a run scored against a reference metric")
-    refs = json.loads(path.read_text())
-    levels = refs.get("levels") or {}
-    if not levels:
+    try:
+        levels = json.loads(path.read_text()).get("levels") or {}
+        ppls = levels[max(levels, key=int)]["ppls"] if levels else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is unreadable: restore it from the run") from None
+    if not ppls:
         raise UserError(f"{path} holds no measured level: let the run finish its references first")
-    return levels[max(levels, key=int)]["ppls"]
+    return ppls
 
 
 def rescore(run: Path, formulas: list[str], evaluate, combine: str, refs: dict) -> list[dict]:
     """One row per formula: its parts' perplexities, its score as the run combined them, its rank among the run's
     full-fidelity scores, and, for a formula the run scored at full fidelity, whether the perplexities agree."""
     table = equations(run, None)
-    scores = sorted(float(s) for s in table["score"]) if "score" in table.columns else []
+    scores = [float(s) for s in table["score"]] if "score" in table.columns else []
     logged = {r["formula"]: r for r in read_evaluations(run, quiet=True)
               if r.get("fidelity") is None and r.get("score") is not None and r["hit"] != "error"}
     rows = []
@@ -79,7 +83,7 @@ def rescore(run: Path, formulas: list[str], evaluate, combine: str, refs: dict) 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, required=True, help="a search run directory (config.json, references.json)")
+    ap.add_argument("--run", type=Path, default=None, help="a search run directory (config.json, references.json)")
     ap.add_argument("--formula", action="append", default=[], help="a formula to score (repeatable)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)
@@ -88,6 +92,8 @@ def main(argv=None) -> None:
     if ex.rendered_only(ap, args, render):
         return
     try:
+        if args.run is None:
+            raise UserError("--run names no search run: pass the run directory whose fitness scores the formulas")
         if not args.formula:
             raise UserError("--formula names nothing to score: pass at least one")
         nodes = [parse(text) for text in args.formula]   # a malformed formula stops here, before a model loads

@@ -80,6 +80,7 @@ def choose(rows: list[dict], patterns: list[str], reference: str, combine: str =
     reference at every pattern (by more than both spreads with >= 3 seeds each) with the lowest log ratio of its
     means: the mean over patterns, or with ``combine="worst"`` the largest (``worst_ratio``)."""
     ref = next(r for r in rows if r["name"] == reference)
+    rank = "worst_ratio" if combine == "worst" else "log_ratio"
     best, best_beats = None, False
     if any(p not in ref["ppl"] for p in patterns):
         return best, best_beats
@@ -95,7 +96,6 @@ def choose(rows: list[dict], patterns: list[str], reference: str, combine: str =
         seeded = all(len(mine[p]) >= 3 and len(theirs[p]) >= 3 for p in patterns)
         r["beats_reference"] = all(better(mine[p], theirs[p]) if seeded else
                                    mean_std(mine[p])[0] < mean_std(theirs[p])[0] for p in patterns)
-        rank = "worst_ratio" if combine == "worst" else "log_ratio"
         key = (not r["beats_reference"], r[rank])
         if best is None or key < (not best_beats, best[rank]):
             best, best_beats = r, r["beats_reference"]

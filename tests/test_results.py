@@ -1209,6 +1209,10 @@ def test_rescore_gives_a_runs_own_best_its_logged_perplexities_and_ranks_a_new_f
     assert rows[1]["in_run"] == "no" and "reproduced" not in rows[1] and rows[1]["ranked"] == rows[0]["ranked"]
     assert rows[1]["combine"] == "worst" and set(rows[1]["ppls"]) == set(best["ppls"])
     assert f"`{new}`" in (tmp_path / "rescored.md").read_text()
+    md = (tmp_path / "rescored.md").read_text()
+    (tmp_path / "rescored.md").unlink()
+    rescore.main(["--out", str(out), "--render-only"])
+    assert (tmp_path / "rescored.md").read_text() == md
     with pytest.raises(SystemExit, match="error: "):
         rescore.main(["--run", str(run), "--formula", "mul(W,", "--out", str(tmp_path / "bad")])
     import prunerzero.search.workers as workers
@@ -1221,4 +1225,7 @@ def test_rescore_gives_a_runs_own_best_its_logged_perplexities_and_ranks_a_new_f
         rescore.main(["--run", str(run), "--formula", "mul(W, Hd)", "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="has no config.json"):
         rescore.main(["--run", str(tmp_path / "nowhere"), "--formula", "abs(W)", "--out", str(tmp_path / "bad")])
+    (run / "references.json").write_text('{"levels": {"0": {}}}')
+    with pytest.raises(SystemExit, match="references.json is unreadable"):
+        rescore.main(["--run", str(run), "--formula", "abs(W)", "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()

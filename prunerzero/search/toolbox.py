@@ -80,7 +80,7 @@ def add_term(ind, expr, pset: gp.PrimitiveSet):
     if not binaries:
         return gp.mutInsert(ind, pset=pset)
     where = ind.searchSubtree(random.randrange(len(ind)))
-    prim, term, first = random.choice(binaries), expr(pset=pset), random.random() < 0.5
+    prim, term, first = random.choice(binaries), expr(), random.random() < 0.5
     sub = ind[where]
     ind[where] = [prim] + (sub + term if first else term + sub)
     return (ind,)
@@ -123,7 +123,7 @@ def build_toolbox(space: SearchSpace, pset: gp.PrimitiveSet) -> base.Toolbox:
                 tournsize=cfg["tournament"])
     tb.register("mate", gp.cxOnePoint)
     tb.register("expr_mut", gp.genGrow, min_=0, max_=2, pset=pset)
-    tb.register("expr_term", gp.genGrow, min_=1, max_=2)
+    tb.register("expr_term", gp.genGrow, min_=1, max_=2, pset=pset)
     tb.register("mutate", _mutate, toolbox=tb, pset=pset, weights=cfg["mutation"])
     for op in ("mate", "mutate"):  # bloat control: children over the limits are replaced by their parents
         tb.decorate(op, gp.staticLimit(key=operator.attrgetter("height"), max_value=lim["max_depth"] - 1))
