@@ -380,6 +380,20 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert wx8["generations_done"] == 6 and wx8["best"]["formula"] == "mul(abs(W), sqrt(X))"
     assert wx8["evaluations"] == 286 and wx8["counts"]["eval"] == 80 and "80 evaluated" in readme
     assert json.loads((RESULTS / "search-cpu-wx8" / "config.json").read_text())["space"]["gp"]["mutation"]["term"] == 0.2
+    # over W, X and G from the paper's seeds (cpu-wxg): the GBLM seed first, then Wanda; nothing generated below Wanda
+    wxg = json.loads((RESULTS / "search-cpu-wxg" / "summary.json").read_text())
+    assert wxg["generations_done"] == 5 and wxg["wall_seconds"] < 3600
+    assert wxg["evaluations"] == 225 and wxg["counts"]["eval"] == 108 and "108 evaluated" in readme
+    assert wxg["best"]["formula"] == "add(mul(G, abs(W)), mul(abs(W), sqrt(X)))"   # GBLM, a seed
+    assert f"{wxg['best']['score']:.4f}" == "-0.0029" and "−0.0029" in readme
+    assert wxg["references"]["2"] == summary["references"]["2"]          # cpu-wx6's protocol, bit for bit
+    from prunerzero.metric import rank_key
+    from prunerzero.metric.known import resolve_metric
+
+    seeds = {rank_key(str(resolve_metric(m)[1])) for m in ("magnitude", "wanda", "pruner-zero", "gblm")}
+    assert rank_key(wxg["best"]["formula"]) in seeds
+    assert not [r for r in read_evaluations(RESULTS / "search-cpu-wxg") if r.get("fidelity") is None
+                and r.get("score") is not None and r["score"] < 0 and rank_key(r["formula"]) not in seeds]
     # without the abs the log term pushes near-silent channels (X < 1) to the bottom: worse than Wanda
     assert rescored["mul(abs(W), add(sqrt(X), log(X)))"]["score"] > 0
     assert gpu["in_run"] == "no" and gpu["rank"] == 1 and f"{gpu['score']:.4f}".replace("-", "−") in readme
