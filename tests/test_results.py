@@ -392,6 +392,17 @@ def test_readme_cpu_search_confirmation_is_the_rows():
 
     seeds = {rank_key(str(resolve_metric(m)[1])) for m in ("magnitude", "wanda", "pruner-zero", "gblm")}
     assert rank_key(wxg["best"]["formula"]) in seeds
+    # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
+    gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
+    assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4
+    first = {}
+    for r in gpu_log:
+        first.setdefault(r["formula"], r)
+    assert (first["mul(add(G, log(X)), abs(W))"]["generation"], round(first["mul(add(G, log(X)), abs(W))"]["ppl"], 2)) \
+        == (13, 61.81)
+    assert (first["mul(add(abs(log(X)), sqrt(X)), abs(W))"]["generation"],
+            round(first["mul(add(abs(log(X)), sqrt(X)), abs(W))"]["ppl"], 2)) == (14, 50.58)
+    assert round(first["mul(abs(W), sqrt(X))"]["ppl"], 2) == 51.14
     assert not [r for r in read_evaluations(RESULTS / "search-cpu-wxg") if r.get("fidelity") is None
                 and r.get("score") is not None and r["score"] < 0 and rank_key(r["formula"]) not in seeds]
     # without the abs the log term pushes near-silent channels (X < 1) to the bottom: worse than Wanda
