@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import re
+import statistics
 import sys
 
 import pytest
@@ -233,6 +234,31 @@ def test_readme_learning_curve_figures_are_the_rows():
         assert min(curve.values()) > 129.96
     official = rows[("official", "metric", "0.2", 0)]["ppl"]["wikitext2@128"]
     assert official == pytest.approx(plain[("official", "metric", "0.2", 0)]["ppl"]["wikitext2@128"], rel=1e-6)
+
+
+def test_readme_cpu_seeds_confirmation_is_the_rows():
+    """The README's 3-seed CPU test table (confirm-cpu-seeds) is its rows, with the verdicts it states: the found
+    formula better than Wanda at both patterns; Pruner-Zero's metric worse at 50%; GBLM better at 50% by a hair."""
+    from prunerzero.experiments import fmt, verdict
+
+    _, rows, _ = grid_rows("confirm-cpu-seeds")
+    readme = (REPO / "README.md").read_text()
+
+    def ppl(method, pattern):
+        return [rows[(method, "sequential", pattern, seed)]["ppl"]["wikitext2"] for seed in (0, 1, 2)]
+
+    expected = {"found": ("better", "better"), "pruner-zero": ("worse", "within spread"),
+                "gblm": ("better", "within spread"), "ria": ("worse", "within spread"),
+                "sparsegpt": ("better", "better")}
+    for method, verdicts in expected.items():
+        for pattern, v in zip(("0.5", "2:4"), verdicts):
+            assert fmt(ppl(method, pattern)) in readme, (method, pattern)
+            assert verdict(ppl(method, pattern), ppl("wanda", pattern)) == v, (method, pattern)
+    # GBLM's 50% margin over Wanda only just exceeds the two spreads, as the README says
+    gblm, wanda = ppl("gblm", "0.5"), ppl("wanda", "0.5")
+    margin = sum(wanda) / 3 - sum(gblm) / 3
+    spreads = statistics.stdev(wanda) + statistics.stdev(gblm)
+    assert 0 < margin - spreads < 0.02 and f"a margin of {margin:.2f} against spreads summing to {spreads:.2f}" in readme
 
 
 def test_readme_cpu_search_confirmation_is_the_rows():
