@@ -418,6 +418,17 @@ def test_readme_cpu_search_confirmation_is_the_rows():
 
     seeds = {rank_key(str(resolve_metric(m)[1])) for m in ("magnitude", "wanda", "pruner-zero", "gblm")}
     assert rank_key(wxg["best"]["formula"]) in seeds
+    # half the population (cpu-wxg2): GBLM first again; three generated formulas below Wanda, all within 0.3%
+    wxg2 = json.loads((RESULTS / "search-cpu-wxg2" / "summary.json").read_text())
+    assert wxg2["generations_done"] == 7 and wxg2["evaluations"] == 163 and wxg2["counts"]["eval"] == 98
+    assert "98 evaluated" in readme and rank_key(wxg2["best"]["formula"]) in seeds
+    assert wxg2["references"]["2"] == summary["references"]["2"]
+    below = {}
+    for r in read_evaluations(RESULTS / "search-cpu-wxg2"):
+        if r.get("fidelity") is None and r.get("score") is not None and r["score"] < 0:
+            below.setdefault(rank_key(r["formula"]), r["score"])
+    generated = sorted(v for k, v in below.items() if k not in seeds)
+    assert len(generated) == 3 and -0.003 < generated[0] and f"{generated[0]:.4f}".replace("-", "−") in readme
     # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
     gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
     assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4
