@@ -429,6 +429,7 @@ def test_readme_cpu_search_confirmation_is_the_rows():
             below.setdefault(rank_key(r["formula"]), r["score"])
     generated = sorted(v for k, v in below.items() if k not in seeds)
     assert len(generated) == 3 and -0.003 < generated[0] and f"{generated[0]:.4f}".replace("-", "−") in readme
+    confirmed("cpu-wxg2", "found-wxg2", "mul(add(G, X), sqr(W))", ("within spread", "within spread"))
     # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
     gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
     assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4
