@@ -35,7 +35,7 @@ from ..fsutil import atomic_write_text
 from ..metric.simplify import simplify
 from .genes import join_candidate, split_candidate
 from .space import SearchSpace, reference_formula, validate
-from .toolbox import build_pset, build_toolbox, first_of_each_fitness, text_of, to_individual
+from .toolbox import build_pset, build_toolbox, first_of_each_fitness, neighbours, text_of, to_individual
 
 HOF_SIZE = 30
 KEY_AUDIT_EVERY = 10  # about one key hit in this many is also evaluated and its mask fingerprint compared
@@ -229,6 +229,7 @@ class Search:
         self.seed_levels: list | None = self.fidelity.get("seeds") if self.fidelity else None
         self.combine = fit.get("combine", "mean")
         self.references: dict[str, dict] | None = None   # str(level) -> {ppls, parts, windows}
+        self.expanded: list[str] = []           # keys whose neighbourhood the local search has evaluated (gp.local)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _log(self, rec: dict) -> None:
@@ -333,14 +334,15 @@ class Search:
                     it["reached"] = level
             pool = [it for it in promoted if ok(it, level)]
 
-    def evaluate(self, individuals: list, generation: int) -> None:
+    def evaluate(self, individuals: list, generation: int, origin: str | None = None) -> None:
         """Fitness for every individual without one: from the text or key caches, else from ``evaluate_many``
         (at every fidelity it is promoted to, see the class docstring).
 
         A deterministic sample of key hits (``audit_selected``) is evaluated too (at the first fidelity) and its
         mask fingerprint compared with the one its key's first evaluation gave; a mismatch (an unsound key) is
         reported, counted, and the real result is kept. Transient failures (``retryable``) give this generation
-        the penalty but are cached nowhere."""
+        the penalty but are cached nowhere. ``origin`` (the local search's ``local:<key>``) is written into each
+        record."""
         todo = [ind for ind in individuals if not ind.fitness.valid]
         pending: list[dict] = []
         waiting: dict[str, list] = {}
@@ -355,6 +357,8 @@ class Search:
                     "key": key, "size": len(ind), "depth": ind.height + 1}
             if self.genes:
                 base["allocation"] = slug
+            if origin is not None:
+                base["origin"] = origin
             known = key in self.by_key or key in waiting
             if text in self.by_text:
                 self._log({**base, **self.answers["text:" + text], "seconds": 0.0, "hit": "text"})
@@ -473,12 +477,57 @@ class Search:
                 if len(new) < len(ind):
                     ind[0:len(ind)] = new
 
+    # ------------------------------------------------------------------------------------------ local search
+    def _local(self, pop: list, generation: int) -> list:
+        """The local search (``gp.local``, a memetic step after each generation's evaluation): the best ``top``
+        hall-of-fame candidates that reached the full fidelity and were not expanded before have their whole
+        neighbourhood (``toolbox.neighbours``: leaf replacements and unary wraps) evaluated in this generation,
+        through the same caches and fidelity funnel as offspring (records carry ``origin: local:<key>``); the
+        neighbourhood is cut to ``max`` candidates by a seeded hash, not by position. The best ``elites``
+        distinct neighbours then replace the population's worst individuals where they are better, so a good
+        neighbour is a parent (and an elite) from the next generation on. No RNG is drawn: the GP's stream is that
+        of a run without it, and resume is exact (``expanded`` is checkpointed)."""
+        cfg = self.space.gp.get("local")
+        if not cfg:
+            return pop
+        full = len(self.levels) - 1
+        chosen = [r for r in self.best(len(self.hof)) if r["key"] not in self.expanded
+                  and fitness_value(r) < RETRY_FITNESS and r.get("level", full) == full][: cfg["top"]]
+        seed = self.space.gp["seed"]
+        found: list = []
+        for rec in chosen:
+            self.expanded.append(rec["key"])
+            slug = rec.get("allocation")
+            texts = [join_candidate(t, slug) for t in neighbours(rec["formula"], self.space, cfg["depth"],
+                                                                 cfg["moves"])]
+            texts = [t for t in texts if t not in self.by_text]
+            if len(texts) > cfg["max"]:
+                keep = set(sorted(texts, key=lambda t: hashlib.sha1(f"local:{seed}:{t}".encode()).digest())
+                           [: cfg["max"]])
+                texts = [t for t in texts if t in keep]
+            if not texts:
+                continue
+            inds = [to_individual(t, self.pset, self.genes) for t in texts]
+            self.evaluate(inds, generation, origin=f"local:{rec['key']}")
+            found += inds
+        if not found:
+            return pop
+        best = tools.selBest(first_of_each_fitness(found), self.space.gp["elites"])
+        order = sorted(range(len(pop)), key=lambda i: (-pop[i].fitness.values[0], -i))   # worst first
+        pop = list(pop)
+        for ind, i in zip(best, order):
+            if ind.fitness.values[0] < pop[i].fitness.values[0]:
+                pop[i] = ind
+        return pop
+
     # ------------------------------------------------------------------------------------------ state
     def _checkpoint(self, generation: int, population: list) -> None:
         state = {"generation": generation, "population": [text_of(i) for i in population],
                  "fitness": [i.fitness.values[0] for i in population],
                  "random_state": list(random.getstate()), "counts": dict(self.counts),
                  "hall_of_fame": self.best(HOF_SIZE), "wall_seconds": round(self.wall, 1)}
+        if self.space.gp.get("local"):
+            state["expanded"] = list(self.expanded)
         atomic_write_text(self.files.checkpoint, json.dumps(state) + "\n")
 
     def _refuse_older_run(self) -> None:
@@ -512,6 +561,7 @@ class Search:
         version, internal, gauss = state["random_state"]
         random.setstate((version, tuple(internal), gauss))
         self.wall = state.get("wall_seconds", 0.0)
+        self.expanded = list(state.get("expanded", []))
         return gen, pop
 
     def best(self, n: int = 10) -> list[dict]:
@@ -566,6 +616,7 @@ class Search:
             else:
                 self._simplify_offspring(pop)
                 self.evaluate(pop, gen)
+            pop = self._local(pop, gen)
             took = time.time() - t0
             self.wall += took
             self._checkpoint(gen, pop)

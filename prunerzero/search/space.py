@@ -33,7 +33,10 @@ DEFAULTS = {
            "seed": 0, "mutation": {"uniform": 0.5, "node": 0.3, "shrink": 0.2, "insert": 0.0, "term": 0.0},
            # true: an individual whose fitness equals an earlier one's in the population (a clone, or a rewrite
            # with the same masks) loses every tournament and is no elite, so parents are distinct (toolbox.py)
-           "distinct_parents": False},
+           "distinct_parents": False,
+           # a local search around the best full-fidelity candidates after each generation (engine.Search._local;
+           # null: none); a mapping of LOCAL_DEFAULTS' keys
+           "local": None},
     # the protocol's defaults (prunerzero/protocol.py) except what fitness needs of its own: validation, 8 windows
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
                 "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
@@ -45,6 +48,33 @@ DEFAULTS = {
     # a layer-wise sparsity allocation gene evolved with the formula (search/genes.py); null: uniform, not searched
     "allocation": None,
 }
+
+
+# gp.local: expand the best ``top`` not-yet-expanded full-fidelity candidates per generation; neighbourhood moves
+# (toolbox.neighbours): ``leaf`` replaces a leaf by a term of depth <= ``depth``, ``wrap`` wraps a subtree in a unary
+# operation; at most ``max`` neighbours per expanded candidate
+LOCAL_DEFAULTS = {"top": 1, "depth": 2, "moves": ["leaf", "wrap"], "max": 200}
+
+
+def _check_local(raw) -> dict | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise UserError("gp.local must be a mapping such as {top: 1, depth: 2, moves: [leaf, wrap], max: 200}, "
+                        "or null")
+    unknown = sorted(set(raw) - set(LOCAL_DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown key 'gp.local.{unknown[0]}' in search space: allowed are {', '.join(LOCAL_DEFAULTS)}")
+    cfg = {**LOCAL_DEFAULTS, **raw}
+    checks.integer(cfg["top"], "gp.local.top", 1)
+    checks.integer(cfg["max"], "gp.local.max", 1)
+    if checks.integer(cfg["depth"], "gp.local.depth", 1) > 2:
+        raise UserError("gp.local.depth must be 1 (terminals) or 2 (one operation over terminals)")
+    moves = cfg["moves"]
+    if not isinstance(moves, list) or not moves or any(m not in ("leaf", "wrap") for m in moves) \
+            or len(set(moves)) < len(moves):
+        raise UserError("gp.local.moves must list leaf and/or wrap, each once")
+    return cfg
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:
@@ -372,6 +402,7 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
         checks.real(v, f"gp.mutation.{k}", 0.0)
     if sum(gp["mutation"].values()) <= 0:
         raise UserError("gp.mutation weights must be >= 0 and not all 0")
+    gp["local"] = _check_local(gp["local"])
     _check_fitness(cfg["fitness"], (raw or {}).get("fitness") or {})
     cfg["allocation"] = genes.validate_section(cfg["allocation"])
     if cfg["allocation"] is not None:

@@ -11,6 +11,7 @@ from deap import base, creator, gp, tools
 
 from ..metric.expr import Node, parse
 from ..metric.ops import OPS
+from ..metric.simplify import is_nonneg
 from .genes import Genes, join_candidate, split_candidate
 from .space import SearchSpace
 
@@ -161,3 +162,71 @@ def _gene_variation(tb: base.Toolbox, pool: Genes) -> None:
     tb.register("population", tools.initRepeat, list, tb.individual)
     tb.register("mate", mate)
     tb.register("mutate", mutate)
+
+
+def local_terms(space: SearchSpace, depth: int) -> list[Node]:
+    """The terms a leaf may become in the local search, in a fixed order: the space's terminals (``depth`` 1);
+    with ``depth`` 2 also each operation over terminals (unary, then binary, in the space's order), each followed
+    by its magnitude |t| where it can be negative (``is_nonneg``) and ``abs`` is in the space: a score term acts
+    as a magnitude, so log X (negative below 1) comes with |log X|."""
+    leaves = [Node(t) for t in space.raw["terminals"]]
+    out = list(leaves)
+    if depth >= 2:
+        ops = [Node(u, (t,)) for u in space.raw["unary"] for t in leaves]
+        ops += [Node(b, (s, t)) for b in space.raw["binary"] for s in leaves for t in leaves]
+        for term in ops:
+            out.append(term)
+            if "abs" in space.raw["unary"] and not is_nonneg(term):
+                out.append(Node("abs", (term,)))
+    return out
+
+
+def _subtrees(node: Node) -> list[Node]:
+    return list(node.walk())
+
+
+def _replace_at(node: Node, index: int, fn) -> Node:
+    """``node`` with its ``index``-th subtree (prefix order, as ``Node.walk``) replaced by ``fn(subtree)``."""
+    if index == 0:
+        return fn(node)
+    index -= 1
+    kids = []
+    for c in node.children:
+        size = c.size
+        kids.append(_replace_at(c, index, fn) if 0 <= index < size else c)
+        index -= size
+    return Node(node.op, tuple(kids))
+
+
+LOCAL_MOVES = ("leaf", "wrap")
+
+
+def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOVES) -> list[str]:
+    """The local-search neighbourhood of a formula (``gp.local``), in a fixed order (no RNG: a formula always
+    has the same neighbourhood):
+
+    * ``leaf``: one leaf (a terminal occurrence) replaced by one term of ``local_terms(space, depth)``, so
+      |W|·(G + √X) has |W|·(|log X| + √X) among its neighbours;
+    * ``wrap``: one subtree wrapped in one unary operation of the space (|W|·(log X + √X) ->
+      |W|·(|log X| + √X)).
+
+    Only formulas within the space's operations and depth and size limits, the formula itself excluded; distinct
+    texts, by move, then position (prefix order), then term or operation in the space's order."""
+    root = parse(formula)
+    lim = space.raw["limits"]
+    out, seen = [], {str(root)}
+    positions = range(root.size)
+    terms = local_terms(space, depth)
+    kinds = {"leaf": lambda n: terms if not n.children else [],
+             "wrap": lambda n: [Node(u, (n,)) for u in space.raw["unary"]]}
+    for move in moves:
+        for i, sub in zip(positions, _subtrees(root)):
+            for new_sub in kinds[move](sub):
+                new = _replace_at(root, i, lambda _old, t=new_sub: t)
+                text = str(new)
+                if text in seen or new.depth > lim["max_depth"] or new.size > lim["max_size"] \
+                        or not space.allows(new):
+                    continue
+                seen.add(text)
+                out.append(text)
+    return out
