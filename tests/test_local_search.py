@@ -10,6 +10,7 @@ from prunerzero.metric.known import KNOWN_METRICS
 from prunerzero.metric.simplify import simplify
 from prunerzero.search.engine import Search, read_evaluations
 from prunerzero.search.space import validate
+from prunerzero.search.table import equations, format_table, local_counts
 from prunerzero.search.toolbox import local_terms, neighbours
 
 GBLM = "mul(add(G, sqrt(X)), abs(W))"               # GBLM as the GPU search's generation 0 wrote it
@@ -150,3 +151,18 @@ def test_gp_local_defaults():
     assert validate({"gp": {"local": {}}}).gp["local"] == {"top": 1, "depth": 2, "moves": ["leaf", "wrap"],
                                                           "max": 200}
     assert validate({}).gp["local"] is None
+
+
+def test_table_says_which_rows_the_local_search_found(tmp_path):
+    Search(space(generations=1, local={"moves": ["leaf"], "max": 1000}), tmp_path, Planted(), progress=False).run()
+    df = equations(tmp_path, top=None)
+    assert df.iloc[0]["formula"] == FIND and df.iloc[0]["found_by"] == "local"
+    assert set(df["found_by"]) == {"local", "gp"}
+    counts = local_counts(tmp_path)
+    assert counts["expanded"] == 2 and counts["evaluated"] <= counts["candidates"]
+    assert counts["candidates"] == sum(1 for r in read_evaluations(tmp_path) if r.get("origin"))
+    assert f"local search: {counts['candidates']} of the candidates were neighbours of 2 expanded" \
+        in format_table(tmp_path)
+    plain = tmp_path / "plain"
+    Search(space(generations=1), plain, Planted(), progress=False).run()
+    assert "found_by" not in equations(plain).columns and "local search" not in format_table(plain)

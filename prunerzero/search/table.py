@@ -35,9 +35,12 @@ def equations(run_dir, top: int | None = 10) -> pd.DataFrame:
         recs = [r for r in recs if r.get("score") is not None and r.get("fidelity") is None]
     if not recs:
         return pd.DataFrame(columns=COLUMNS)
+    local = any(r.get("origin") for r in recs)   # a run with a local search (gp.local) says where rows came from
     rows = []
     for r in recs:
         row = dict(r, rank=r["score"] if scored else fitness_value(r))
+        if local:
+            row["found_by"] = "local" if r.get("origin") else "gp"
         labels = list(r.get("ppls") or {})
         for label in labels:
             row[_short(label, labels)] = r["ppls"][label]
@@ -54,15 +57,23 @@ def equations(run_dir, top: int | None = 10) -> pd.DataFrame:
 
 def shown_columns(df: pd.DataFrame) -> list[str]:
     parts = [c for c in df.columns if c.startswith("ppl[")]
+    found = ["found_by"] if "found_by" in df.columns else []     # a search with a local search
     if "score" not in df.columns:
-        return COLUMNS
+        return COLUMNS + found
     gene = ["allocation"] if "allocation" in df.columns else []   # a search that evolves the allocation too
-    return ["formula", "simplified"] + gene + ["size", "score"] + parts + ["generation"]
+    return ["formula", "simplified"] + gene + ["size", "score"] + parts + ["generation"] + found
 
 
 def cache_counts(run_dir) -> dict[str, int]:
     counts = Counter(r["hit"] for r in read_evaluations(run_dir))
     return {k: counts.get(k, 0) for k in ("eval", "mask", "key", "text", "error")}
+
+
+def local_counts(run_dir) -> dict[str, int]:
+    """The local search's share of a run (records with ``origin``): formulas expanded, candidates, evaluated."""
+    recs = [r for r in read_evaluations(run_dir) if r.get("origin")]
+    return {"expanded": len({r["origin"] for r in recs}), "candidates": len(recs),
+            "evaluated": sum(r["hit"] == "eval" for r in recs)}
 
 
 SCORE_LINES = {
@@ -93,6 +104,10 @@ def format_table(run_dir, top: int = 10) -> str:
     tail = (f"{total} candidates: {counts['eval']} evaluated, {saved} answered by caches "
             f"(text {counts['text']}, canonical key {counts['key']}, mask fingerprint {counts['mask']}), "
             f"{counts['error']} refused")
+    local = local_counts(run_dir)
+    if local["expanded"]:
+        tail += (f"\nlocal search: {local['candidates']} of the candidates were neighbours of {local['expanded']} "
+                 f"expanded formula(s), {local['evaluated']} of them evaluated")
     if "score" in df.columns:
         tail = SCORE_LINES[_combine(run_dir)] + "; lower is better; full-fidelity scores only\n" + tail
     return body + "\n" + tail
