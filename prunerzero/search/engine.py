@@ -10,7 +10,8 @@ A record of a scored run (evaluator results with per-part ``ppls``) holds, besid
 mean), ``score`` (``combine_scores`` against the reference), ``fitness`` (what selection minimises: the score plus
 ``FIDELITY_GAP`` per fidelity level not reached), ``fidelity`` (windows the score is on; null = all), ``level``
 (index into ``fitness.fidelity.windows``), ``stages`` (multi-fidelity: one entry per fidelity scored, with its
-windows, ppls, per-part mask fingerprints ``parts``, score, hit, seconds) or ``parts`` (one fidelity). Records
+windows, ppls, per-part mask fingerprints ``parts``, score, hit, seconds) or ``parts`` (one fidelity), and
+``origin`` (``local:<key>``) when the local search (``gp.local``) proposed it as a neighbour of that key. Records
 of older runs (``ppl`` only) still read and show; such runs cannot be resumed by this version.
 """
 from __future__ import annotations
@@ -200,6 +201,9 @@ class Search:
       seed(s) only, each against the reference at the same seeds; the full level is every window and every seed
       (the key audit, which compares first-level masks, then compares the first seed's);
       A ``fitness.fidelity.audit`` fraction is scored at every level for the record only (benchmarks/fidelity.py);
+    * local search (``gp.local``): after each generation's evaluation, ``_local`` evaluates the neighbourhood of the
+      best full-fidelity candidate(s) not expanded before (``toolbox.neighbours``) and lets the best neighbours
+      replace the population's worst;
     * evaluators that return no ``ppls`` (one plain perplexity) are ranked by ``ppl`` as before.
     """
 
