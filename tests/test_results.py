@@ -426,6 +426,28 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     generated = sorted(below_reference("search-cpu-wxg2", seeds).values())
     assert len(generated) == 3 and -0.003 < generated[0] and f"{generated[0]:.4f}".replace("-", "−") in readme
     confirmed("cpu-wxg2", "found-wxg2", "mul(add(G, X), sqr(W))", ("within spread", "within spread"))
+    # with a local search (cpu-wxg3): generation 0 and the GBLM seed's whole leaf neighbourhood in the budget; the
+    # neighbourhood holds the GPU search's formula (distributed), which the one-seed first rung cut: seed 0 is its
+    # weak seed (worse than Wanda at 2:4 there, better with seeds 1 and 2)
+    wxg3 = json.loads((RESULTS / "search-cpu-wxg3" / "summary.json").read_text())
+    assert wxg3["generations_done"] == 0 and wxg3["wall_seconds"] < 3600 and wxg3["evaluations"] == 300
+    assert wxg3["counts"]["eval"] == 173 and "173 evaluated" in readme and wxg3["counts"]["key_audit"]["mismatch"] == 0
+    assert wxg3["references"]["2"] == summary["references"]["2"] and rank_key(wxg3["best"]["formula"]) in seeds
+    log3 = read_evaluations(RESULTS / "search-cpu-wxg3")
+    local = [r for r in log3 if r.get("origin")]
+    assert {r["origin"] for r in local} == {"local:" + simplify(wxg3["best"]["formula"]).key} and len(local) == 276
+    find = [r for r in local if r["formula"] == "add(mul(abs(log(X)), abs(W)), mul(abs(W), sqrt(X)))"]
+    assert len(find) == 1 and len(find[0]["stages"]) == 1 and f"{find[0]['stages'][0]['score']:+.4f}" == "+0.0441"
+    first_rung = sorted(r["stages"][0]["score"] for r in local if r.get("stages") and not r.get("audit"))
+    promoted = math.ceil(0.3 * len(first_rung))
+    assert (len(first_rung), promoted, first_rung.index(find[0]["stages"][0]["score"]) + 1) == (167, 51, 57)
+    assert f"57th of the 167" in readme and "+0.0441" in readme
+    for seed, better in ((0, False), (1, True), (2, True)):
+        part = f"smollm2|seed{seed}|2of4"
+        assert (gpu["ppls"][part] < summary["references"]["2"][part]) == better
+    generated = sorted(below_reference("search-cpu-wxg3", seeds).values())
+    assert generated[0] == pytest.approx(-0.0025, abs=5e-5) and all(g > -0.003 for g in generated)
+    confirmed("cpu-wxg3", "found-wxg3", "add(mul(sqr(W), abs(W)), mul(abs(W), sqrt(X)))", ("within spread", "within spread"))
     # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
     gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
     assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4
