@@ -61,6 +61,16 @@ def test_local_terms_add_the_magnitude_of_terms_that_can_be_negative():
                                                           "mul(X, W)", "mul(X, X)"]
 
 
+def test_local_terms_without_binary_operations():
+    sp = space()
+    unary = [str(t) for t in local_terms(sp, 2, binary=False)]
+    assert unary == [str(t) for t in local_terms(sp, 2) if t.op not in ("add", "mul", "div")
+                     and not (t.op == "abs" and t.children[0].op in ("add", "mul", "div"))]
+    assert "abs(log(X))" in unary and len(unary) == 3 + 21 + 6
+    hood = neighbours(GBLM_SEED, sp, 2, ["leaf"], binary=False)
+    assert FIND in hood and set(hood) < set(neighbours(GBLM_SEED, sp, 2, ["leaf"]))
+
+
 def test_wrap_neighbourhood_and_limits():
     sp = space()
     wraps = neighbours("mul(log(X), abs(W))", sp, 2, ["wrap"])
@@ -141,6 +151,7 @@ def test_local_search_run_is_deterministic_and_resumes_identically(tmp_path):
     ({"max": 0}, "gp.local.max"),
     ({"moves": ["leaf", "swap"]}, "gp.local.moves must list leaf and/or wrap"),
     ({"moves": []}, "gp.local.moves must list leaf and/or wrap"),
+    ({"binary": "no"}, "gp.local.binary must be true or false"),
 ])
 def test_gp_local_is_validated(local, msg):
     with pytest.raises(UserError, match=msg):
@@ -149,7 +160,7 @@ def test_gp_local_is_validated(local, msg):
 
 def test_gp_local_defaults():
     assert validate({"gp": {"local": {}}}).gp["local"] == {"top": 1, "depth": 2, "moves": ["leaf", "wrap"],
-                                                          "max": 200}
+                                                          "max": 200, "binary": True}
     assert validate({}).gp["local"] is None
 
 

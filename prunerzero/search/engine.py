@@ -503,7 +503,7 @@ class Search:
             self.expanded.append(rec["key"])
             slug = rec.get("allocation")
             texts = [join_candidate(t, slug) for t in neighbours(rec["formula"], self.space, cfg["depth"],
-                                                                 cfg["moves"])]
+                                                                 cfg["moves"], cfg["binary"])]
             texts = [t for t in texts if t not in self.by_text]
             if len(texts) > cfg["max"]:
                 keep = set(sorted(texts, key=lambda t: hashlib.sha1(f"local:{seed}:{t}".encode()).digest())

@@ -52,8 +52,9 @@ DEFAULTS = {
 
 # gp.local: expand the best ``top`` not-yet-expanded full-fidelity candidates per generation; neighbourhood moves
 # (toolbox.neighbours): ``leaf`` replaces a leaf by a term of depth <= ``depth``, ``wrap`` wraps a subtree in a unary
-# operation; at most ``max`` neighbours per expanded candidate
-LOCAL_DEFAULTS = {"top": 1, "depth": 2, "moves": ["leaf", "wrap"], "max": 200}
+# operation; at most ``max`` neighbours per expanded candidate; ``binary: false`` leaves binary operations out of the
+# depth-2 terms (a smaller neighbourhood)
+LOCAL_DEFAULTS = {"top": 1, "depth": 2, "moves": ["leaf", "wrap"], "max": 200, "binary": True}
 
 
 def _check_local(raw) -> dict | None:
@@ -74,6 +75,8 @@ def _check_local(raw) -> dict | None:
     if not isinstance(moves, list) or not moves or any(m not in ("leaf", "wrap") for m in moves) \
             or len(set(moves)) < len(moves):
         raise UserError("gp.local.moves must list leaf and/or wrap, each once")
+    if not isinstance(cfg["binary"], bool):
+        raise UserError("gp.local.binary must be true or false")
     return cfg
 
 

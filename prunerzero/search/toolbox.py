@@ -164,16 +164,17 @@ def _gene_variation(tb: base.Toolbox, pool: Genes) -> None:
     tb.register("mutate", mutate)
 
 
-def local_terms(space: SearchSpace, depth: int) -> list[Node]:
+def local_terms(space: SearchSpace, depth: int, binary: bool = True) -> list[Node]:
     """The terms a leaf may become in the local search, in a fixed order: the space's terminals (``depth`` 1);
-    with ``depth`` 2 also each operation over terminals (unary, then binary, in the space's order), each followed
+    with ``depth`` 2 also each operation over terminals (unary, then, with ``binary``, binary operations, in the
+    space's order), each followed
     by its magnitude |t| where it can be negative (``is_nonneg``) and ``abs`` is in the space: a score term acts
     as a magnitude, so log X (negative below 1) comes with |log X|."""
     leaves = [Node(t) for t in space.raw["terminals"]]
     out = list(leaves)
     if depth >= 2:
         ops = [Node(u, (t,)) for u in space.raw["unary"] for t in leaves]
-        ops += [Node(b, (s, t)) for b in space.raw["binary"] for s in leaves for t in leaves]
+        ops += [Node(b, (s, t)) for b in (space.raw["binary"] if binary else []) for s in leaves for t in leaves]
         for term in ops:
             out.append(term)
             if "abs" in space.raw["unary"] and not is_nonneg(term):
@@ -201,11 +202,11 @@ def _replace_at(node: Node, index: int, fn) -> Node:
 LOCAL_MOVES = ("leaf", "wrap")
 
 
-def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOVES) -> list[str]:
+def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOVES, binary: bool = True) -> list[str]:
     """The local-search neighbourhood of a formula (``gp.local``), in a fixed order (no RNG: a formula always
     has the same neighbourhood):
 
-    * ``leaf``: one leaf (a terminal occurrence) replaced by one term of ``local_terms(space, depth)``, so
+    * ``leaf``: one leaf (a terminal occurrence) replaced by one term of ``local_terms(space, depth, binary)``, so
       |W|·(G + √X) has |W|·(|log X| + √X) among its neighbours;
     * ``wrap``: one subtree wrapped in one unary operation of the space (|W|·(log X + √X) ->
       |W|·(|log X| + √X)).
@@ -216,7 +217,7 @@ def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOV
     lim = space.raw["limits"]
     out, seen = [], {str(root)}
     positions = range(root.size)
-    terms = local_terms(space, depth)
+    terms = local_terms(space, depth, binary)
     kinds = {"leaf": lambda n: terms if not n.children else [],
              "wrap": lambda n: [Node(u, (n,)) for u in space.raw["unary"]]}
     for move in moves:
