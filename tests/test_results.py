@@ -300,13 +300,13 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     for pattern in ("0.5", "2:4"):
         assert fmt(ppl("found-margin-wx", pattern)) in readme
         assert verdict(ppl("found-margin-wx", pattern), ppl("wanda", pattern)) == "within spread"
-    def confirmed(name, method, best, verdicts):
-        """The 3-seed selection over results/search-<name> chose ``best`` (better than Wanda at no pattern on
-        validation), and on test (confirm-<name>) ``method`` has ``verdicts`` at 50% and 2:4, its figures in the
-        README; ``ppl`` then reads that confirmation's rows."""
+    def confirmed(name, method, best, verdicts, beats=False):
+        """The 3-seed selection over results/search-<name> chose ``best`` (better than Wanda at both patterns on
+        validation: ``beats``), and on test (confirm-<name>) ``method`` has ``verdicts`` at 50% and 2:4, its
+        figures in the README; ``ppl`` then reads that confirmation's rows."""
         nonlocal rows
         chosen = json.loads((RESULTS / f"selection-{name}.json").read_text())
-        assert chosen["chosen"]["formula"] == best and not chosen["beats_reference"]
+        assert chosen["chosen"]["formula"] == best and bool(chosen["beats_reference"]) == beats
         _, rows, _ = grid_rows(f"confirm-{name}")
         for pattern, v in zip(("0.5", "2:4"), verdicts):
             assert fmt(ppl(method, pattern)) in readme
@@ -448,6 +448,20 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     generated = sorted(below_reference("search-cpu-wxg3", seeds).values())
     assert generated[0] == pytest.approx(-0.0025, abs=5e-5) and all(g > -0.003 for g in generated)
     confirmed("cpu-wxg3", "found-wxg3", "add(mul(sqr(W), abs(W)), mul(abs(W), sqrt(X)))", ("within spread", "within spread"))
+    # every rung over all three seeds (cpu-wxg4): the same local search carries that formula to first place, with
+    # the score the factored form has under this fitness; it was near the top of the first rung, not 57th
+    wxg4 = json.loads((RESULTS / "search-cpu-wxg4" / "summary.json").read_text())
+    assert wxg4["generations_done"] == 0 and wxg4["wall_seconds"] < 3600 and wxg4["evaluations"] == 132
+    assert wxg4["counts"]["eval"] == 99 and "99 evaluated" in readme and wxg4["counts"]["key_audit"]["mismatch"] == 0
+    assert wxg4["references"]["2"] == summary["references"]["2"]
+    assert wxg4["best"]["formula"] == find[0]["formula"] and f"{wxg4['best']['score']:.4f}" == "-0.0169"
+    assert wxg4["best"]["score"] == pytest.approx(gpu["score"], abs=2e-4)   # rounding apart, the factored form's
+    log4 = read_evaluations(RESULTS / "search-cpu-wxg4")
+    first_rung = sorted((r["stages"][0]["score"], r["formula"]) for r in log4
+                        if r.get("origin") and r.get("stages") and not r.get("audit"))
+    assert len(first_rung) == 87 and [f for _, f in first_rung].index(find[0]["formula"]) == 1
+    assert "2nd of the 87" in readme
+    confirmed("cpu-wxg4", "found-wxg4", find[0]["formula"], ("better", "better"), beats=True)
     # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
     gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
     assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4
