@@ -54,7 +54,8 @@ DEFAULTS = {
 # (toolbox.neighbours): ``leaf`` replaces a leaf by a term of depth <= ``depth``, ``wrap`` wraps a subtree in a unary
 # operation; at most ``max`` neighbours per expanded candidate; ``binary: false`` leaves binary operations out of the
 # depth-2 terms (a smaller neighbourhood)
-LOCAL_DEFAULTS = {"top": 1, "depth": 2, "moves": ["leaf", "wrap"], "max": 200, "binary": True}
+LOCAL_MOVES = ("leaf", "wrap")
+LOCAL_DEFAULTS = {"top": 1, "depth": 2, "moves": list(LOCAL_MOVES), "max": 200, "binary": True}
 
 
 def _check_local(raw) -> dict | None:
@@ -72,7 +73,7 @@ def _check_local(raw) -> dict | None:
     if checks.integer(cfg["depth"], "gp.local.depth", 1) > 2:
         raise UserError("gp.local.depth must be 1 (terminals) or 2 (one operation over terminals)")
     moves = cfg["moves"]
-    if not isinstance(moves, list) or not moves or any(m not in ("leaf", "wrap") for m in moves) \
+    if not isinstance(moves, list) or not moves or any(m not in LOCAL_MOVES for m in moves) \
             or len(set(moves)) < len(moves):
         raise UserError("gp.local.moves must list leaf and/or wrap, each once")
     if not isinstance(cfg["binary"], bool):

@@ -13,7 +13,7 @@ from ..metric.expr import Node, parse
 from ..metric.ops import OPS
 from ..metric.simplify import is_nonneg
 from .genes import Genes, join_candidate, split_candidate
-from .space import SearchSpace
+from .space import LOCAL_MOVES, SearchSpace
 
 if not hasattr(creator, "PZFitness"):
     creator.create("PZFitness", base.Fitness, weights=(-1.0,))          # lower perplexity is better
@@ -167,9 +167,8 @@ def _gene_variation(tb: base.Toolbox, pool: Genes) -> None:
 def local_terms(space: SearchSpace, depth: int, binary: bool = True) -> list[Node]:
     """The terms a leaf may become in the local search, in a fixed order: the space's terminals (``depth`` 1);
     with ``depth`` 2 also each operation over terminals (unary, then, with ``binary``, binary operations, in the
-    space's order), each followed
-    by its magnitude |t| where it can be negative (``is_nonneg``) and ``abs`` is in the space: a score term acts
-    as a magnitude, so log X (negative below 1) comes with |log X|."""
+    space's order), each followed by its magnitude |t| where it can be negative (``is_nonneg``) and ``abs`` is in
+    the space: a score term acts as a magnitude, so log X (negative below 1) comes with |log X|."""
     leaves = [Node(t) for t in space.raw["terminals"]]
     out = list(leaves)
     if depth >= 2:
@@ -182,24 +181,17 @@ def local_terms(space: SearchSpace, depth: int, binary: bool = True) -> list[Nod
     return out
 
 
-def _subtrees(node: Node) -> list[Node]:
-    return list(node.walk())
-
-
-def _replace_at(node: Node, index: int, fn) -> Node:
-    """``node`` with its ``index``-th subtree (prefix order, as ``Node.walk``) replaced by ``fn(subtree)``."""
+def _replace_at(node: Node, index: int, new: Node) -> Node:
+    """``node`` with its ``index``-th subtree (prefix order, as ``Node.walk``) replaced by ``new``."""
     if index == 0:
-        return fn(node)
+        return new
     index -= 1
     kids = []
     for c in node.children:
         size = c.size
-        kids.append(_replace_at(c, index, fn) if 0 <= index < size else c)
+        kids.append(_replace_at(c, index, new) if 0 <= index < size else c)
         index -= size
     return Node(node.op, tuple(kids))
-
-
-LOCAL_MOVES = ("leaf", "wrap")
 
 
 def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOVES, binary: bool = True) -> list[str]:
@@ -216,14 +208,13 @@ def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOV
     root = parse(formula)
     lim = space.raw["limits"]
     out, seen = [], {str(root)}
-    positions = range(root.size)
     terms = local_terms(space, depth, binary)
     kinds = {"leaf": lambda n: terms if not n.children else [],
              "wrap": lambda n: [Node(u, (n,)) for u in space.raw["unary"]]}
     for move in moves:
-        for i, sub in zip(positions, _subtrees(root)):
+        for i, sub in enumerate(root.walk()):
             for new_sub in kinds[move](sub):
-                new = _replace_at(root, i, lambda _old, t=new_sub: t)
+                new = _replace_at(root, i, new_sub)
                 text = str(new)
                 if text in seen or new.depth > lim["max_depth"] or new.size > lim["max_size"] \
                         or not space.allows(new):
