@@ -457,6 +457,12 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert wxg4["best"]["formula"] == find[0]["formula"] and f"{wxg4['best']['score']:.4f}" == "-0.0169"
     assert wxg4["best"]["score"] == pytest.approx(gpu["score"], abs=2e-4)   # rounding apart, the factored form's
     log4 = read_evaluations(RESULTS / "search-cpu-wxg4")
+    notes = (RESULTS / "README.md").read_text()
+    for log, line in ((log3, "276 neighbours, 109 answered by key, 8 by mask fingerprint, 159 evaluated"),
+                      (log4, "116 neighbours, 29 answered by key, 1 by mask fingerprint, 86 evaluated")):
+        hits = [r["hit"] for r in log if r.get("origin")]
+        assert line == (f"{len(hits)} neighbours, {hits.count('key')} answered by key, {hits.count('mask')} by mask "
+                        f"fingerprint, {hits.count('eval')} evaluated") and line in " ".join(notes.split())
     first_rung = sorted((r["stages"][0]["score"], r["formula"]) for r in log4
                         if r.get("origin") and r.get("stages") and not r.get("audit"))
     assert len(first_rung) == 87 and [f for _, f in first_rung].index(find[0]["formula"]) == 1
