@@ -453,6 +453,11 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     wxg4 = json.loads((RESULTS / "search-cpu-wxg4" / "summary.json").read_text())
     assert wxg4["generations_done"] == 0 and wxg4["wall_seconds"] < 3600 and wxg4["evaluations"] == 132
     assert wxg4["counts"]["eval"] == 99 and "99 evaluated" in readme and wxg4["counts"]["key_audit"]["mismatch"] == 0
+    for run, summ, gens, total in (("search-cpu-wxg3", wxg3, 45, 48), ("search-cpu-wxg4", wxg4, 52, 55)):
+        ref_seconds = sum(lv["seconds"] for lv in
+                          json.loads((RESULTS / run / "references.json").read_text())["levels"].values())
+        assert (round(summ["wall_seconds"] / 60), round((summ["wall_seconds"] + ref_seconds) / 60)) == (gens, total)
+        assert total < 60 and f"{total} with the reference's" in " ".join(readme.split())
     assert wxg4["references"]["2"] == summary["references"]["2"]
     assert wxg4["best"]["formula"] == find[0]["formula"] and f"{wxg4['best']['score']:.4f}" == "-0.0169"
     assert wxg4["best"]["score"] == pytest.approx(gpu["score"], abs=2e-4)   # rounding apart, the factored form's
