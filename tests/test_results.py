@@ -473,6 +473,15 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert len(first_rung) == 87 and [f for _, f in first_rung].index(find[0]["formula"]) == 1
     assert "2nd of the 87" in readme
     confirmed("cpu-wxg4", "found-wxg4", find[0]["formula"], ("better", "better"), beats=True)
+    # search_spaces/cpu.yaml is that configuration (session 26): with --device cpu it differs from the run's recorded
+    # space only in name and description, so `prunerzero search --space cpu` with gp.seed 0 is this run
+    from prunerzero.search.space import load_space
+
+    default = dict(load_space("cpu").raw, name="cpu-wxg4")
+    default["fitness"] = dict(default["fitness"], device="cpu")
+    recorded = json.loads((RESULTS / "search-cpu-wxg4" / "config.json").read_text())["space"]
+    assert {k: v for k, v in default.items() if k != "description"} == \
+        {k: v for k, v in recorded.items() if k != "description"}
     # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
     gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
     assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4
