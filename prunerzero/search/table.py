@@ -27,9 +27,14 @@ def _short(label: str, labels: list[str]) -> str:
     return f"ppl[{PurePath(model).name or model}|{setting}]"
 
 
-def equations(run_dir, top: int | None = 10) -> pd.DataFrame:
+def _records(run_dir, records: list[dict] | None) -> list[dict]:
+    """A run's log records: ``records`` when the caller already read them (one read for a whole table)."""
+    return read_evaluations(run_dir) if records is None else records
+
+
+def equations(run_dir, top: int | None = 10, records: list[dict] | None = None) -> pd.DataFrame:
     """Best distinct formulas (one row per canonical ranking key), best fitness first."""
-    recs = [r for r in read_evaluations(run_dir) if r["hit"] != "error"]
+    recs = [r for r in _records(run_dir, records) if r["hit"] != "error"]
     scored = any(r.get("score") is not None for r in recs)
     if scored:   # only full-fidelity scores rank
         recs = [r for r in recs if r.get("score") is not None and r.get("fidelity") is None]
@@ -64,14 +69,14 @@ def shown_columns(df: pd.DataFrame) -> list[str]:
     return ["formula", "simplified"] + gene + ["size", "score"] + parts + ["generation"] + found
 
 
-def cache_counts(run_dir) -> dict[str, int]:
-    counts = Counter(r["hit"] for r in read_evaluations(run_dir))
+def cache_counts(run_dir, records: list[dict] | None = None) -> dict[str, int]:
+    counts = Counter(r["hit"] for r in _records(run_dir, records))
     return {k: counts.get(k, 0) for k in ("eval", "mask", "key", "text", "error")}
 
 
-def local_counts(run_dir) -> dict[str, int]:
+def local_counts(run_dir, records: list[dict] | None = None) -> dict[str, int]:
     """The local search's share of a run (records with ``origin``): formulas expanded, candidates, evaluated."""
-    recs = [r for r in read_evaluations(run_dir) if r.get("origin")]
+    recs = [r for r in _records(run_dir, records) if r.get("origin")]
     return {"expanded": len({r["origin"] for r in recs}), "candidates": len(recs),
             "evaluated": sum(r["hit"] == "eval" for r in recs)}
 
@@ -94,17 +99,18 @@ def _combine(run_dir) -> str:
 
 
 def format_table(run_dir, top: int = 10) -> str:
-    df = equations(run_dir, top)
+    records = read_evaluations(run_dir)   # read once for the table and both counts
+    df = equations(run_dir, top, records)
     with pd.option_context("display.max_colwidth", 70, "display.width", 250):
         cols = shown_columns(df) if len(df) else COLUMNS
         body = df[cols].to_string(float_format=lambda v: f"{v:.4f}" if abs(v) < 10 else f"{v:.3f}")
-    counts = cache_counts(run_dir)
+    counts = cache_counts(run_dir, records)
     total = sum(counts.values())
     saved = total - counts["eval"] - counts["error"]
     tail = (f"{total} candidates: {counts['eval']} evaluated, {saved} answered by caches "
             f"(text {counts['text']}, canonical key {counts['key']}, mask fingerprint {counts['mask']}), "
             f"{counts['error']} refused")
-    local = local_counts(run_dir)
+    local = local_counts(run_dir, records)
     if local["expanded"]:
         tail += (f"\nlocal search: {local['candidates']} of the candidates were neighbours of {local['expanded']} "
                  f"expanded formula(s), {local['evaluated']} of them evaluated")
