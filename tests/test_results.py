@@ -473,6 +473,16 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert len(first_rung) == 87 and [f for _, f in first_rung].index(find[0]["formula"]) == 1
     assert "2nd of the 87" in readme
     confirmed("cpu-wxg4", "found-wxg4", find[0]["formula"], ("better", "better"), beats=True)
+    # five calibration seeds instead of three (seeds 3 and 4 added after the verdict, to check it): still better at
+    # both patterns, and lower than Wanda on every one of the ten seed x pattern pairs
+    _, rows5, _ = grid_rows("confirm-cpu-wxg4-5seeds")
+    for pattern in ("0.5", "2:4"):
+        mine, ref = ([rows5[(m, "sequential", pattern, s)]["ppl"]["wikitext2"] for s in range(5)]
+                     for m in ("found-wxg4", "wanda"))
+        assert [rows5[(m, "sequential", pattern, s)] == rows[(m, "sequential", pattern, s)]
+                for m in ("found-wxg4", "wanda") for s in (0, 1, 2)] == [True] * 6   # confirm-cpu-wxg4's rows
+        assert verdict(mine, ref) == "better" and all(a < b for a, b in zip(mine, ref))
+        assert fmt(mine) in readme and fmt(ref) in readme
     # search_spaces/cpu.yaml is that configuration (session 26): with --device cpu it differs from the run's recorded
     # space only in name and description, so `prunerzero search --space cpu` with gp.seed 0 is this run
     from prunerzero.search.space import load_space
