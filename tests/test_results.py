@@ -492,6 +492,30 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     recorded = json.loads((RESULTS / "search-cpu-wxg4" / "config.json").read_text())["space"]
     assert {k: v for k, v in default.items() if k != "description"} == \
         {k: v for k, v in recorded.items() if k != "description"}
+    # gp.seed 1 (search-cpu-seed1: `--space cpu --seed 1`, statistics recomputed on another CPU): other random
+    # individuals in generation 0, the same expansion of GBLM and the same three best with the same scores
+    s1 = json.loads((RESULTS / "search-cpu-seed1" / "summary.json").read_text())
+    space1 = json.loads((RESULTS / "search-cpu-seed1" / "config.json").read_text())["space"]
+    assert space1["name"] == "cpu" and space1["gp"] == dict(recorded["gp"], seed=1)
+    assert {k: v for k, v in space1.items() if k not in ("gp", "description")} == \
+        {k: v for k, v in default.items() if k not in ("gp", "description", "name")} | {"name": "cpu"}
+    log1 = read_evaluations(RESULTS / "search-cpu-seed1")
+    gen0 = [{r["formula"] for r in log if not r.get("origin")} for log in (log1, log4)]
+    assert len(gen0[0]) == len(gen0[1]) == 16 and len(gen0[0] & gen0[1]) == 4            # the four seed formulas
+    assert sorted(r["formula"] for r in log1 if r.get("origin")) == sorted(r["formula"] for r in log4 if r.get("origin"))
+    rung1 = sorted((r["stages"][0]["score"], r["formula"]) for r in log1
+                   if r.get("origin") and r.get("stages") and not r.get("audit"))
+    assert len(rung1) == 87 and [f for _, f in rung1].index(find[0]["formula"]) == 1
+    assert [h["formula"] for h in s1["hall_of_fame"][:3]] == [h["formula"] for h in wxg4["hall_of_fame"][:3]]
+    assert all(a["score"] == pytest.approx(b["score"], abs=1e-4)
+               for a, b in zip(s1["hall_of_fame"][:3], wxg4["hall_of_fame"][:3]))
+    assert max(abs(v / wxg4["references"]["2"][k] - 1) for k, v in s1["references"]["2"].items()) < 3.3e-5
+    assert (s1["generations_done"], s1["evaluations"], s1["counts"]["eval"], s1["counts"]["key_audit"]["mismatch"]) \
+        == (0, 132, 99, 0)
+    ref1 = sum(lv["seconds"] for lv in
+               json.loads((RESULTS / "search-cpu-seed1" / "references.json").read_text())["levels"].values())
+    assert (round(s1["wall_seconds"] / 60), round((s1["wall_seconds"] + ref1) / 60)) == (59, 65)
+    assert "59 minutes of\ngenerations and 65 with the reference's measurement" in readme
     # the GPU search's lineage: log(X) in 4 of 661 candidates; a worse GBLM-shaped intermediate, then the winner
     gpu_log = read_evaluations(RESULTS / "search-gpu-prunerzero")
     assert len(gpu_log) == 661 and sum("log(X)" in r["formula"] for r in gpu_log) == 4

@@ -64,4 +64,14 @@ def test_two_ray_workers_log_what_one_process_logs(tiny_model_dir, tmp_path, mon
         full = [r for r in one if r.get("level") == 1 and r["hit"] == "eval"]
         assert full and all(len(r["ppls"]) == parts for r in full)
     assert one == two
-    assert list((cache / "two").rglob("*.safetensors"))  # statistics computed by the one-off Ray task
+    # the statistics, computed by one-off Ray tasks (one per calibration seed, in parallel): the same cache
+    # entries, with the same tensors, as the one process computed
+    from safetensors.torch import load_file
+
+    stats = {p.name: p for p in (cache / "one").rglob("*.safetensors") if p.parent.name == "stats"}
+    assert stats
+    for path in (cache / "two").rglob("*.safetensors"):
+        if path.parent.name == "stats":
+            mine, theirs = load_file(str(path)), load_file(str(stats.pop(path.name)))
+            assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not stats

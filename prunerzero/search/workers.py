@@ -78,13 +78,20 @@ def _stats_for(lm, fitness: dict, terminals: list[str], data_dir, cache, progres
                           need_hessian=bool(updates & {"lsq", "admm"}))
 
 
-def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=None, progress: bool = False) -> None:
-    """Compute the one-shot statistics a space needs (every fitness model's) into the on-disk cache, then drop
-    the models."""
-    for name in fitness_models(fitness):
+def stats_parts(fitness: dict) -> list[tuple[str, int]]:
+    """The (model, calibration seed) pairs whose one-shot statistics a space needs, one cache entry each."""
+    return [(name, seed) for name in fitness_models(fitness) for seed in fitness_seeds(fitness)]
+
+
+def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=None, progress: bool = False,
+                     parts: list[tuple[str, int]] | None = None) -> None:
+    """Compute the one-shot statistics a space needs (every fitness model's, or only ``parts``: (model, seed)
+    pairs) into the on-disk cache, then drop the models."""
+    todo = stats_parts(fitness) if parts is None else [tuple(p) for p in parts]
+    for name in dict.fromkeys(name for name, _ in todo):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
                         seqlen=fitness["seqlen"], bos=fitness_bos(fitness, name))
-        for seed in fitness_seeds(fitness):
+        for seed in (seed for model, seed in todo if model == name):
             _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed)
         del lm
 
@@ -140,10 +147,16 @@ class RayPool:
         gpus = 1 if fitness.get("device") != "cpu" else 0
         if not ray.is_initialized():
             ray.init()
-        # statistics into the disk cache in a process of its own that exits afterwards (max_calls=1): the driver
-        # neither loads the model nor keeps GPU memory while the workers evaluate
+        # statistics into the disk cache, one task per (model, seed) and at most `workers` at once, each in a
+        # process of its own that exits afterwards (max_calls=1): the driver neither loads the model nor keeps GPU
+        # memory while the workers evaluate, and a space with several seeds or models fills them in parallel
         fill = ray.remote(num_gpus=gpus, max_calls=1)(fill_stats_cache)
-        ray.get(fill.remote(fitness, terminals, data_dir, cache))
+        pending, running = stats_parts(fitness), []
+        while pending or running:
+            while pending and len(running) < workers:
+                running.append(fill.remote(fitness, terminals, data_dir, cache, parts=[pending.pop(0)]))
+            done, running = ray.wait(running, num_returns=1)
+            ray.get(done)
 
         @ray.remote(num_gpus=gpus)
         class Worker:
