@@ -134,6 +134,27 @@ class InProcess:
             self.evaluator.learn(part_records(r))
 
 
+def ray_gpus(fitness: dict) -> int:
+    """GPUs per Ray task or actor: one, unless the space runs on the CPU."""
+    return 0 if fitness.get("device") == "cpu" else 1
+
+
+def ray_fill_stats(fitness: dict, terminals: list[str], workers: int, data_dir=None, cache=None) -> None:
+    """The statistics a space needs into the disk cache with Ray: one task per (model, seed), at most ``workers``
+    at once, each in a process of its own that exits afterwards (max_calls=1), so that the driver neither loads a
+    model nor keeps GPU memory while the workers evaluate, and a space with several seeds or models fills them in
+    parallel (one GPU per task unless ``device: cpu``)."""
+    import ray
+
+    fill = ray.remote(num_gpus=ray_gpus(fitness), max_calls=1)(fill_stats_cache)
+    pending, running = stats_parts(fitness), []
+    while pending or running:
+        while pending and len(running) < workers:
+            running.append(fill.remote(fitness, terminals, data_dir, cache, parts=[pending.pop(0)]))
+        done, running = ray.wait(running, num_returns=1)
+        ray.get(done)
+
+
 class RayPool:
     """``workers`` Ray actors, one GPU each (none with ``device: cpu``); ``pip install 'prunerzero[ray]'``."""
 
@@ -144,19 +165,10 @@ class RayPool:
             from ray.util import ActorPool
         except ImportError:
             raise UserError("--workers needs Ray: pip install 'prunerzero[ray]'") from None
-        gpus = 1 if fitness.get("device") != "cpu" else 0
+        gpus = ray_gpus(fitness)
         if not ray.is_initialized():
             ray.init()
-        # statistics into the disk cache, one task per (model, seed) and at most `workers` at once, each in a
-        # process of its own that exits afterwards (max_calls=1): the driver neither loads the model nor keeps GPU
-        # memory while the workers evaluate, and a space with several seeds or models fills them in parallel
-        fill = ray.remote(num_gpus=gpus, max_calls=1)(fill_stats_cache)
-        pending, running = stats_parts(fitness), []
-        while pending or running:
-            while pending and len(running) < workers:
-                running.append(fill.remote(fitness, terminals, data_dir, cache, parts=[pending.pop(0)]))
-            done, running = ray.wait(running, num_returns=1)
-            ray.get(done)
+        ray_fill_stats(fitness, terminals, workers, data_dir, cache)
 
         @ray.remote(num_gpus=gpus)
         class Worker:
