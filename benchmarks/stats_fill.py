@@ -1,10 +1,11 @@
-"""A multi-seed space's statistics filled by Ray: one task at a time against up to two at once.
+"""A multi-seed space's statistics filled by Ray: one task against two at once.
 
 Before its first generation a search computes the one-shot statistics of every (model, calibration seed) of its
-space; with ``--workers 2`` up to two one-off Ray tasks compute them at once (``ray_fill_stats``). Here the space's
-statistics (``--nsamples`` calibration windows per seed, fewer than the space's to keep it short) are filled into
-two fresh statistics caches, by one task at a time and by two, on a local 2-CPU Ray cluster; the converted model is
-shared, so only the statistics are timed. The cached tensors of both must be identical.
+space; with ``--workers 2`` two one-off Ray tasks compute them at once, each a consecutive half of those parts
+(``ray_fill_stats``). Here the space's statistics (``--nsamples`` calibration windows per seed, fewer than the
+space's to keep it short) are filled into two fresh statistics caches, by one task and by two, on a local 2-CPU Ray
+cluster; the converted model is shared, so only the statistics are timed. The cached tensors of both must be
+identical.
 
     OMP_NUM_THREADS=1 python benchmarks/stats_fill.py --space cpu --nsamples 8 --out results/stats-fill-cpu
     python benchmarks/stats_fill.py --out results/stats-fill-cpu --render-only
@@ -29,12 +30,12 @@ from prunerzero.search.space import load_space, validate
 from prunerzero.search.workers import ray_fill_stats, stats_parts
 
 COLUMNS = [["device", "device", "s"], ["space", "space", "s"], ["(model, seed) parts", "parts", "d"],
-           ["calibration windows", "nsamples", "d"], ["one task at a time s", "one s", ".1f"],
-           ["two at once s", "two s", ".1f"], ["speed-up", "speed-up", ".2f"], ["same tensors", "same", "s"]]
+           ["calibration windows", "nsamples", "d"], ["one task s", "one s", ".1f"],
+           ["two tasks at once s", "two s", ".1f"], ["speed-up", "speed-up", ".2f"], ["same tensors", "same", "s"]]
 DEFAULT_META = {"renderer": "stats_fill", "blocks": [
-    {"text": "# Statistics filled by Ray: one task at a time against two at once\n\nWall time to compute a "
-             "space's one-shot statistics (every model x calibration seed) into a fresh cache on a local 2-CPU "
-             "Ray cluster, one task per (model, seed), by one task at a time and by two at once; the converted "
+    {"text": "# Statistics filled by Ray: one task against two at once\n\nWall time to compute a space's "
+             "one-shot statistics (every model x calibration seed) into a fresh cache on a local 2-CPU Ray "
+             "cluster, by one task and by two at once (each a consecutive half of the parts); the converted "
              "model is shared, the tensors of both caches compared (benchmarks/stats_fill.py)."},
     {"commands": {"bench": "stats_fill"}},
     {"table": {"where": {"bench": "stats_fill"}, "columns": COLUMNS}}]}
@@ -45,7 +46,7 @@ def render(rows: list[dict], meta: dict) -> str:
 
 
 def filled(space, workers: int, data_dir, root: Path) -> float:
-    """Seconds to fill ``root``'s statistics cache with ``workers`` Ray tasks at once (the models linked in)."""
+    """Seconds to fill ``root``'s statistics cache with at most ``workers`` Ray tasks (the models linked in)."""
     root.mkdir()
     (root / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
     start = time.perf_counter()

@@ -87,7 +87,7 @@ def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=N
                      parts: list[tuple[str, int]] | None = None) -> None:
     """Compute the one-shot statistics a space needs (every fitness model's, or only ``parts``: (model, seed)
     pairs) into the on-disk cache, then drop the models."""
-    todo = stats_parts(fitness) if parts is None else [tuple(p) for p in parts]
+    todo = stats_parts(fitness) if parts is None else parts
     for name in dict.fromkeys(name for name, _ in todo):
         lm = load_model(name, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
                         seqlen=fitness["seqlen"], bos=fitness_bos(fitness, name))
@@ -140,19 +140,18 @@ def ray_gpus(fitness: dict) -> int:
 
 
 def ray_fill_stats(fitness: dict, terminals: list[str], workers: int, data_dir=None, cache=None) -> None:
-    """The statistics a space needs into the disk cache with Ray: one task per (model, seed), at most ``workers``
-    at once, each in a process of its own that exits afterwards (max_calls=1), so that the driver neither loads a
-    model nor keeps GPU memory while the workers evaluate, and a space with several seeds or models fills them in
-    parallel (one GPU per task unless ``device: cpu``)."""
+    """The statistics a space needs into the disk cache with Ray: its (model, seed) parts in at most ``workers``
+    consecutive groups, one task each, each in a process of its own that exits afterwards (max_calls=1), so that
+    the driver neither loads a model nor keeps GPU memory while the workers evaluate, a space with several seeds or
+    models fills them in parallel, and a warm cache costs at most ``workers`` model loads (one GPU per task unless
+    ``device: cpu``)."""
     import ray
 
     fill = ray.remote(num_gpus=ray_gpus(fitness), max_calls=1)(fill_stats_cache)
-    pending, running = stats_parts(fitness), []
-    while pending or running:
-        while pending and len(running) < workers:
-            running.append(fill.remote(fitness, terminals, data_dir, cache, parts=[pending.pop(0)]))
-        done, running = ray.wait(running, num_returns=1)
-        ray.get(done)
+    parts = stats_parts(fitness)
+    size = -(-len(parts) // workers)
+    ray.get([fill.remote(fitness, terminals, data_dir, cache, parts=parts[i:i + size])
+             for i in range(0, len(parts), size)])
 
 
 class RayPool:
