@@ -1453,3 +1453,17 @@ def test_seed_spread_at_2_4_is_not_evaluation_noise():
     mine, ref = many[("smollm2", "found-2m-bos", "2:4")], many[("smollm2", "wanda", "2:4")]
     assert verdict(mine, ref) == "within spread" and f"({statistics.fmean(mine) / statistics.fmean(ref):.3f})" in readme
     assert fmt(ref) in " ".join((RESULTS / "README.md").read_text().split())
+
+
+def test_seed_spread_at_2_4_barely_shrinks_with_four_times_the_calibration():
+    """spread-calib-cpu: the same SmolLM2 2:4 cells with 64 calibration windows per seed instead of 16."""
+    from prunerzero.experiments import fmt, verdict
+
+    sixteen, more = (_seed_ppls(RESULTS / g / "rows.jsonl") for g in ("transfer-cpu", "spread-calib-cpu"))
+    sd = [statistics.stdev(math.log(p) for p in seeds[("smollm2", "wanda", "2:4")]) for seeds in (sixteen, more)]
+    assert 0.8 < sd[1] / sd[0] < 1.0
+    readme = " ".join((REPO / "README.md").read_text().split())
+    ref, mine = more[("smollm2", "wanda", "2:4")], more[("smollm2", "found-2m-bos", "2:4")]
+    assert f"Wanda's spread is {100 * sd[1]:.2f}% ({fmt(ref)})" in readme
+    assert verdict(mine, ref) == "within spread" and f"({statistics.fmean(mine) / statistics.fmean(ref):.3f})" in readme
+    assert f"{100 * sd[0]:.2f}% with 16 windows" in " ".join((RESULTS / "README.md").read_text().split())
