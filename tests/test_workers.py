@@ -64,8 +64,8 @@ def test_two_ray_workers_log_what_one_process_logs(tiny_model_dir, tmp_path, mon
         full = [r for r in one if r.get("level") == 1 and r["hit"] == "eval"]
         assert full and all(len(r["ppls"]) == parts for r in full)
     assert one == two
-    # the statistics, computed by one-off Ray tasks (one per calibration seed, in parallel): the same cache
-    # entries, with the same tensors, as the one process computed
+    # the statistics, computed by one-off Ray tasks (at most one per worker, each a consecutive group of the
+    # (model, seed) parts, in parallel): the same cache entries, with the same tensors, as the one process computed
     from safetensors.torch import load_file
 
     stats = {p.name: p for p in (cache / "one").rglob("*.safetensors") if p.parent.name == "stats"}
