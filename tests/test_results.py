@@ -1531,3 +1531,28 @@ def test_same_cells_on_another_cpu():
             ratios.append(f"{statistics.fmean(mine) / statistics.fmean(ref):.3f}")
         said.append(f"`{m}` {ratios[0]} and {ratios[1]}")
     assert f"({said[0]}, {said[1]}, all within the spread)" in readme
+
+
+def test_longer_protocol_2_4_spread_and_verdicts():
+    """transfer-1024-cpu / transfer-1024-bos-cpu: on 32 x 1024 calibration tokens and 16 test windows of 1024, Wanda's
+    2:4 seed spread is wider than on the 512-token protocol, and neither the two-model pick nor ria-a1 leaves it."""
+    from prunerzero.experiments import fmt, verdict
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    short = {"smollm2": _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl"),
+             "gemma3-270m": _seed_ppls(RESULTS / "transfer-bos-cpu" / "rows.jsonl")}
+    ratios = {}
+    for grid, model, name in (("transfer-1024-cpu", "smollm2", "SmolLM2"),
+                              ("transfer-1024-bos-cpu", "gemma3-270m", "Gemma 3")):
+        seeds = _seed_ppls(RESULTS / grid / "rows.jsonl")
+        ref = seeds[(model, "wanda", "2:4")]
+        sd = [100 * statistics.stdev(math.log(p) for p in s[(model, "wanda", "2:4")]) for s in (short[model], seeds)]
+        assert sd[1] > sd[0]
+        assert f"{sd[1]:.1f}% of log ppl on {name}" in readme or f"{sd[1]:.1f}% on {name}" in readme
+        assert f"({fmt(ref)})" in readme
+        for m in ("found-2m-bos", "ria-a1"):
+            assert verdict(seeds[(model, m, "2:4")], ref) == "within spread"
+            ratios[(m, model)] = f"{statistics.fmean(seeds[(model, m, '2:4')]) / statistics.fmean(ref):.3f}"
+    assert (f"found-2m-bos gives {ratios[('found-2m-bos', 'smollm2')]} on SmolLM2 and "
+            f"{ratios[('found-2m-bos', 'gemma3-270m')]} on Gemma 3, `ria-a1` {ratios[('ria-a1', 'smollm2')]} and "
+            f"{ratios[('ria-a1', 'gemma3-270m')]}, all within the spread") in readme
