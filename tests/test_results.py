@@ -555,18 +555,31 @@ def _seed_ppls(rows_path) -> dict:
     return {k: [v[s] for s in (0, 1, 2)] for k, v in ppl.items() if len(v) == 3}
 
 
+def _ratio(mine: list[float], ref: list[float]) -> str:
+    """The ratio of two methods' seed-mean perplexities, as the README and the rendered tables print it."""
+    import statistics
+
+    return f"{statistics.fmean(mine) / statistics.fmean(ref):.3f}"
+
+
+def _log_spread(ppls: list[float]) -> float:
+    """A cell's seed standard deviation of log ppl, in percent (the spread a verdict must clear)."""
+    import math
+    import statistics
+
+    return 100 * statistics.stdev(math.log(p) for p in ppls)
+
+
 def _ratio_cell(seeds: dict, model: str, method: str, pattern: str) -> str:
     """A README transfer cell: Wanda's mean ± std, or the ratio of means to Wanda's with the verdict beyond both
     spreads (bold when better, nothing when within)."""
-    import statistics
-
     from prunerzero.experiments import fmt, verdict
 
     mine, wanda = seeds[(model, method, pattern)], seeds[(model, "wanda", pattern)]
     if method == "wanda":
         return fmt(mine)
     v = verdict(mine, wanda)
-    want = f"{statistics.fmean(mine) / statistics.fmean(wanda):.3f}" + ("" if v == "within spread" else f" {v}")
+    want = _ratio(mine, wanda) + ("" if v == "within spread" else f" {v}")
     return f"**{want}**" if v == "better" else want
 
 
@@ -1443,7 +1456,6 @@ def test_goal_fitness_two_model_search_finds_nothing_past_both_spreads():
     assert "116 candidates, 77 evaluated" in readme and "64 minutes" in readme and "72 with" in readme
 
 
-
 @pytest.mark.parametrize("grid, readme_says, notes_say", [
     # 64 test windows instead of 8: the spread comes from the calibration sample, not the evaluation's size
     ("spread-windows-cpu", "goes from {before:.2f}% to {after:.2f}%", "{ref}"),
@@ -1455,13 +1467,13 @@ def test_seed_spread_at_2_4_barely_shrinks(grid, readme_says, notes_say):
     from prunerzero.experiments import fmt, verdict
 
     before, after = (_seed_ppls(RESULTS / g / "rows.jsonl") for g in ("transfer-cpu", grid))
-    sd = [100 * statistics.stdev(math.log(p) for p in seeds[("smollm2", "wanda", "2:4")]) for seeds in (before, after)]
+    sd = [_log_spread(seeds[("smollm2", "wanda", "2:4")]) for seeds in (before, after)]
     assert 0.8 < sd[1] / sd[0] < 1.0
     mine, ref = after[("smollm2", "found-2m-bos", "2:4")], after[("smollm2", "wanda", "2:4")]
     figures = {"before": sd[0], "after": sd[1], "ref": fmt(ref)}
     readme = " ".join((REPO / "README.md").read_text().split())
     assert readme_says.format(**figures) in readme
-    assert verdict(mine, ref) == "within spread" and f"({statistics.fmean(mine) / statistics.fmean(ref):.3f})" in readme
+    assert verdict(mine, ref) == "within spread" and f"({_ratio(mine, ref)})" in readme
     assert notes_say.format(**figures) in " ".join((RESULTS / "README.md").read_text().split())
 
 
@@ -1490,7 +1502,7 @@ def test_ria_taken_apart_across_families():
         assert mean(seeds, model, "ria-a1", "0.5") < mean(seeds, model, "ria", "0.5")
     readme = " ".join((REPO / "README.md").read_text().split())
     gemma = [bos[("gemma3-270m", m, "2:4")] for m in ("ria-a1", "wanda")]
-    assert (f"({statistics.fmean(gemma[0]) / statistics.fmean(gemma[1]):.3f}, within the spread: {fmt(gemma[0])} "
+    assert (f"({_ratio(*gemma)}, within the spread: {fmt(gemma[0])} "
             f"against {fmt(gemma[1])})") in readme
     # every formula of both grids, found or hand-made: none beats Wanda at 2:4 on SmolLM2 or Gemma by both spreads
     for grid, model, seeds in (("transfer-cpu", "smollm2", stream), ("transfer-bos-cpu", "gemma3-270m", bos)):
@@ -1520,7 +1532,7 @@ def test_same_cells_on_another_cpu():
     assert (f"{before[worst]['ppl']['wikitext2']:.2f} to "
             f"{next(r['ppl']['wikitext2'] for r in after if r['id'] == worst):.2f}") in readme
     there, here = _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl"), _seed_ppls(RESULTS / "cross-cpu" / "rows.jsonl")
-    sd = [100 * statistics.stdev(math.log(p) for p in s[("smollm2", "wanda", "2:4")]) for s in (there, here)]
+    sd = [_log_spread(s[("smollm2", "wanda", "2:4")]) for s in (there, here)]
     assert f"({sd[0]:.1f}% of log ppl on the earlier machine, {sd[1]:.1f}% on this one)" in readme
     said = []
     for m in ("ria-a1", "wanda-a05"):
@@ -1528,7 +1540,7 @@ def test_same_cells_on_another_cpu():
         for p in ("0.5", "2:4"):
             mine, ref = there[("smollm2", m, p)], here[("smollm2", "wanda", p)]
             assert verdict(mine, ref) == "within spread"
-            ratios.append(f"{statistics.fmean(mine) / statistics.fmean(ref):.3f}")
+            ratios.append(_ratio(mine, ref))
         said.append(f"`{m}` {ratios[0]} and {ratios[1]}")
     assert f"({said[0]}, {said[1]}, all within the spread)" in readme
 
@@ -1541,18 +1553,18 @@ def test_longer_protocol_2_4_spread_and_verdicts():
     readme = " ".join((REPO / "README.md").read_text().split())
     short = {"smollm2": _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl"),
              "gemma3-270m": _seed_ppls(RESULTS / "transfer-bos-cpu" / "rows.jsonl")}
-    ratios = {}
-    for grid, model, name in (("transfer-1024-cpu", "smollm2", "SmolLM2"),
-                              ("transfer-1024-bos-cpu", "gemma3-270m", "Gemma 3")):
+    ratios, spreads = {}, {}
+    for grid, model in (("transfer-1024-cpu", "smollm2"), ("transfer-1024-bos-cpu", "gemma3-270m")):
         seeds = _seed_ppls(RESULTS / grid / "rows.jsonl")
         ref = seeds[(model, "wanda", "2:4")]
-        sd = [100 * statistics.stdev(math.log(p) for p in s[(model, "wanda", "2:4")]) for s in (short[model], seeds)]
+        sd = [_log_spread(s[(model, "wanda", "2:4")]) for s in (short[model], seeds)]
         assert sd[1] > sd[0]
-        assert f"{sd[1]:.1f}% of log ppl on {name}" in readme or f"{sd[1]:.1f}% on {name}" in readme
-        assert f"({fmt(ref)})" in readme
+        spreads[model] = f"{sd[1]:.1f}%", fmt(ref)
         for m in ("found-2m-bos", "ria-a1"):
             assert verdict(seeds[(model, m, "2:4")], ref) == "within spread"
-            ratios[(m, model)] = f"{statistics.fmean(seeds[(model, m, '2:4')]) / statistics.fmean(ref):.3f}"
+            ratios[(m, model)] = _ratio(seeds[(model, m, "2:4")], ref)
+    (sd_s, ref_s), (sd_g, ref_g) = spreads["smollm2"], spreads["gemma3-270m"]
+    assert f"{sd_s} of log ppl on SmolLM2 ({ref_s}) and {sd_g} on Gemma 3 ({ref_g})" in readme
     assert (f"found-2m-bos gives {ratios[('found-2m-bos', 'smollm2')]} on SmolLM2 and "
             f"{ratios[('found-2m-bos', 'gemma3-270m')]} on Gemma 3, `ria-a1` {ratios[('ria-a1', 'smollm2')]} and "
             f"{ratios[('ria-a1', 'gemma3-270m')]}, all within the spread") in readme
