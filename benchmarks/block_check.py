@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 
 COLUMNS = [["model", "model", "s"], ["family", "family", "s"], ["blocks", "blocks", "d"],
            ["windows", "windows", "s"], ["worst block", "worst_block", "d"],
@@ -37,7 +37,7 @@ DEFAULT_META = {"renderer": "block_check", "blocks": [
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def main() -> None:
@@ -48,15 +48,15 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--data-dir", default=None)
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     for name, value in (("--seqlen", args.seqlen), ("--windows", args.windows), ("--batch-size", args.batch_size)):
         if value < 1:
             ap.error(f"{name} must be at least 1")
     models = args.model or ["smollm2"]
-    out = ex.measurement_out(args.out, DEFAULT_META)
+    out = pzr.measurement_out(args.out, DEFAULT_META)
 
     import torch
 
@@ -67,7 +67,7 @@ def main() -> None:
     setting = f"{args.windows} x {args.seqlen} WikiText-2 test, batches of {args.batch_size}"
     for name in models:
         rid = f"block_check|{name}|{args.windows}x{args.seqlen}|b{args.batch_size}"
-        if out is not None and any(r["id"] == rid for r in ex.read_rows(out / "rows.jsonl")):
+        if out is not None and any(r["id"] == rid for r in pzr.read_rows(out / "rows.jsonl")):
             print(f"{rid}: in {out / 'rows.jsonl'} already (delete its row to measure again)")
             continue
         lm = load_model(name, device=args.device, dtype="fp32", seqlen=args.seqlen)
@@ -79,10 +79,10 @@ def main() -> None:
                   "windows": setting, **summary}
         print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()))
         if out is not None:
-            ex.record(out, ex.measurement(rid, fields, str(lm.device)))
+            pzr.record(out, pzr.measurement(rid, fields, str(lm.device)))
         del lm
     if out is not None:
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
 
 
 if __name__ == "__main__":

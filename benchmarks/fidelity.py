@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.search.engine import Search, read_evaluations
 from prunerzero.search.space import load_space, validate
 from prunerzero.search.workers import InProcess, build_evaluator
@@ -76,11 +76,11 @@ DEFAULT_META = {"renderer": "fidelity", "blocks": [{"text": "# Multi-fidelity fi
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def report(run_dir: Path) -> str:
-    return ex.render_document(report_rows(run_dir), {"blocks": REPORT_BLOCKS})
+    return pzr.render_document(report_rows(run_dir), {"blocks": REPORT_BLOCKS})
 
 
 def main():
@@ -97,9 +97,9 @@ def main():
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--generations", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     out = Path(args.out) if args.out else None
     run_dir = args.run
@@ -116,13 +116,13 @@ def main():
         print(f"search: {time.time() - t0:.0f}s")
         run_dir = args.run_dir
     rows = report_rows(run_dir)
-    print(ex.render_document(rows, {"blocks": REPORT_BLOCKS}))
+    print(pzr.render_document(rows, {"blocks": REPORT_BLOCKS}))
     if out is not None:
-        if not ex.read_meta(out):
-            ex.write_meta(out, DEFAULT_META)
+        if not pzr.read_meta(out):
+            pzr.write_meta(out, DEFAULT_META)
         for r in rows:
-            ex.record(out, ex.measurement(f"fidelity|{run_dir}|{r['part']}|{r.get('fidelity', '')}", r, args.device))
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+            pzr.record(out, pzr.measurement(f"fidelity|{run_dir}|{r['part']}|{r.get('fidelity', '')}", r, args.device))
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
 
 
 if __name__ == "__main__":

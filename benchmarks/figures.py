@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prunerzero.experiments import read_rows  # noqa: E402
+from prunerzero.results import read_rows  # noqa: E402
 from prunerzero.report import compare_bar, plot_curves  # noqa: E402
 
 

@@ -31,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prunerzero.experiments import Method, load_grid, read_rows
+from prunerzero.results import Method, load_grid, read_rows
 from prunerzero.fsutil import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ def _origin(path: Path, device: str, command: str, commit: str | None = None) ->
 
 
 def _write_measurements(name: str, rows: list[dict], meta: dict) -> Path:
-    from prunerzero.experiments import write_meta
+    from prunerzero.results import write_meta
 
     out = REPO / "results" / name
     if read_rows(out / "rows.jsonl"):

@@ -20,7 +20,7 @@ import time
 import pandas as pd
 import torch
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.models import all_prunable, load_model
 from prunerzero.pipeline import CalibConfig, one_shot_stats
 from prunerzero.prune.masks import PAIRWISE_MAX_M, lowest_n_of_m, sorted_n_of_m
@@ -41,7 +41,7 @@ DEFAULT_META = {"renderer": "nm_masks", "blocks": [
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def timed(fn, scores, n, m, device, repeats):
@@ -58,11 +58,11 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--patterns", default="2:4,4:8,8:16")
     ap.add_argument("--repeats", type=int, default=3)
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
-    out = ex.measurement_out(args.out, DEFAULT_META)
+    out = pzr.measurement_out(args.out, DEFAULT_META)
     loaded = load_model("smollm2", device=args.device, dtype=torch.float32)
     stats = one_shot_stats(loaded, CalibConfig(32, 0, 1), need_g=False, seqlen=1024, progress=False)
     linears = all_prunable(loaded.model)
@@ -84,10 +84,10 @@ def main():
                    "path": "pairwise" if m <= PAIRWISE_MAX_M else "sort"}
             rows.append(row)
             if out is not None:
-                ex.record(out, ex.measurement(f"nm_masks|{args.device}|{kind}|{pattern}", row, args.device))
+                pzr.record(out, pzr.measurement(f"nm_masks|{args.device}|{kind}|{pattern}", row, args.device))
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if out is not None:
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
     if any(r["same"] != "yes" for r in rows):
         raise SystemExit("the two selections gave different masks")
 

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.errors import UserError
 from prunerzero.metric.expr import parse
 from prunerzero.search.engine import read_evaluations
@@ -62,7 +62,7 @@ DEFAULT_META = {"renderer": "op_usage", "blocks": [{"text": "# Operations of the
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def main(argv=None) -> None:
@@ -70,9 +70,9 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", nargs="+", default=[], help="search run directories (evaluations.jsonl, config.json)")
     ap.add_argument("--good", type=float, default=0.02, help="fitness below which a formula is good (default 0.02)")
     ap.add_argument("--keep", type=float, default=0.05, help="share of good formulas an op needs to be kept (0.05)")
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args(argv)
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     runs = [Path(r) for r in args.runs]
     if not runs:
@@ -87,16 +87,16 @@ def main(argv=None) -> None:
     for r in rows:
         r.update(bench="op_usage", kept="yes" if r["good_share"] >= args.keep else "no", good_below=args.good,
                  keep=args.keep, n_runs=len(runs), runs=[str(x) for x in runs], **counts)
-    print(ex.render_document(rows, {"blocks": BLOCKS}))
+    print(pzr.render_document(rows, {"blocks": BLOCKS}))
     kept = [r for r in rows if r["kept"] == "yes"]
     print(f"unary: [{', '.join(r['op'] for r in kept if r['arity'] == 1)}]")
     print(f"binary: [{', '.join(r['op'] for r in kept if r['arity'] == 2)}]")
     if args.out:
-        if not ex.read_meta(args.out):
-            ex.write_meta(args.out, DEFAULT_META)
+        if not pzr.read_meta(args.out):
+            pzr.write_meta(args.out, DEFAULT_META)
         for r in rows:
-            ex.record(args.out, ex.measurement(f"op_usage|{r['op']}", r))
-        print(f"rows in {Path(args.out) / 'rows.jsonl'}; table {ex.write_measurements(args.out, render)}")
+            pzr.record(args.out, pzr.measurement(f"op_usage|{r['op']}", r))
+        print(f"rows in {Path(args.out) / 'rows.jsonl'}; table {pzr.write_measurements(args.out, render)}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 import pandas as pd
 import torch
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.calibration import Stats
 from prunerzero.evaluate import perplexity
 from prunerzero.metric import parse
@@ -50,7 +50,7 @@ DEFAULT_META = {"renderer": "prune_eval", "blocks": [{"text": f"# Per-candidate 
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def llama7b_shaped(layers: int, dtype, device):
@@ -130,12 +130,12 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--cpu-7b-layers", type=int, default=2)
     ap.add_argument("--models", default="smollm2,llama2-7b-shape")
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
-    out = ex.measurement_out(args.out, DEFAULT_META)
-    done = {r["id"] for r in ex.read_rows(out / "rows.jsonl")} if out is not None else set()
+    out = pzr.measurement_out(args.out, DEFAULT_META)
+    done = {r["id"] for r in pzr.read_rows(out / "rows.jsonl")} if out is not None else set()
     rows = []
     for device in args.devices.split(","):
         dtype = torch.float32 if device == "cpu" else torch.float16
@@ -152,8 +152,8 @@ def main():
                 continue
             rows.append(bench(name, model, device, args.windows, args.seqlen, args.batch_size))
             if out is not None:
-                ex.record(out, ex.measurement(rid, rows[-1], device))
-                ex.write_measurements(out, render)
+                pzr.record(out, pzr.measurement(rid, rows[-1], device))
+                pzr.write_measurements(out, render)
             print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
             del model
             gc.collect()
@@ -165,7 +165,7 @@ def main():
     print(f"Per-candidate cost of one search evaluation (metric {FORMULA}, 50% per row):")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if out is not None:
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
 
 
 if __name__ == "__main__":

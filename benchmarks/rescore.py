@@ -22,7 +22,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.errors import UserError
 from prunerzero.metric.expr import parse
 from prunerzero.search.engine import combine_scores, load_run_space, read_evaluations
@@ -37,7 +37,7 @@ DEFAULT_META = {"renderer": "rescore", "blocks": [{"text": "# Formulas scored wi
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def full_references(run: Path) -> dict:
@@ -87,9 +87,9 @@ def main(argv=None) -> None:
     ap.add_argument("--formula", action="append", default=[], help="a formula to score (repeatable)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache-dir", default=None)
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args(argv)
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     try:
         if args.run is None:
@@ -112,13 +112,13 @@ def main(argv=None) -> None:
                        space.fitness.get("combine", "mean"), refs)
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(ex.render_document(rows, {"blocks": BLOCKS}))
+    print(pzr.render_document(rows, {"blocks": BLOCKS}))
     if args.out:
-        if not ex.read_meta(args.out):
-            ex.write_meta(args.out, DEFAULT_META)
+        if not pzr.read_meta(args.out):
+            pzr.write_meta(args.out, DEFAULT_META)
         for r in rows:
-            ex.record(args.out, ex.measurement(f"rescore|{args.run}|{r['formula']}", r, space.fitness.get("device")))
-        print(f"rows in {Path(args.out) / 'rows.jsonl'}; table {ex.write_measurements(args.out, render)}")
+            pzr.record(args.out, pzr.measurement(f"rescore|{args.run}|{r['formula']}", r, space.fitness.get("device")))
+        print(f"rows in {Path(args.out) / 'rows.jsonl'}; table {pzr.write_measurements(args.out, render)}")
 
 
 if __name__ == "__main__":

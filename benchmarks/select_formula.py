@@ -4,7 +4,7 @@ The search ranks formulas by one-shot pruning at one pattern on WikiText-2 *vali
 sequentially (Wanda's scheme) and are reported at several patterns, so the top distinct formulas of one or more
 runs are re-scored here exactly as final runs prune them (sequential calibration, 50% unstructured per row and
 each N:M pattern), still on the validation split, next to a reference metric (Wanda), over one or more calibration
-seeds. This is a grid for the experiment runner (``prunerzero.experiments``): the grid is written to
+seeds. This is a grid for the experiment runner (``prunerzero.results``): the grid is written to
 ``<out>/grid.yaml``, its rows to ``<out>/rows.jsonl`` (a rerun skips cells already there), and the choice to
 ``<out>.json`` / ``<out>.md``.
 
@@ -38,7 +38,8 @@ import yaml
 
 from prunerzero.checks import BOS_DEFAULT, BOS_MODES
 from prunerzero.errors import UserError
-from prunerzero.experiments import Grid, Method, better, later_default, load_grid, mean_std, read_rows, render, run_grid
+from prunerzero.results import Grid, Method, better, load_grid, mean_std, read_rows, render, run_grid
+from prunerzero.results.grid import later_default
 from prunerzero.fsutil import atomic_write_text
 from prunerzero.metric.known import KNOWN_METRICS, resolve_metric
 from prunerzero.metric.simplify import ranking_class

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.export import is_24
 from prunerzero.models import all_prunable, load_model
 from prunerzero.prune.masks import apply_mask, mask_from_scores, parse_pattern
@@ -225,7 +225,7 @@ def render(rows: list[dict], meta: dict) -> str:
                  "KV-cache decode, the conversion): PyTorch's semi-structured kernels are CUDA-only, so the prefill "
                  "length, decode steps and runs are cut to a smoke test and no speed-up is measured. On a GPU: "
                  "`python benchmarks/sparse24.py --device cuda --dtype fp16 --out results/sparse24-gpu`.", ""]
-    return "\n".join(head + ex.provenance_lines(rows, "rows.jsonl in the folder of this name")) + "\n" + table(
+    return "\n".join(head + pzr.provenance_lines(rows, "rows.jsonl in the folder of this name")) + "\n" + table(
         rows, on_gpu, device if on_gpu else f"{device} ({NOT_MEASURED})")
 
 
@@ -241,9 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--cache-dir", default=None)
-    ex.measurement_args(p, None)
+    pzr.measurement_args(p, None)
     args = p.parse_args(argv)
-    if ex.rendered_only(p, args, render):
+    if pzr.rendered_only(p, args, render):
         return 0
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype] if on_gpu else torch.float32
     layers = args.llama_layers or (32 if on_gpu else 1)
     out = Path(args.out) if args.out else None
-    done = {r["id"] for r in ex.read_rows(out / "rows.jsonl")} if out is not None else set()
+    done = {r["id"] for r in pzr.read_rows(out / "rows.jsonl")} if out is not None else set()
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         rid = (f"sparse24|{name}|{args.device}|{args.dtype if on_gpu else 'fp32'}|prefill={args.prefill}"
@@ -275,14 +275,14 @@ def main(argv=None) -> int:
         rows.append({**bench_model(label, model, args, args.device, on_gpu), "on_gpu": on_gpu})
         print(json.dumps(rows[-1]), flush=True)
         if out is not None:
-            ex.record(out, ex.measurement(rid, rows[-1], args.device))
+            pzr.record(out, pzr.measurement(rid, rows[-1], args.device))
         del model
         if on_gpu:
             torch.cuda.empty_cache()
     if out is not None:
-        if not ex.read_meta(out):
-            ex.write_meta(out, {"renderer": "sparse24"})
-        print(ex.write_measurements(out, render).read_text())
+        if not pzr.read_meta(out):
+            pzr.write_meta(out, {"renderer": "sparse24"})
+        print(pzr.write_measurements(out, render).read_text())
     elif rows:
         print(table(rows, on_gpu, torch.cuda.get_device_name(0) if on_gpu else f"CPU ({NOT_MEASURED})"))
     return 0

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.models import cache_dir
 from prunerzero.search.space import load_space, validate
 from prunerzero.search.workers import ray_fill_stats, stats_parts
@@ -42,7 +42,7 @@ DEFAULT_META = {"renderer": "stats_fill", "blocks": [
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def filled(space, workers: int, data_dir, root: Path) -> float:
@@ -75,14 +75,14 @@ def main():
     ap.add_argument("--space", default="cpu")
     ap.add_argument("--nsamples", type=int, default=8, help="calibration windows per seed (default: 8)")
     ap.add_argument("--data-dir", default=None)
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     space = load_space(args.space)
     space.raw["fitness"].update(device="cpu", nsamples=args.nsamples)
     space = validate(space.raw, space.path)
-    out = ex.measurement_out(args.out, DEFAULT_META)
+    out = pzr.measurement_out(args.out, DEFAULT_META)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -97,10 +97,10 @@ def main():
            "nsamples": args.nsamples, "one s": one, "two s": two, "speed-up": one / two,
            "same": "yes" if same else "NO"}
     if out is not None:
-        ex.record(out, ex.measurement(f"stats_fill|cpu|{space.name}|{args.nsamples}", row, "cpu"))
+        pzr.record(out, pzr.measurement(f"stats_fill|cpu|{space.name}|{args.nsamples}", row, "cpu"))
     print(pd.DataFrame([row]).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if out is not None:
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
     if not same:
         raise SystemExit("the two fills cached different statistics")
 

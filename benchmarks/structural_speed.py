@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.prune import structural as st
 from prunerzero.timing import timed
 
@@ -219,9 +219,9 @@ def main():
     ap.add_argument("--what", choices=["speed", "memory"], default="speed",
                     help="speed: timed prefill and decode; memory: weights, KV cache and (CUDA) prefill peak, "
                          "one untimed pass per variant and batch (default: speed)")
-    ex.measurement_args(ap, "results/structural-speed")
+    pzr.measurement_args(ap, "results/structural-speed")
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     out = Path(args.out)
     from prunerzero.models import load_model
@@ -229,22 +229,22 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    meta = ex.read_meta(out)
+    meta = pzr.read_meta(out)
     meta.update(renderer="structural_speed", model=args.model)
     if args.note and args.note not in meta.setdefault("notes", []):
         meta["notes"].append(args.note)
-    ex.write_meta(out, meta)
-    skip = {r["id"] for r in ex.read_rows(out / "rows.jsonl")}
+    pzr.write_meta(out, meta)
+    skip = {r["id"] for r in pzr.read_rows(out / "rows.jsonl")}
 
     def done(row):
         rid = row_id(row["model"], row["sparsity"], row["batch"], args.prefill, args.decode_tokens, args.what)
-        ex.record(out, ex.measurement(rid, row, dev))
-        ex.write_measurements(out, render)
+        pzr.record(out, pzr.measurement(rid, row, dev))
+        pzr.write_measurements(out, render)
 
     run(lambda: load_model(args.model, device=dev).model, [float(s) for s in args.sparsities.split(",")],
         args.prefill, [int(b) for b in args.batches.split(",")], args.repeats, args.warmup, args.decode_tokens,
         done=done, skip=skip, what=args.what)
-    print(ex.write_measurements(out, render).read_text())
+    print(pzr.write_measurements(out, render).read_text())
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.checks import BOS_DEFAULT, BOS_MODES
 
 COLUMNS = [["model", "model", "s"], ["statistics", "statistics", "s"], ["module", "module", "s"],
@@ -40,7 +40,7 @@ DEFAULT_META = {"renderer": "term_scales", "blocks": [
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def main() -> None:
@@ -53,9 +53,9 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--bos", default=BOS_DEFAULT, choices=BOS_MODES,
                     help="stream: Wanda's windows; window: BOS opens every calibration window (protocol bos)")
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     out = Path(args.out) if args.out else None
     window = args.bos == "window"
@@ -63,9 +63,9 @@ def main() -> None:
     bos = "|bos=window" if window else ""   # before the sizes: no stream id is a prefix of it
     rid = f"term_scales|{args.model}{bos}|{args.nsamples}x{args.seqlen}|seed={args.seed}"
     if out is not None:
-        if not ex.read_meta(out):
-            ex.write_meta(out, DEFAULT_META)
-        if any(r["id"].startswith(rid + "|") for r in ex.read_rows(out / "rows.jsonl")):
+        if not pzr.read_meta(out):
+            pzr.write_meta(out, DEFAULT_META)
+        if any(r["id"].startswith(rid + "|") for r in pzr.read_rows(out / "rows.jsonl")):
             print(f"{rid}: in {out / 'rows.jsonl'} already (delete its rows to measure again)")
             return
 
@@ -82,8 +82,8 @@ def main() -> None:
     if out is not None:
         for rec in table.to_dict("records"):
             fields = {"bench": "term_scales", "model": args.model, "statistics": setting, **rec}
-            ex.record(out, ex.measurement(f"{rid}|{rec['module']}", fields, str(lm.device)))
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+            pzr.record(out, pzr.measurement(f"{rid}|{rec['module']}", fields, str(lm.device)))
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
 
 
 if __name__ == "__main__":

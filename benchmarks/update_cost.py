@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from prunerzero import data
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.calibration import BlockRunner, InputStats
 from prunerzero.evaluate import perplexity
 from prunerzero.metric import parse
@@ -56,7 +56,7 @@ DEFAULT_META = {"renderer": "update_cost", "blocks": [
 
 def render(rows: list[dict], meta: dict) -> str:
     rows = [{"update": "obs", **r} for r in rows]  # the first rows measured OBS only and say so by their command
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def main():
@@ -70,25 +70,25 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=1, help="candidates timed (the minimum is reported)")
     ap.add_argument("--update", default="obs", choices=["obs", "lsq", "admm"], help="the update timed")
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = ex.measurement_out(args.out, DEFAULT_META)
+    out = pzr.measurement_out(args.out, DEFAULT_META)
     rid = (f"update_cost|{args.device}|threads={torch.get_num_threads()}|blocks={args.blocks or 'all'}|"
            f"{args.nsamples}x{args.calib_seqlen}|{args.windows}x{args.seqlen}"
            + ("" if args.update == "obs" else f"|update={args.update}"))
-    if out is not None and rid in {r["id"] for r in ex.read_rows(out / "rows.jsonl")}:
+    if out is not None and rid in {r["id"] for r in pzr.read_rows(out / "rows.jsonl")}:
         print(f"{rid}: in {out / 'rows.jsonl'} already (delete the row to measure again)")
         return
     row = measure(args)
     print(f"Per-candidate cost of the {args.update} update (Wanda masks, 50% per row, cached factors):")
     print(pd.DataFrame([row]).T.to_string(header=False, float_format=lambda v: f"{v:.3f}"))
     if out is not None:
-        ex.record(out, ex.measurement(rid, {"bench": "update_cost", **row}, args.device))
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+        pzr.record(out, pzr.measurement(rid, {"bench": "update_cost", **row}, args.device))
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
 
 
 def measure(args) -> dict:

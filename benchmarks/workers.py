@@ -19,7 +19,7 @@ import time
 
 import pandas as pd
 
-from prunerzero import experiments as ex
+from prunerzero import results as pzr
 from prunerzero.search.space import load_space, reference_formula, validate
 from prunerzero.search.workers import RayPool
 
@@ -41,7 +41,7 @@ DEFAULT_META = {"renderer": "workers", "blocks": [
 
 
 def render(rows: list[dict], meta: dict) -> str:
-    return ex.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
+    return pzr.render_document(rows, meta if meta.get("blocks") else DEFAULT_META)
 
 
 def scored(space, windows: int, split: bool, data_dir) -> tuple[list[float], list[dict]]:
@@ -65,14 +65,14 @@ def main():
     ap.add_argument("--space", default="cpu-wx6")
     ap.add_argument("--windows", type=int, default=2, help="fitness windows per part (a fidelity)")
     ap.add_argument("--data-dir", default=None)
-    ex.measurement_args(ap, None)
+    pzr.measurement_args(ap, None)
     args = ap.parse_args()
-    if ex.rendered_only(ap, args, render):
+    if pzr.rendered_only(ap, args, render):
         return
     space = load_space(args.space)
     space.raw["fitness"]["device"] = "cpu"
     space = validate(space.raw, space.path)
-    out = ex.measurement_out(args.out, DEFAULT_META)
+    out = pzr.measurement_out(args.out, DEFAULT_META)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -91,10 +91,10 @@ def main():
                "same": "yes" if same else "NO"}
         rows.append(row)
         if out is not None:
-            ex.record(out, ex.measurement(f"workers|cpu|{space.name}|{args.windows}|{size}", row, "cpu"))
+            pzr.record(out, pzr.measurement(f"workers|cpu|{space.name}|{args.windows}|{size}", row, "cpu"))
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if out is not None:
-        print(f"rows in {out / 'rows.jsonl'}; table {ex.write_measurements(out, render)}")
+        print(f"rows in {out / 'rows.jsonl'}; table {pzr.write_measurements(out, render)}")
     if any(r["same"] != "yes" for r in rows):
         raise SystemExit("the two modes gave different perplexities")
 

@@ -237,7 +237,7 @@ def cmd_prune(args) -> None:
     payload.update(sparsity=res.sparsity, prune_seconds=res.seconds)
     t0 = time.time()
     payload["pruned"] = _evaluate(lm, args)
-    from .experiments import procedure_suffix
+    from .results import procedure_suffix
 
     procedure = procedure_suffix(args.update, args.allocation, owl_lambda, owl_m, args.permute, percdamp)
     print(f"pruned  {_ppl_line(payload['pruned'])}  [{res.method}, {pattern}, "
@@ -385,7 +385,7 @@ def cmd_show(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from .experiments import load_grid, read_rows, run_grid, write_table
+    from .results import load_grid, read_rows, run_grid, write_table
 
     grid = load_grid(args.grid)
     if grid.structural and args.nsamples is not None:

@@ -263,7 +263,7 @@ def transfer_rows(rows_paths) -> list[dict]:
     """Rows of one or more grids (a path, or a list of paths) for ``transfer_table``: a model measured with BOS
     opening every window (protocol bos 'window') in any of them is taken in that regime only, labelled
     "<model> (BOS)"; the other models keep Wanda's windows."""
-    from .experiments import read_rows
+    from .results import read_rows
 
     paths = [rows_paths] if isinstance(rows_paths, (str, os.PathLike)) else list(rows_paths)
     rows = [(r, r.get("protocol", {}).get("bos") == "window") for p in paths for r in read_rows(p)]
@@ -279,7 +279,7 @@ def transfer_table(rows_path, reference: str = "wanda", dataset: str = "wikitext
     formula reads (terminals and operations)."""
     import statistics
 
-    from .experiments import verdict
+    from .results import verdict
 
     rows = [r for r in transfer_rows(rows_path) if r["method"] != "dense" and dataset in r.get("ppl", {})]
     groups: dict[tuple, list[float]] = {}

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, untimed
 
 from prunerzero.metric.simplify import simplify
-from prunerzero.experiments import STRUCTURAL_LATER_FIELDS
+from prunerzero.results.grid import STRUCTURAL_LATER_FIELDS
 from prunerzero import provenance
 from prunerzero.provenance import cpu_model
 from prunerzero.search.engine import read_evaluations
@@ -23,7 +23,7 @@ GRIDS = sorted((REPO / "grids").glob("*.yaml"))
 
 
 def grid_rows(name):
-    from prunerzero.experiments import load_grid, read_rows
+    from prunerzero.results import load_grid, read_rows
 
     grid = load_grid(REPO / "grids" / f"{name}.yaml")
     rows = read_rows(RESULTS / name / "rows.jsonl")
@@ -100,7 +100,7 @@ def test_every_grid_has_committed_rows():
 @pytest.mark.parametrize("name", [p.stem for p in GRIDS])
 def test_tables_re_render_from_committed_rows(name):
     """`prunerzero bench GRID --render-only` gives exactly the committed markdown, so every number in it is a row."""
-    from prunerzero.experiments import render
+    from prunerzero.results import render
 
     grid, _, rows = grid_rows(name)
     assert rows and all(r["id"] in {c.id for c in grid.cells()} for r in rows)
@@ -161,7 +161,7 @@ def test_readme_structural_table_is_the_rows():
 
 def test_readme_allocation_table_is_the_rows():
     """The README's formula x allocation table (mean ± std over seeds 0, 1, 2) from procedures-alloc-cpu's rows."""
-    from prunerzero.experiments import fmt
+    from prunerzero.results import fmt
 
     _, rows, _ = grid_rows("procedures-alloc-cpu")
     table = _md_table((REPO / "README.md").read_text(), "| method | 50% WikiText-2 | 70% WikiText-2 | 50% C4 |")
@@ -178,7 +178,7 @@ def test_readme_allocation_table_is_the_rows():
 def test_readme_admm_table_is_the_rows():
     """The README's ADMM table (mean ± std over seeds 0, 1, 2) from procedures-c4-cpu's rows, and its verdicts: the
     found metric + ADMM below SparseGPT beyond both spreads in every cell, and within Wanda + ADMM's spread."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     _, rows, _ = grid_rows("procedures-c4-cpu")
     table = _md_table((REPO / "README.md").read_text(), "| method | dataset | 50% | 60% | 70% | 2:4 | 4:8 |")
@@ -204,7 +204,7 @@ def test_readme_admm_table_is_the_rows():
 def test_readme_structural_refit_figures_are_the_rows():
     """The README's least-squares refit figures (20%, three seeds) from structural-official-lr-cpu's rows, and the
     verdicts it states: each refit policy better than the same policy without it, the two starts within spread."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     _, rows, _ = grid_rows("structural-official-lr-cpu")
     readme = (REPO / "README.md").read_text()
@@ -239,7 +239,7 @@ def test_readme_learning_curve_figures_are_the_rows():
 def test_readme_cpu_seeds_confirmation_is_the_rows():
     """The README's 3-seed CPU test table (confirm-cpu-seeds) is its rows, with the verdicts it states: the found
     formula better than Wanda at both patterns; Pruner-Zero's metric worse at 50%; GBLM better at 50% by a hair."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     _, rows, _ = grid_rows("confirm-cpu-seeds")
     readme = (REPO / "README.md").read_text()
@@ -263,7 +263,7 @@ def test_readme_cpu_seeds_confirmation_is_the_rows():
 
 def test_readme_cpu_search_confirmation_is_the_rows():
     """The README's figures for the multi-fidelity CPU search's two formulas on test, and the verdicts it states."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     _, rows, _ = grid_rows("confirm-cpu-fid")
     readme = (REPO / "README.md").read_text()
@@ -348,7 +348,7 @@ def test_readme_cpu_search_confirmation_is_the_rows():
     assert all(abs(r["score"]) < 1e-4 for r in summary["hall_of_fame"][:10])
     # its full level is the selection's protocol: Wanda's reference equals selection-cpu-wx3's Wanda cells bit for
     # bit, whose 2:4 masks came from the stable sort (session 20) and the search's from pairwise ranks
-    from prunerzero.experiments import read_rows
+    from prunerzero.results import read_rows
 
     sel = {(r["method"], r["mode"], r["pattern"], r["seed"]): r
            for r in read_rows(RESULTS / "selection-cpu-wx3" / "rows.jsonl")}
@@ -547,7 +547,7 @@ def below_reference(run: str, known: set[str]) -> dict:
 
 def _seed_ppls(rows_path) -> dict:
     """{(model, method, pattern): [WikiText-2 ppl at seeds 0, 1, 2]} of a grid's rows (cells with all three)."""
-    from prunerzero.experiments import read_rows
+    from prunerzero.results import read_rows
 
     ppl = {}
     for r in read_rows(rows_path):
@@ -573,7 +573,7 @@ def _log_spread(ppls: list[float]) -> float:
 def _ratio_cell(seeds: dict, model: str, method: str, pattern: str) -> str:
     """A README transfer cell: Wanda's mean ± std, or the ratio of means to Wanda's with the verdict beyond both
     spreads (bold when better, nothing when within)."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     mine, wanda = seeds[(model, method, pattern)], seeds[(model, "wanda", pattern)]
     if method == "wanda":
@@ -586,7 +586,7 @@ def _ratio_cell(seeds: dict, model: str, method: str, pattern: str) -> str:
 def test_readme_transfer_table_is_the_rows():
     """The README's transfer table: Wanda's ppl (mean ± std) and each method's ratio of means to it, with the verdict
     ("better" / "worse" beyond both spreads, nothing when within), per model and pattern, from transfer-cpu's rows."""
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
 
     seeds = _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl")
     table = _md_table((REPO / "README.md").read_text(), "| method | SmolLM2 50% | SmolLM2 2:4 | Gemma 3 50% |")
@@ -634,7 +634,7 @@ def test_readme_gemma_bos_table_is_the_rows():
                 assert method in BOS_ONLY and seeds is stream and cell == "not run", (cells[0], p)
                 continue
             assert cell == _ratio_cell(seeds, "gemma3-270m", method, p), (cells[0], p)
-    from prunerzero.experiments import read_rows
+    from prunerzero.results import read_rows
 
     dense = [next(r["ppl"]["wikitext2"] for r in read_rows(RESULTS / g / "rows.jsonl")
                   if r["model"] == "gemma3-270m" and r["method"] == "dense") for g in ("transfer-cpu", "transfer-bos-cpu")]
@@ -644,7 +644,7 @@ def test_readme_gemma_bos_table_is_the_rows():
 
 def test_readme_term_scales_are_the_rows():
     """The README's "median G/X a–b per module type, G > X for 0–c% of weights" from results/term-scales-cpu."""
-    from prunerzero.experiments import read_rows
+    from prunerzero.results import read_rows
 
     rows = read_rows(RESULTS / "term-scales-cpu" / "rows.jsonl")
     readme = " ".join((REPO / "README.md").read_text().split())
@@ -691,7 +691,7 @@ def test_bench_runs_a_grid_resumes_and_records_provenance(tiny_model_dir, tmp_pa
     import yaml
 
     from prunerzero.cli import main
-    from prunerzero.experiments import read_rows
+    from prunerzero.results import read_rows
 
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({
@@ -726,7 +726,7 @@ def test_bench_runs_procedures_as_prune_does(tiny_model_dir, tmp_path):
     import yaml
 
     from prunerzero.cli import main
-    from prunerzero.experiments import load_grid, read_rows
+    from prunerzero.results import load_grid, read_rows
     from prunerzero.models import load_model
     from prunerzero.pipeline import CalibConfig, evaluate_all, prune
     from prunerzero.prune.masks import parse_pattern
@@ -781,7 +781,7 @@ def test_runners_sharing_a_grid_skip_claimed_cells_and_take_over_dead_claims(tin
     import yaml
 
     from prunerzero.cli import main
-    from prunerzero.experiments import load_grid, read_rows
+    from prunerzero.results import load_grid, read_rows
 
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump({
@@ -811,7 +811,7 @@ def test_a_runner_of_some_seeds_runs_no_second_dense_cell(tmp_path):
     not a second dense cell at seed 1 that the grid's table never shows."""
     import yaml
 
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"name": "tiny", "protocol": {"model": "smollm2"}, "seeds": [0, 1, 2],
@@ -830,7 +830,7 @@ def test_a_runner_of_some_seeds_runs_no_second_dense_cell(tmp_path):
 
 def test_a_structural_table_with_missing_seeds_keeps_its_columns():
     """A method with fewer seeds than the grid says so inside its perplexity cell (``(n=2)``), not after the row."""
-    from prunerzero.experiments import load_grid, read_rows, render
+    from prunerzero.results import load_grid, read_rows, render
 
     grid = load_grid(REPO / "grids" / "structural-official-lr-cpu.yaml")
     rows = read_rows(RESULTS / "structural-official-lr-cpu" / "rows.jsonl")
@@ -924,7 +924,7 @@ def test_the_selections_are_found():
 def test_selection_table_re_renders_from_its_rows(name):
     """results/selection-*.md from its grid, rows and candidates (what --render-only does), and the choice in the
     JSON is the one the rows give."""
-    from prunerzero.experiments import load_grid, read_rows
+    from prunerzero.results import load_grid, read_rows
 
     out = RESULTS / name
     saved = json.loads((RESULTS / f"{name}.json").read_text())
@@ -953,7 +953,7 @@ def test_timing_tables_re_render_from_committed_rows(name):
     """`python benchmarks/<renderer>.py --out results/<name> --render-only` gives exactly the committed markdown."""
     import importlib
 
-    from prunerzero.experiments import read_meta, read_rows
+    from prunerzero.results import read_meta, read_rows
 
     meta = read_meta(RESULTS / name)
     render = importlib.import_module(meta["renderer"]).render
@@ -972,7 +972,7 @@ def test_every_committed_table_re_renders_from_rows():
 
 def test_measurement_documents_render_blocks_and_refuse_unknown_ones():
     from prunerzero.errors import UserError
-    from prunerzero.experiments import render_document
+    from prunerzero.results import render_document
 
     rows = [{"id": "a", "k": "x", "v": 1.23456, "n": 3, "provenance": {"command": "python b.py", "device": "cpu"}},
             {"id": "b", "k": "y", "v": None, "n": 4, "provenance": {"command": "python b.py", "device": "cpu"}}]
@@ -999,7 +999,7 @@ def test_bench_runs_a_structural_grid_resumes_and_renders(tiny_model_dir, tmp_pa
     import yaml
 
     from prunerzero.cli import main
-    from prunerzero.experiments import load_grid, read_rows, render
+    from prunerzero.results import load_grid, read_rows, render
     from prunerzero.pipeline import StructuralConfig
 
     grid = tmp_path / "s.yaml"
@@ -1093,7 +1093,7 @@ def test_structural_grid_keys_are_checked_before_a_model_loads(tmp_path, method,
     import yaml
 
     from prunerzero.errors import UserError
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
 
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump({"protocol": {"model": "/nonexistent"}, "patterns": [0.2], "methods": [method]}))
@@ -1106,7 +1106,7 @@ def test_ratio_tables_compare_with_the_reference_of_the_same_mode(tmp_path):
     ones with sequential Wanda (grids/fitness-mode-cpu.yaml)."""
     import yaml
 
-    from prunerzero.experiments import load_grid, render
+    from prunerzero.results import load_grid, render
 
     raw = {"name": "t", "protocol": {"model": "a"}, "seeds": [0, 1, 2], "patterns": [0.5], "reference": "wanda",
            "methods": [{"name": "wanda", "mode": "oneshot"}, {"name": "ria", "mode": "oneshot"},
@@ -1136,7 +1136,7 @@ def test_structural_grid_shape_is_checked(tmp_path, extra, message):
     import yaml
 
     from prunerzero.errors import UserError
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
 
     raw = {"protocol": {"model": "/nonexistent"}, "patterns": [0.2], "methods": [{"name": "s", "kind": "structural"}]}
     raw.update(extra)
@@ -1152,7 +1152,7 @@ def test_transfer_table_ratio_to_the_reference_and_search_models(tmp_path):
     import yaml
 
     from prunerzero.errors import UserError
-    from prunerzero.experiments import load_grid, render
+    from prunerzero.results import load_grid, render
 
     raw = {"name": "t", "protocol": {"model": "a"}, "models": ["a", "b"], "seeds": [0, 1, 2], "patterns": [0.5],
            "reference": "wanda", "searched_on": {"f": ["a"]},
@@ -1188,7 +1188,7 @@ def test_transfer_table_ratio_to_the_reference_and_search_models(tmp_path):
 def test_notebook_transfer_table_agrees_with_the_rendered_report():
     """report.transfer_table (the metric_principles lesson) gives each method the ratio and verdict that the
     committed transfer report prints."""
-    from prunerzero.experiments import load_grid, read_rows, render
+    from prunerzero.results import load_grid, read_rows, render
     from prunerzero.report import transfer_table
 
     grid = load_grid(REPO / "grids" / "transfer-cpu.yaml")
@@ -1208,7 +1208,7 @@ def test_notebook_transfer_table_agrees_with_the_rendered_report():
 def test_transfer_table_takes_a_model_measured_with_bos_in_that_regime_only():
     """Both transfer grids together: Gemma 3 comes from the BOS grid only (labelled so), the other families from
     Wanda's windows, each cell the ratio and verdict its own grid renders."""
-    from prunerzero.experiments import load_grid, render, read_rows
+    from prunerzero.results import load_grid, render, read_rows
     from prunerzero.report import transfer_table
 
     both = transfer_table([RESULTS / "transfer-cpu" / "rows.jsonl", RESULTS / "transfer-bos-cpu" / "rows.jsonl"])
@@ -1229,7 +1229,7 @@ def test_a_method_can_be_limited_to_some_models(tmp_path):
     its cells keep the ids they have without the key (rows already run still count)."""
     import yaml
 
-    from prunerzero.experiments import load_grid, render
+    from prunerzero.results import load_grid, render
 
     raw = {"name": "t", "models": ["a/b", "c/d"], "seeds": [0, 1, 2], "patterns": [0.5], "reference": "wanda",
            "searched_on": {"f": ["a/b"]},
@@ -1256,7 +1256,7 @@ def test_a_method_can_be_limited_to_some_models(tmp_path):
 def test_block_check_proves_every_builtin_model():
     """results/block-check-cpu: for each built-in model (one per family: LLaMA, Gemma 3, Qwen2), blocks run one by
     one reproduce the model's own forward on real text, and the model's tail on our last block gives its logits."""
-    from prunerzero.experiments import read_rows
+    from prunerzero.results import read_rows
     from prunerzero.models import BUILTIN_MODELS
 
     rows = {r["model"]: r for r in read_rows(RESULTS / "block-check-cpu" / "rows.jsonl")}
@@ -1275,7 +1275,8 @@ def test_a_grid_with_a_bos_per_window(tiny_model_dir, tmp_path):
     import yaml
 
     from prunerzero.cli import main
-    from prunerzero.experiments import PROTOCOL_IDENTITY, load_grid, protocol_key, read_rows
+    from prunerzero.results import load_grid, protocol_key, read_rows
+    from prunerzero.results.grid import PROTOCOL_IDENTITY
     from prunerzero.models import load_model
     from prunerzero.pipeline import CalibConfig, evaluate_all, prune
     from prunerzero.protocol import Protocol
@@ -1310,7 +1311,7 @@ def test_selection_rescoring_keeps_the_runs_bos_and_earlier_grid_files(tmp_path)
     and writes a stream grid exactly as before the bos key existed, so a rerun into a committed selection folder
     reuses its rows instead of refusing it."""
     from prunerzero.errors import UserError
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
     from prunerzero.search.space import load_space
 
     runs = {}
@@ -1412,7 +1413,7 @@ def test_goal_fitness_two_model_search_finds_nothing_past_both_spreads():
     below 0, that is none beats Wanda by more than both spreads everywhere on the fitness windows; its best is the
     earlier two-model pick found-2m-bos, whose test transfer is within Wanda's spread everywhere; Wanda scores its
     own spreads; RIA and the single-model picks fall at the second rung."""
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
     from prunerzero.metric.simplify import rank_key
     from prunerzero.search.engine import combine_scores, read_evaluations
     from prunerzero.search.space import load_space
@@ -1464,7 +1465,7 @@ def test_goal_fitness_two_model_search_finds_nothing_past_both_spreads():
 def test_seed_spread_at_2_4_barely_shrinks(grid, readme_says, notes_say):
     """transfer-cpu's SmolLM2 2:4 cells with a larger evaluation or calibration set: Wanda's seed spread of log ppl
     barely moves, and found-2m-bos stays within it; the README and results notes quote these rows."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     before, after = (_seed_ppls(RESULTS / g / "rows.jsonl") for g in ("transfer-cpu", grid))
     sd = [_log_spread(seeds[("smollm2", "wanda", "2:4")]) for seeds in (before, after)]
@@ -1481,7 +1482,7 @@ def test_ria_taken_apart_across_families():
     """transfer-cpu / transfer-bos-cpu, session 28: RIA's exponent (‖X‖^0.5, wanda-a05) does not carry across
     families, its relative importance with Wanda's exponent (ria-a1) does at 50% on Gemma 3 and Qwen2.5; and on these
     rows no per-weight formula beats Wanda at 2:4 on SmolLM2 or on Gemma 3 (BOS) by both spreads."""
-    from prunerzero.experiments import fmt, load_grid, verdict
+    from prunerzero.results import fmt, load_grid, verdict
 
     stream = _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl")
     bos = _seed_ppls(RESULTS / "transfer-bos-cpu" / "rows.jsonl")
@@ -1516,7 +1517,7 @@ def test_same_cells_on_another_cpu():
     """cross-cpu: transfer-cpu's SmolLM2 Wanda and RIA cells (same ids) on another CPU model. Some masks are the same
     (perplexity equal to float noise), others move, Wanda's 2:4 seed-0 cell by 1.9%; the README quotes these rows and
     the new transfer rows' verdicts against this CPU's Wanda."""
-    from prunerzero.experiments import read_rows, verdict
+    from prunerzero.results import read_rows, verdict
 
     before = {r["id"]: r for r in read_rows(RESULTS / "transfer-cpu" / "rows.jsonl")}
     after = list(read_rows(RESULTS / "cross-cpu" / "rows.jsonl"))
@@ -1548,7 +1549,7 @@ def test_same_cells_on_another_cpu():
 def test_longer_protocol_2_4_spread_and_verdicts():
     """transfer-1024-cpu / transfer-1024-bos-cpu: on 32 x 1024 calibration tokens and 16 test windows of 1024, Wanda's
     2:4 seed spread is wider than on the 512-token protocol, and neither the two-model pick nor ria-a1 leaves it."""
-    from prunerzero.experiments import fmt, verdict
+    from prunerzero.results import fmt, verdict
 
     readme = " ".join((REPO / "README.md").read_text().split())
     short = {"smollm2": _seed_ppls(RESULTS / "transfer-cpu" / "rows.jsonl"),

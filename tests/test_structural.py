@@ -200,7 +200,7 @@ def test_the_best_measured_preset_is_the_measured_cell():
     """``--preset official-pg-ls`` at 300 steps is exactly the grid cell behind its numbers (official/lr0.02+ls)."""
     from conftest import REPO
 
-    from prunerzero.experiments import load_grid
+    from prunerzero.results import load_grid
     from prunerzero.pipeline import structural_config
 
     grid = load_grid(REPO / "grids" / "structural-official-lr-cpu.yaml")
@@ -371,7 +371,8 @@ def test_reconstruct_is_its_own_cell_and_leaves_older_cell_keys_alone():
     import hashlib
     import json
 
-    from prunerzero.experiments import STRUCTURAL_CELL_FIELDS, Method
+    from prunerzero.results import Method
+    from prunerzero.results.grid import STRUCTURAL_CELL_FIELDS
 
     plain = Method("x", "wanda", "oneshot", "structural", (("preset", "official-pg"),))
     rec = Method("x", "wanda", "oneshot", "structural", (("preset", "official-pg"), ("reconstruct", True)))
