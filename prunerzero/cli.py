@@ -74,7 +74,8 @@ def _common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=_P.model,
                    help="'smollm2' (built in, offline; also 'gemma3-270m' and 'qwen2.5-0.5b' once their PyPI "
                         "parts are installed), a .gguf file, a save_pretrained folder or a hub id: any dense "
-                        "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...)")
+                        "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...) "
+                        "or a mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3, GLM-4.5, gpt-oss)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
                                                   "else cpu)")
     p.add_argument("--dtype", default=_P.dtype, choices=checks.DTYPES,
@@ -216,7 +217,8 @@ def cmd_prune(args) -> None:
         require_empty(args.save, "--save folder")
     _check_model_args(args, calibration=True)
     lm = _load(args)
-    cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir)
+    cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir,
+                      routing=args.expert_routing, min_tokens=args.expert_min_tokens or CalibConfig.min_tokens)
     payload = {"command": _command(), "provenance": _provenance(lm), "model": args.model, "metric": args.metric,
                "pattern": str(pattern), "sequential": args.sequential, "nsamples": args.nsamples, "seed": args.seed,
                "seqlen": lm.seqlen, "bos": args.bos}
@@ -243,6 +245,9 @@ def cmd_prune(args) -> None:
     print(f"pruned  {_ppl_line(payload['pruned'])}  [{res.method}, {pattern}, "
           f"{'sequential' if args.sequential else 'one-shot'}{procedure}]")
     print(f"sparsity {res.sparsity:.4f} of prunable weights; prune {res.seconds:.1f}s, eval {time.time() - t0:.1f}s")
+    if res.moe is not None:
+        print(res.moe.line())
+        payload["moe"] = res.moe.as_dict()
     if args.save:
         save_model(lm, args.save)
         print(f"saved to {args.save}")
@@ -547,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the diagonal (default: 0.01, SparseGPT's)")
     p.add_argument("--nsamples", type=_at_least(1), default=_P.nsamples, help="calibration windows from C4 train")
     p.add_argument("--seed", type=_at_least(0), default=_P.seed, help="seed of the calibration sampler")
+    p.add_argument("--expert-routing", default="routed", choices=["routed", "all"],
+                   help="mixtures of experts: calibrate each expert on the tokens its router sends it (routed) or "
+                        "on every token (all)")
+    p.add_argument("--expert-min-tokens", type=_at_least(1), default=None,
+                   help="mixtures of experts: an expert routed fewer calibration tokens is calibrated on every "
+                        "token instead, and counted (default: 16)")
     p.add_argument("--skip-dense", action="store_true", help="do not evaluate the dense model first")
     p.add_argument("--save", default=None,
                    help="write the pruned model to this new folder (plain transformers loads it; default: not saved)")

@@ -10,7 +10,8 @@ Any decoder-only ``*ForCausalLM`` whose blocks keep their weights in ``nn.Linear
 are found (the list of identical blocks holding the most parameters) and every Linear inside a block is prunable
 (MoE routers excepted), keyed ``layers.{i}.{name inside the block}``. ``FAMILIES`` records only what cannot be
 found that way: the attention/MLP role names structural pruning needs, and why structural pruning refuses a family.
-Mixtures of experts are refused: in transformers 5 their experts are fused 3-D parameters, not Linear layers.
+Mixtures of experts of the families in ``moe.MOE_FAMILIES`` prune every expert's slice of the fused 3-D expert
+parameters as its own matrix (``moe.py``); other mixtures of experts are refused.
 The check reads the config (or a GGUF header) first, so a refusal takes seconds, not a dequantisation.
 """
 from __future__ import annotations
@@ -98,8 +99,6 @@ FAMILIES = {
     "qwen2_moe": Family(structural=_MOE),
     "qwen3_moe": Family(structural=_MOE),
 }
-# Config fields that mark a mixture of experts (their experts are fused 3-D parameters in transformers 5).
-MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
 
 DEFAULT_SEQLEN = 2048
 
@@ -350,11 +349,9 @@ def check_config(cfg) -> None:
     if getattr(cfg, "model_type", None) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise UserError(f"architecture {name} (model_type {getattr(cfg, 'model_type', None)}) is not a causal LM "
                         "transformers knows: prunerzero prunes decoder-only *ForCausalLM models")
-    experts = {f: getattr(cfg, f) for f in MOE_FIELDS if isinstance(getattr(cfg, f, None), int) and getattr(cfg, f)}
-    if experts:
-        field, n = next(iter(experts.items()))
-        raise UserError(f"architecture {name} is a mixture of experts ({field}={n}): its experts are fused 3-D "
-                        "parameters, not nn.Linear, and are not supported; use a dense model")
+    from .moe import check_moe_config
+
+    check_moe_config(cfg)  # a mixture of experts of a family without an adapter is refused here
 
 
 def gguf_architecture(path: str | os.PathLike) -> str:
@@ -467,14 +464,24 @@ def _is_router(name: str) -> bool:
 
 
 def prunable_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """Every nn.Linear of one decoder block (MoE routers excluded), in registration order.
+    """Every nn.Linear of one decoder block (MoE routers excluded), in registration order; the fused experts of a
+    known MoE family give one Linear view per expert and matrix (``moe.expert_linears``).
 
     Refuses a block whose weights live outside nn.Linear (fused 3-D MoE experts, GPT-2's Conv1D): pruning only the
     Linear part of such a model would silently leave most of it dense.
     """
+    from .moe import expert_linears, is_experts_module
+
     kind = type(block).__name__
     out = {}
+    inside_experts: list[str] = []
     for name, mod in block.named_modules():
+        if any(name.startswith(p + ".") for p in inside_experts):
+            continue
+        if is_experts_module(mod):  # fused MoE experts of a known family: one view per expert and matrix
+            out.update(expert_linears(name, mod))
+            inside_experts.append(name)
+            continue
         if isinstance(mod, nn.Linear):
             if not _is_router(name):
                 out[name] = mod

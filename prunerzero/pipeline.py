@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data
+from .calibration.experts import MIN_TOKENS
 from .calibration import (
     Stats,
     activation_stats,
@@ -26,7 +27,8 @@ from .metric.known import resolve_metric
 from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
 from .protocol import Protocol
 from .prune.masks import Pattern, sparsity_of
-from .prune.run import SPARSEGPT, prune_model
+from .moe import expert_count_of
+from .prune.run import SPARSEGPT, MoeReport, prune_model
 from .prune.sparsegpt import PERCDAMP
 
 
@@ -37,6 +39,8 @@ class CalibConfig:
     batch_size: int = Protocol.batch_size
     data_dir: str | None = None
     cache: str | None = None
+    routing: str = "routed"            # MoE experts: calibrated on their routed tokens, or on every token ("all")
+    min_tokens: int = MIN_TOKENS       # MoE experts with fewer routed tokens take the all-token fallback
 
 
 def calibration_windows(lm: LoadedModel, cfg: CalibConfig, seqlen: int | None = None) -> torch.Tensor:
@@ -54,6 +58,8 @@ def windows_sha1(windows: torch.Tensor) -> str:
 
 def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int, windows_digest: str,
          grad_dtype: torch.dtype | None = None) -> str:
+    if kind != "G" and (cfg.routing, cfg.min_tokens) != ("routed", MIN_TOKENS):  # MoE routed calibration
+        kind = f"{kind}:{cfg.routing}:{cfg.min_tokens}"  # (dense models' keys are unchanged by the defaults)
     return stats_key(model_fingerprint(lm.model), data.data_fingerprint(cfg.data_dir), cfg.nsamples, seqlen,
                      cfg.seed, f"{kind}:{lm.model.dtype}", windows_digest, str(grad_dtype or ""))
 
@@ -86,12 +92,15 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
                                           lambda: provenance(activation_stats(lm.model, windows, cfg.batch_size,
                                                                               progress, hessian=True,
                                                                               factor=need_factor,
-                                                                              keep_hessian=need_hessian))))
+                                                                              keep_hessian=need_hessian,
+                                                                              routing=cfg.routing,
+                                                                              min_tokens=cfg.min_tokens))))
         need_x = False
     if need_x:
         stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "X", seqlen, digest),
                                           lambda: provenance(activation_stats(lm.model, windows, cfg.batch_size,
-                                                                              progress))))
+                                                                              progress, routing=cfg.routing,
+                                                                              min_tokens=cfg.min_tokens))))
     if need_g:
         upcast = gradient_upcast(lm.model)  # decided once, so that the key names the precision really used
         gdt = gradient_dtype(lm.model, upcast)
@@ -111,6 +120,7 @@ class PruneResult:
     seconds: float
     ppl: dict = field(default_factory=dict)
     pruned: dict = field(default_factory=dict)     # weights the mask removed, per layer (exactly the pattern's)
+    moe: MoeReport | None = None                   # a mixture of experts: experts pruned, fallbacks taken
 
 
 def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequential: bool = True,
@@ -151,11 +161,15 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
         dense = (grads if cached_x else one_shot_stats(lm, cfg, need_x=True, need_g=False, windows=windows,
                                                        progress=progress)) if alloc.kind == "owl" else Stats()
         counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])
+    moe = MoeReport() if expert_count_of(lm.model.config) else None
     pruned = prune_model(lm.model, formula, pattern, windows, grads, sequential=sequential,
                          batch_size=cfg.batch_size, progress=progress, update=update, counts=counts, permute=permute,
-                         percdamp=percdamp)
+                         percdamp=percdamp, routing=cfg.routing, min_tokens=cfg.min_tokens, moe=moe)
+    if moe is not None and cached_x:  # one-shot X came from the statistics cache: its fallbacks are in its meta
+        moe.routing, moe.min_tokens = cfg.routing, cfg.min_tokens
+        moe.fallback = dict(grads.meta.get("expert_fallback", {}))
     return PruneResult(name, str(pattern), sequential, sparsity_of(all_prunable(lm.model)), time.time() - t0,
-                       pruned=pruned)
+                       pruned=pruned, moe=moe)
 
 
 def default_group(method: str) -> str:

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from ..models import decoder_layers, prunable_linears
 from .blocks import BlockRunner
+from .experts import MIN_TOKENS, BlockInputs
 from .cache import Stats
 
 
@@ -44,7 +45,7 @@ class InputStats:
 
 def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 1, progress: bool = True,
                      hessian: bool = False, percdamp: float = 0.01, factor: bool = False,
-                     keep_hessian: bool = False) -> Stats:
+                     keep_hessian: bool = False, routing: str = "routed", min_tokens: int = MIN_TOKENS) -> Stats:
     """One-shot X for every prunable layer from the dense model, block by block (bounded memory).
 
     ``hessian=True`` also gives the Hessian-aware terminal Hd = 1 / diag(H_damped^-1), stored as [1, in]
@@ -56,6 +57,8 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
     ``keep_hessian=True`` (implies ``hessian``) keeps each layer's Hessian itself as the reserved term ``_H``
     [in, in] (``Stats.hessian``), for a fitness whose setting solves the kept weights exactly (``lsq``) or prunes
     by ADMM (``admm``), both from the layer Hessian (``prune.admm``).
+    Experts of a mixture of experts get their statistics from their routed tokens (``routing``, ``min_tokens``:
+    ``calibration.experts``); the meta records, per experts module, which experts took the all-token fallback.
     """
     from ..prune.sparsegpt import hinv_factor, obs_diag
 
@@ -63,11 +66,13 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
 
     runner = BlockRunner(model, windows, batch_size)
     out: dict[str, dict[str, torch.Tensor]] = {}
+    routed: dict = {}
     for i, block in enumerate(tqdm(decoder_layers(model), desc="activation stats", disable=not progress)):
-        hooks = {n: InputStats(lin, hessian=hessian) for n, lin in prunable_linears(block).items()}
+        inputs = BlockInputs(prunable_linears(block), hessian=hessian, routing=routing, min_tokens=min_tokens)
         outs = runner.run(block)
-        for n, h in hooks.items():
-            h.remove()
+        for name, r in inputs.finish(int(windows.shape[0])).items():
+            routed[f"layers.{i}.{name}"] = r
+        for n, h in inputs.stats.items():
             out[f"layers.{i}.{n}"] = {"X": h.X.cpu()}
             if hessian:
                 out[f"layers.{i}.{n}"]["Hd"] = obs_diag(h.H, percdamp).cpu()
@@ -79,4 +84,7 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
                 h.H = None
         runner.advance(outs)
     meta = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1])}
+    if routed:
+        meta.update(routing=routing, min_tokens=min_tokens,
+                    expert_fallback={k: r.fallback for k, r in routed.items() if r.fallback})
     return Stats(out, {**meta, "percdamp": percdamp} if hessian else meta)

@@ -36,11 +36,20 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
                 t = getattr(mod, kind)[name]
                 if t.dtype != dtype:
                     t.data = t.data.to(dtype)
+    from ..moe import expert_slice
+
     linears = all_prunable(model)
     params = {k: lin.weight for k, lin in linears.items()}
     dev_of = {k: torch.device(stats_device) if stats_device else p.device for k, p in params.items()}
     g1 = {k: torch.zeros(p.shape, dtype=torch.float32, device=dev_of[k]) for k, p in params.items()}
     g2 = {k: torch.zeros(p.shape, dtype=torch.float32, device=dev_of[k]) for k, p in params.items()}
+    # an expert's view is never used by the forward: its gradient is its slice of the fused parameter's gradient
+    fused: dict[int, tuple[torch.nn.Parameter, list]] = {}
+    for k, lin in linears.items():
+        sl = expert_slice(lin)
+        if sl is not None:
+            fused.setdefault(id(sl.fused), (sl.fused, []))[1].append((k, sl))
+            del params[k]
     saved_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     handles = []
@@ -53,12 +62,25 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
             p.grad = None
         return hook
 
+    def make_fused_hook(slices):
+        def hook(p):
+            g = p.grad.detach().float() * scale
+            for key, sl in slices:
+                ge = sl.of(g)
+                g1[key] += ge.abs().to(dev_of[key])
+                g2[key] += ge.square().to(dev_of[key])
+            p.grad = None
+        return hook
+
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         for k, p in params.items():
             p.requires_grad_(True)
             handles.append(p.register_post_accumulate_grad_hook(make_hook(k)))
+        for p, slices in fused.values():
+            p.requires_grad_(True)
+            handles.append(p.register_post_accumulate_grad_hook(make_fused_hook(slices)))
         model.train()  # as the reference script; LLaMA-style models have no dropout, so this changes nothing else
         dev = model.get_input_embeddings().weight.device
         for i in tqdm(range(windows.shape[0]), desc="gradient stats", disable=not progress):
@@ -75,7 +97,7 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
             p.requires_grad_(saved_flags[n])
             p.grad = None
         model.train(was_training)
-    out = {k: {"G1": g1[k].cpu(), "G2": g2[k].sqrt_().cpu()} for k in params}
+    out = {k: {"G1": g1[k].cpu(), "G2": g2[k].sqrt_().cpu()} for k in linears}
     return Stats(out, {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "grad_scale": scale})
 
 

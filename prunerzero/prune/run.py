@@ -12,14 +12,18 @@ no forward pass at all.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..calibration import BlockRunner, InputStats, Stats, needs_of
+from ..calibration.experts import MIN_TOKENS, BlockInputs
 from ..errors import UserError
 from ..metric.expr import Node, evaluate
 from ..models import all_prunable, decoder_layers, prunable_linears
+from ..moe import FUSED
 from .masks import Pattern, apply_mask, check_scores, mask_from_scores
 from .admm import admm_prune, lsq_update
 from .sparsegpt import PERCDAMP, obs_diag, obs_update, sparsegpt_prune
@@ -27,6 +31,46 @@ from .sparsegpt import PERCDAMP, obs_diag, obs_update, sparsegpt_prune
 SPARSEGPT = "sparsegpt"
 UPDATES = ("none", "obs", "lsq", "admm")
 HESSIAN_UPDATES = ("obs", "lsq", "admm")
+
+
+@dataclass
+class MoeReport:
+    """What a prune did to the experts of a mixture of experts: how many expert matrices and experts it pruned,
+    how it calibrated them, and every expert that took the all-token fallback (``calibration.experts``), per
+    experts module (``layers.{i}.mlp.experts``)."""
+    routing: str = "routed"
+    min_tokens: int = MIN_TOKENS
+    experts: int = 0                 # experts (all their matrices) pruned
+    matrices: int = 0                # expert matrices pruned
+    fallback: dict[str, list[int]] = field(default_factory=dict)
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, layer: int, routed: dict) -> None:
+        for name, r in routed.items():
+            self.tokens[f"layers.{layer}.{name}"] = [int(t) for t in r.tokens]
+            if r.fallback:
+                self.fallback[f"layers.{layer}.{name}"] = list(r.fallback)
+
+    def count(self, pruned: dict[str, int]) -> None:
+        keys = [k for k in pruned if ".experts." in k and k.rsplit(".", 1)[-1] in FUSED]
+        self.matrices = len(keys)
+        self.experts = len({k.rsplit(".", 1)[0] for k in keys})
+
+    @property
+    def fallbacks(self) -> int:
+        return sum(len(v) for v in self.fallback.values())
+
+    def line(self) -> str:
+        how = ("no calibration" if self.routing == "none" else
+               "every expert on every token" if self.routing == "all" else
+               f"on its routed tokens; {self.fallbacks} with fewer than {self.min_tokens} took the all-token "
+               "fallback")
+        return f"experts: {self.experts} pruned in place ({self.matrices} expert matrices), {how}"
+
+    def as_dict(self) -> dict:
+        return {"experts": self.experts, "matrices": self.matrices, "routing": self.routing,
+                "min_tokens": self.min_tokens, "fallbacks": self.fallbacks, "fallback": self.fallback,
+                "tokens": self.tokens}
 
 
 def metric_score(formula: Node, env: dict, where: str = "") -> torch.Tensor:
@@ -80,7 +124,8 @@ def _layer_pattern(pattern: Pattern, counts: dict[str, int] | None, key: str, li
 def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, windows: torch.Tensor | None = None,
                 grads: Stats | None = None, sequential: bool = True, batch_size: int = 1,
                 percdamp: float = PERCDAMP, blocksize: int = 128, progress: bool = True, update: str = "none",
-                counts: dict[str, int] | None = None, permute: bool = False) -> dict[str, int]:
+                counts: dict[str, int] | None = None, permute: bool = False, routing: str = "routed",
+                min_tokens: int = MIN_TOKENS, moe: "MoeReport | None" = None) -> dict[str, int]:
     """Prune every prunable Linear in place; returns the number of weights pruned per layer.
 
     ``update="obs"``: after a metric's mask, the kept weights of each row are updated by OBS against the layer's
@@ -91,6 +136,12 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
     ``counts``: per-layer prune counts (per row, or per layer for the per-layer group) from
     ``allocation.allocate`` instead of the pattern's uniform sparsity. ``permute``: N:M with input-channel
     permutation applied to o_proj/down_proj and their producers (``permute.py``).
+
+    Mixtures of experts: every expert's slice of the fused expert parameters is a layer of its own
+    (``layers.{i}.mlp.experts.{e}.down_proj``), calibrated on the tokens its router sends to it (``routing="all"``:
+    on every token); an expert with fewer than ``min_tokens`` routed tokens is calibrated on every token instead
+    (``calibration.experts``). ``moe`` (a ``MoeReport``) receives how many experts were pruned and which took
+    that fallback.
     """
     from .allocation import mask_with_count
     from .permute import permutation_for, permute_rows
@@ -155,23 +206,30 @@ def prune_model(model: nn.Module, method: "Node | str", pattern: Pattern, window
                 permute_rows(by_key[key.rsplit(".", 2)[0] + "." + producer], order)
         pruned[key] = int(mask.sum())
 
+    if moe is not None:
+        moe.routing, moe.min_tokens = (routing, min_tokens) if needs_forward else ("none", 0)
     if not needs_forward:
         for key, lin in tqdm(all_prunable(model).items(), desc="prune", disable=not progress):
             prune_one(key, lin, None)
+        if moe is not None:
+            moe.count(pruned)
         return pruned
     if windows is None:
         raise UserError("this method needs calibration data (X or a Hessian): pass calibration windows")
     runner = BlockRunner(model, windows, batch_size)
     for i, block in enumerate(tqdm(decoder_layers(model), desc="prune (layer by layer)", disable=not progress)):
         linears = prunable_linears(block)
-        hooks = {n: InputStats(lin, hessian=hessian) for n, lin in linears.items()}
+        inputs = BlockInputs(linears, hessian=hessian, routing=routing, min_tokens=min_tokens)
         outs = runner.run(block)
-        for h in hooks.values():
-            h.remove()
+        routed = inputs.finish(int(windows.shape[0]))
+        if moe is not None:
+            moe.add(i, routed)
         for n, lin in linears.items():
-            prune_one(f"layers.{i}.{n}", lin, hooks[n])
-            hooks[n].H = None  # free the Hessian as soon as the layer is done
+            prune_one(f"layers.{i}.{n}", lin, inputs.stats[n])
+            inputs.free(n)  # free the Hessian as soon as the layer is done
         if sequential:
             outs = runner.run(block)
         runner.advance(outs)
+    if moe is not None:
+        moe.count(pruned)
     return pruned

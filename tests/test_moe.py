@@ -1,0 +1,289 @@
+"""Mixtures of experts on tiny random configs of every family in the adapter table (fp32, 3 layers, 4 experts,
+top-2): blocks run one by one reproduce the model; every expert's slice of the fused parameters is a prunable
+matrix pruned in place to the exact count; expert statistics come from the tokens the router sends (checked by
+hand), with the all-token fallback counted; routers stay untouched; the CLI prunes and saves a checkpoint that
+reloads with the same logits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunerzero.calibration import activation_stats, forward_check, gradient_stats
+from prunerzero.errors import UserError
+from prunerzero.metric import parse
+from prunerzero.models import all_prunable, check_config
+from prunerzero.moe import MOE_FAMILIES, expert_slice
+from prunerzero.prune.masks import parse_pattern
+from prunerzero.prune.run import SPARSEGPT, MoeReport, prune_model
+
+WANDA = parse("mul(abs(W), sqrt(X))")
+LAYERS, EXPERTS, TOPK = 3, 4, 2
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "glm4_moe", "gpt_oss"]
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def moe_config(arch: str, vocab: int = 256, ctx: int = 256):
+    """A tiny random config of an MoE family: hidden 64, 4 heads, 4 experts of which 2 per token; DeepSeek-V3 and
+    GLM-4.5 keep their first layer dense and add one shared expert, Qwen2-MoE a gated shared expert."""
+    import transformers
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=ctx,
+                  num_experts_per_tok=TOPK, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    grouped = dict(n_routed_experts=EXPERTS, moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1,
+                   n_group=1, topk_group=1)
+    table = {
+        "mixtral": (transformers.MixtralConfig, dict(num_local_experts=EXPERTS)),
+        "qwen2_moe": (transformers.Qwen2MoeConfig, dict(num_experts=EXPERTS, moe_intermediate_size=32,
+                                                        shared_expert_intermediate_size=64)),
+        "qwen3_moe": (transformers.Qwen3MoeConfig, dict(num_experts=EXPERTS, moe_intermediate_size=32,
+                                                        head_dim=16)),
+        "olmoe": (transformers.OlmoeConfig, dict(num_experts=EXPERTS)),
+        "deepseek_v3": (transformers.DeepseekV3Config, dict(**grouped, q_lora_rank=32, kv_lora_rank=16,
+                                                            qk_rope_head_dim=8, qk_nope_head_dim=8,
+                                                            v_head_dim=16)),
+        "glm4_moe": (transformers.Glm4MoeConfig, dict(**grouped, head_dim=16)),
+        "gpt_oss": (transformers.GptOssConfig, dict(num_local_experts=EXPERTS, head_dim=16, sliding_window=8,
+                                                    rope_parameters={"rope_type": "default",
+                                                                     "rope_theta": 10000.0})),
+    }
+    cls, extra = table[arch]
+    return cls(**common, **extra)
+
+
+def make_moe(arch: str, seed: int = 0, vocab: int = 256, ctx: int = 256):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(moe_config(arch, vocab, ctx), dtype=torch.float32).eval()
+    model.config.use_cache = False
+    return model
+
+
+@pytest.fixture(scope="module")
+def windows():
+    return torch.randint(0, 256, (6, 32), generator=torch.Generator().manual_seed(1))
+
+
+def _moe_layers(model) -> list[int]:
+    return [i for i, b in enumerate(model.model.layers) if hasattr(b.mlp, "experts")]
+
+
+def test_adapter_table_covers_the_families():
+    assert set(ARCHS) == set(MOE_FAMILIES)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_blocks_one_by_one_reproduce_the_forward(arch, windows):
+    model = make_moe(arch)
+    check = forward_check(model, windows, batch_size=2)
+    for i in range(LAYERS):
+        torch.testing.assert_close(check.ours[i], check.real[i], **TOL, msg=f"block {i}")
+    torch.testing.assert_close(check.replayed, check.logits, **TOL)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_expert_is_a_matrix_of_the_fused_parameter(arch):
+    """One view per expert and fused matrix, in Linear orientation [out, in], sharing the fused storage."""
+    model = make_moe(arch)
+    linears = all_prunable(model)
+    transposed = MOE_FAMILIES[arch].transposed
+    for i in _moe_layers(model):
+        experts = model.model.layers[i].mlp.experts
+        for e in range(EXPERTS):
+            for name in ("gate_up_proj", "down_proj"):
+                lin = linears[f"layers.{i}.mlp.experts.{e}.{name}"]
+                fused = getattr(experts, name)
+                want = fused[e].t() if transposed else fused[e]
+                assert lin.weight.shape == want.shape and lin.weight.data_ptr() == want.data_ptr()
+                assert expert_slice(lin).expert == e
+        assert lin.in_features == (experts.down_proj.shape[1 + (not transposed)])
+    routers = [k for k in linears if k.rsplit(".", 1)[-1] in ("gate", "router", "shared_expert_gate")]
+    assert routers == []
+    shared = MOE_FAMILIES[arch].shared
+    if shared:
+        assert any(f".mlp.{shared[0]}.down_proj" in k for k in linears)
+
+
+def _routed_by_hand(model, windows, layer: int):
+    """Tokens entering layer ``layer``'s MoE (after its attention and norm), and the router's top-k by hand."""
+    block = model.model.layers[layer]
+    got = {}
+    handle = block.mlp.register_forward_pre_hook(lambda _m, args: got.__setitem__("x", args[0].detach()))
+    with torch.no_grad():
+        model(windows)
+    handle.remove()
+    x = got["x"].reshape(-1, got["x"].shape[-1])
+    with torch.no_grad():
+        top, idx = F.linear(x, block.mlp.gate.weight).softmax(-1).topk(TOPK, dim=-1)
+    return x, idx, top
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+def test_expert_statistics_come_from_routed_tokens(arch, windows):
+    """X of expert e's gate_up_proj and down_proj equals sum x^2 / sequences over the tokens whose top-k holds e
+    (computed by hand from the router), and the all-token option and the fallback use every token."""
+    model = make_moe(arch)
+    stats = activation_stats(model, windows, progress=False, min_tokens=1)
+    exp = model.model.layers[1].mlp.experts
+    x, idx, top = _routed_by_hand(model, windows, 1)
+    if arch == "qwen3_moe" and model.config.norm_topk_prob:
+        top = top / top.sum(-1, keepdim=True)
+    n = windows.shape[0]
+    for e in range(EXPERTS):
+        sel = (idx == e).any(-1)
+        xs = x[sel]
+        gate, up = F.linear(xs, exp.gate_up_proj[e]).chunk(2, dim=-1)
+        h = F.silu(gate) * up
+        torch.testing.assert_close(stats.tensors[f"layers.1.mlp.experts.{e}.gate_up_proj"]["X"],
+                                   (xs ** 2).sum(0) / n, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stats.tensors[f"layers.1.mlp.experts.{e}.down_proj"]["X"],
+                                   (h ** 2).sum(0) / n, rtol=1e-4, atol=1e-6)
+    assert "expert_fallback" in stats.meta and stats.meta["expert_fallback"] == {}
+    everyone = activation_stats(model, windows, progress=False, routing="all")
+    thin = activation_stats(model, windows, progress=False, min_tokens=10 ** 6)  # every expert falls back
+    for e in range(EXPERTS):
+        key = f"layers.1.mlp.experts.{e}.gate_up_proj"
+        torch.testing.assert_close(everyone.tensors[key]["X"], (x ** 2).sum(0) / n, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(thin.tensors[key]["X"], everyone.tensors[key]["X"])
+    assert thin.meta["expert_fallback"] == {f"layers.{i}.mlp.experts": list(range(EXPERTS)) for i in range(LAYERS)}
+
+
+def test_gate_weights_and_output_norms_are_recorded(windows):
+    """The routing record of an experts module: token counts and gate sums from the router's top-k (by hand)."""
+    from prunerzero.calibration.experts import RoutedInputs
+
+    model = make_moe("mixtral")
+    exp = model.model.layers[1].mlp.experts
+    x, idx, top = _routed_by_hand(model, windows, 1)
+    top = top / top.sum(-1, keepdim=True)  # Mixtral renormalises its top-k
+    rec = RoutedInputs(exp)
+    with torch.no_grad():
+        model(windows)
+    rec.remove()
+    routed = rec.finish(windows.shape[0])
+    for e in range(EXPERTS):
+        assert int(routed.tokens[e]) == int((idx == e).any(-1).sum())
+        assert float(routed.gate[e]) == pytest.approx(float((top * (idx == e)).sum()), rel=1e-5)
+    assert int(routed.tokens.sum()) == TOPK * x.shape[0] == TOPK * routed.total_tokens
+    assert (routed.reap > 0).all() and (routed.reap < routed.out_norm).all()  # gates are < 1
+
+
+def _router_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()
+            if n.rsplit(".", 2)[-2] in ("gate", "router", "shared_expert_gate")}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method,pattern", [("wanda", "0.5"), ("wanda", "2:4"), (SPARSEGPT, "0.5")])
+def test_every_expert_is_pruned_exactly(arch, method, pattern, windows):
+    model = make_moe(arch)
+    pat = parse_pattern(0.5) if pattern == "0.5" else parse_pattern(pattern=pattern)
+    routers = _router_state(model)
+    assert routers
+    report = MoeReport()
+    prune_model(model, WANDA if method == "wanda" else SPARSEGPT, pat, windows, sequential=True, progress=False,
+                moe=report)
+    linears = all_prunable(model)
+    for key, lin in linears.items():
+        assert int((lin.weight == 0).sum()) == lin.weight.numel() // 2, key
+        if pattern == "2:4":  # N:M along the input dimension of every expert, whatever its storage orientation
+            assert ((lin.weight == 0).view(lin.out_features, -1, 4).sum(-1) == 2).all(), key
+    for i in _moe_layers(model):
+        for name in ("gate_up_proj", "down_proj"):
+            fused = getattr(model.model.layers[i].mlp.experts, name)
+            assert int((fused == 0).sum()) == fused.numel() // 2  # in place, in the fused parameter
+    for n, p in model.named_parameters():
+        if n in routers:
+            assert torch.equal(p, routers[n]), n
+    assert report.experts == EXPERTS * len(_moe_layers(model))
+    assert report.matrices == 2 * report.experts and report.routing == "routed"
+    assert set(report.tokens) == {f"layers.{i}.mlp.experts" for i in _moe_layers(model)}
+    assert report.fallbacks == sum(len(v) for v in report.fallback.values())
+
+
+def test_thin_experts_take_the_fallback_and_are_counted(windows):
+    model = make_moe("mixtral")
+    report = MoeReport()
+    prune_model(model, SPARSEGPT, parse_pattern(0.5), windows[:1, :8], progress=False, moe=report, min_tokens=5)
+    thin = {k: [e for e, t in enumerate(v) if t < 5] for k, v in report.tokens.items()}
+    assert report.fallback == {k: v for k, v in thin.items() if v} and report.fallbacks > 0
+    assert f"{report.fallbacks} with fewer than 5 took the all-token fallback" in report.line()
+    for lin in all_prunable(model).values():
+        assert int((lin.weight == 0).sum()) == lin.weight.numel() // 2
+
+
+def test_expert_gradients_are_slices_of_the_fused_gradient(windows):
+    """G1 of an expert view is |100 x dL/dW| of its slice of the fused parameter (one sequence)."""
+    model = make_moe("mixtral")
+    one = windows[:1]
+    stats = gradient_stats(model, one, progress=False)
+    model.zero_grad()
+    loss = model(input_ids=one, labels=one).loss
+    loss.backward()
+    fused = model.model.layers[2].mlp.experts.down_proj.grad
+    for e in range(EXPERTS):
+        g1 = stats.tensors[f"layers.2.mlp.experts.{e}.down_proj"]["G1"]
+        torch.testing.assert_close(g1, (fused[e] * 100).abs(), rtol=1e-4, atol=1e-7)
+    assert sum(float(stats.tensors[f"layers.2.mlp.experts.{e}.down_proj"]["G1"].sum()) > 0
+               for e in range(EXPERTS)) >= TOPK
+
+
+def test_unknown_moe_family_is_refused_in_one_line():
+    import transformers
+
+    cfg = transformers.PhimoeConfig(num_local_experts=4)
+    with pytest.raises(UserError, match="mixture of experts .*no adapter for: supported MoE families are mixtral"):
+        check_config(cfg)
+    check_config(moe_config("qwen3_moe"))
+
+
+@pytest.fixture(scope="module")
+def moe_dirs(tmp_path_factory):
+    """save_pretrained folders of a tiny Mixtral and a tiny Qwen3-MoE that speak SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from prunerzero.models import resolve_model_source
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_source("smollm2"))
+    out = {}
+    for arch in ("mixtral", "qwen3_moe"):
+        model = make_moe(arch, vocab=len(tok), ctx=2048)
+        out[arch] = tmp_path_factory.mktemp(arch)
+        model.save_pretrained(out[arch])
+        tok.save_pretrained(out[arch])
+    return out
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("args", [["--metric", "wanda", "--sparsity", "0.5", "--sequential"],
+                                  ["--metric", "wanda", "--pattern", "2:4"],
+                                  ["--metric", "sparsegpt"]])
+def test_cli_prunes_experts_and_the_folder_reloads(arch, args, moe_dirs, tmp_path, capsys, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    import prunerzero.cli as cli
+    from prunerzero.cli import main
+
+    saved = {}
+    save = cli.save_model
+    monkeypatch.setattr(cli, "save_model", lambda lm, target: (saved.setdefault("model", lm.model), save(lm, target)))
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(moe_dirs[arch]), *args, "--nsamples", "2", "--seqlen", "32",
+                 "--eval-windows", "1", "--skip-dense", "--save", str(out), "--json", str(tmp_path / "r.json"),
+                 "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    printed = capsys.readouterr().out
+    assert f"experts: {EXPERTS * LAYERS} pruned in place ({2 * EXPERTS * LAYERS} expert matrices)" in printed
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["moe"]["experts"] == EXPERTS * LAYERS and res["sparsity"] == 0.5
+    assert res["moe"]["fallbacks"] == sum(len(v) for v in res["moe"]["fallback"].values())
+    pruned = saved["model"]  # the model the command pruned, in memory
+    stock = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    for lin in all_prunable(stock).values():
+        assert int((lin.weight == 0).sum()) == lin.weight.numel() // 2
+    ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(stock(ids).logits, pruned(ids).logits, rtol=0, atol=0)
