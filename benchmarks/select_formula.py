@@ -1,284 +1,56 @@
-"""Pick the discovered formula to confirm, without looking at the test split.
+"""Deprecated: the validation re-scoring is ``prunerzero select RUN`` (``prunerzero.search.select``).
 
-The search ranks formulas by one-shot pruning at one pattern on WikiText-2 *validation* windows. Final runs prune
-sequentially (Wanda's scheme) and are reported at several patterns, so the top distinct formulas of one or more
-runs are re-scored here exactly as final runs prune them (sequential calibration, 50% unstructured per row and
-each N:M pattern), still on the validation split, next to a reference metric (Wanda), over one or more calibration
-seeds. This is a grid for the experiment runner (``prunerzero.results``): the grid is written to
-``<out>/grid.yaml``, its rows to ``<out>/rows.jsonl`` (a rerun skips cells already there), and the choice to
-``<out>.json`` / ``<out>.md``.
-
-``--mode oneshot`` re-scores with the dense model's statistics instead (what the search used; no calibration pass
-per cell, so several seeds fit a CPU), and the table says so.
-
-The chosen formula beats the reference at every pattern and has the lowest mean log-perplexity ratio to it. With
-three or more seeds "beats" means by more than both spreads (mean ± std intervals apart); with fewer it is a plain
-comparison of means and the table says so. If none beats it everywhere, the lowest ratio is chosen and the table
-says that too. Only then is it evaluated on test (``prunerzero bench grids/confirm-*.yaml --formula found=...``).
-The ratio is combined over patterns as the runs' fitness combined its settings (``--combine``, default: the runs'
-``fitness.combine``): the mean, or the worst pattern's ratio for runs scored by the worse setting (``worst``,
-``margin``), so a 2:4 gain cannot buy back a 50% loss in the choice either.
-
-    python benchmarks/select_formula.py --run results/search-gpu --top 6 --out results/search-gpu-selection
-    python benchmarks/select_formula.py --run A --run B --also ria --patterns u,2:4,4:8 --seeds 0,1,2
-    python benchmarks/select_formula.py --out results/selection-gpu --render-only
-
-The last line printed is ``chosen: <formula>``.
+This wrapper keeps the old options for scripts written against it; it is removed once the CLI command lands.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import re
 import sys
-from pathlib import Path
 
-import yaml
-
-from prunerzero.checks import BOS_DEFAULT, BOS_MODES
+from prunerzero.checks import BOS_MODES, int_list
 from prunerzero.errors import UserError
-from prunerzero.results import Grid, Method, better, load_grid, mean_std, read_rows, render, run_grid
-from prunerzero.results.grid import later_default
-from prunerzero.fsutil import atomic_write_text
-from prunerzero.metric.known import KNOWN_METRICS, resolve_metric
-from prunerzero.metric.simplify import ranking_class
-from prunerzero.protocol import Protocol
-from prunerzero.provenance import command_line
-from prunerzero.search.table import equations
-
-PATTERNS = {"u": "0.5", "2:4": "2:4", "4:8": "4:8"}
-PENALTY = 1e5  # fitness given to formulas that failed (search spaces: fitness.penalty)
-
-
-def candidates(runs: list[str], top: int, reference: str, also: list[str]) -> list[dict]:
-    """The reference and known metrics, then each run's best ``top`` distinct formulas (by canonical key) that are
-    not a known metric (magnitude, Wanda, RIA, ... rediscovered)."""
-    out = [{"name": name, "formula": str(resolve_metric(name)[1]),  # refuses an unknown name before any work
-            "simplified": "", "search_ppl": None, "run": None} for name in [reference] + also]
-    # met again (the same ranking in exact arithmetic): a rediscovery, not a candidate
-    keys = {ranking_class(m.formula) for m in KNOWN_METRICS.values()}
-    for run in runs:
-        taken = 0
-        for rank, row in equations(run, None).iterrows():
-            if taken >= top or not row["ppl"] < PENALTY:
-                break
-            if ranking_class(row["formula"]) not in keys:
-                keys.add(ranking_class(row["formula"]))
-                taken += 1
-                out.append({"name": f"{Path(run).name}#{rank}", "formula": row["formula"],
-                            "simplified": row["simplified"], "search_ppl": float(row["ppl"]), "run": run})
-    return out
-
-
-def _values(v) -> list[float]:
-    return list(v) if isinstance(v, (list, tuple)) else [v]
-
-
-def choose(rows: list[dict], patterns: list[str], reference: str, combine: str = "mean"
-           ) -> tuple[dict | None, bool]:
-    """``rows[i]["ppl"][pattern]`` is a value or a list of values over seeds. The best candidate beats the
-    reference at every pattern (by more than both spreads with >= 3 seeds each) with the lowest log ratio of its
-    means: the mean over patterns, or with ``combine="worst"`` the largest (``worst_ratio``)."""
-    ref = next(r for r in rows if r["name"] == reference)
-    rank = "worst_ratio" if combine == "worst" else "log_ratio"
-    best, best_beats = None, False
-    if any(p not in ref["ppl"] for p in patterns):
-        return best, best_beats
-    for r in rows:
-        if r["run"] is None or any(p not in r["ppl"] for p in patterns):
-            continue
-        mine = {p: _values(r["ppl"][p]) for p in patterns}
-        theirs = {p: _values(ref["ppl"][p]) for p in patterns}
-        ratios = [math.log(mean_std(mine[p])[0] / mean_std(theirs[p])[0]) for p in patterns]
-        r["log_ratio"] = sum(ratios) / len(patterns)
-        if combine == "worst":
-            r["worst_ratio"] = max(ratios)
-        seeded = all(len(mine[p]) >= 3 and len(theirs[p]) >= 3 for p in patterns)
-        r["beats_reference"] = all(better(mine[p], theirs[p]) if seeded else
-                                   mean_std(mine[p])[0] < mean_std(theirs[p])[0] for p in patterns)
-        key = (not r["beats_reference"], r[rank])
-        if best is None or key < (not best_beats, best[rank]):
-            best, best_beats = r, r["beats_reference"]
-    return best, best_beats
-
-
-COMBINE = {"mean": "mean", "worst": "worst", "margin": "worst"}   # a run's fitness.combine -> the choice's
-
-
-def runs_combine(runs: list[str]) -> str:
-    """How the runs' fitness combined settings, as the choice combines patterns (``COMBINE``); runs that
-    disagree are refused."""
-    from prunerzero.search.engine import load_run_space
-
-    modes = {COMBINE[load_run_space(run)[0].fitness.get("combine", "mean")] for run in runs}
-    if len(modes) > 1:
-        raise UserError("the runs combined their settings differently (mean and worst): pass --combine mean or "
-                        "--combine worst")
-    return modes.pop()
-
-
-def runs_bos(runs: list[str], model: str) -> str:
-    """The BOS mode the runs scored ``model`` with (their ``fitness.bos``; 'stream' where a run did not score it),
-    so candidates are re-scored in the regime they were found in; runs that disagree are refused."""
-    from prunerzero.search.engine import load_run_space
-    from prunerzero.search.workers import fitness_bos, fitness_models
-
-    modes = set()
-    for run in runs:
-        fit = load_run_space(run)[0].fitness
-        modes.add(fitness_bos(fit, model) if model in fitness_models(fit) else BOS_DEFAULT)
-    if len(modes) > 1:
-        raise UserError(f"the runs scored {model} with different BOS modes ({', '.join(sorted(modes))}): "
-                        "pass --bos stream or --bos window")
-    return modes.pop() if modes else BOS_DEFAULT
-
-
-def build_grid(name: str, cands: list[dict], patterns: list[str], seeds: list[int], args) -> Grid:
-    proto = Protocol(model=args.model, dtype=args.dtype, device=args.device, seqlen=args.seqlen,
-                     nsamples=args.nsamples, seed=seeds[0], eval_datasets=("wikitext2",), eval_split="validation",
-                     eval_windows=args.eval_windows, batch_size=args.batch_size,
-                     bos=args.bos or runs_bos(args.run, args.model))
-    methods = tuple(Method(c["name"], None if c["run"] is None else c["formula"], args.mode) for c in cands)
-    how = ("as final runs prune (sequential)" if args.mode == "sequential" else
-           "with one-shot statistics of the dense model, as the search scores (cheaper; final runs prune sequentially)")
-    return Grid(name, f"Candidates re-scored on WikiText-2 validation {how}.", proto,
-                (args.model,), methods, tuple(PATTERNS[p] for p in patterns), tuple(seeds))
-
-
-def _grid_yaml(grid: Grid) -> str:
-    protocol = {k: v for k, v in grid.protocol.as_dict().items() if not later_default(k, v)}  # as earlier files
-    raw = {"name": grid.name, "description": grid.description, "protocol": protocol,
-           "models": list(grid.models), "seeds": list(grid.seeds),
-           "patterns": [float(p) if ":" not in p else p for p in grid.patterns],
-           "methods": [{"name": m.name, **({"formula": m.formula} if m.formula else {}), "mode": m.mode}
-                       for m in grid.methods]}
-    return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
-
-
-def collect(grid: Grid, rows: list[dict], cands: list[dict]) -> list[dict]:
-    """Per candidate: its perplexities per pattern, a list over the seeds run so far."""
-    by_id = {r["id"]: r for r in rows}
-    out = []
-    for c, m in zip(cands, grid.methods):
-        ppl = {}
-        for p_key, p in zip(grid.patterns, grid.patterns):
-            vals = [by_id[cell.id]["ppl"]["wikitext2"] for cell in (grid.cell(grid.models[0], m, p, s)
-                                                                     for s in grid.seeds) if cell.id in by_id]
-            if len(vals) == len(grid.seeds):
-                ppl[_pattern_name(p_key)] = vals
-        out.append({**c, "ppl": ppl})
-    return out
-
-
-def _pattern_name(p: str) -> str:
-    return next(k for k, v in PATTERNS.items() if v == p)
-
-
-def render_selection(grid: Grid, rows: list[dict], cands: list[dict], patterns: list[str], reference: str,
-                     chosen: dict | None, beats: bool, combine: str = "mean") -> str:
-    seeds = len(grid.seeds)
-    worst = combine == "worst"
-    head = " | ".join(f"val ppl {p}" for p in patterns)
-    lines = [render(grid, rows).rstrip(), "", f"## Selection against {reference}", "",
-             f"| name | formula | search fitness | {head} | mean log ratio to {reference} |"
-             + (" worst pattern's log ratio |" if worst else ""),
-             "| --- | --- | ---: | " + " | ".join("---:" for _ in patterns) + " | ---: |" + (" ---: |" if worst else "")]
-    for r in cands:
-        vals = []
-        for p in patterns:
-            if p not in r["ppl"]:
-                vals.append("-")
-                continue
-            m, s = mean_std(r["ppl"][p])
-            vals.append(f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}")
-        fit = f"{r['search_ppl']:.3f}" if r["search_ppl"] is not None else "-"
-        ratio = f"{r['log_ratio']:+.4f}" if "log_ratio" in r else "-"
-        if worst:
-            ratio += f" | {r['worst_ratio']:+.4f}" if "worst_ratio" in r else " | -"
-        lines.append(f"| {r['name']} | `{r['formula']}` | {fit} | {' | '.join(vals)} | {ratio} |")
-    rule = ("by more than both spreads (mean ± std over the seeds)" if seeds >= 3 else
-            f"by its mean ({seeds} seed{'s' if seeds > 1 else ''}: too few for a spread)")
-    if chosen is not None:
-        lines += ["", f"Chosen: `{chosen['formula']}` ({chosen['name']}); "
-                  + (f"it beats {reference} at every pattern on validation, {rule}." if beats else
-                     f"NO candidate beats {reference} at every pattern on validation ({rule}); this one has the "
-                     + ("lowest worst-pattern ratio (the runs' fitness took the worse setting)." if worst else
-                        "lowest mean ratio."))]
-    return "\n".join(lines) + "\n"
+from prunerzero.search.select import SelectOptions, select
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", default=[], help="search run directory (repeatable)")
     ap.add_argument("--top", type=int, default=6, help="distinct formulas taken from each run")
-    ap.add_argument("--reference", default="wanda")
+    ap.add_argument("--reference", default="wanda", help="metric the candidates are compared with")
     ap.add_argument("--also", default="", help="comma-separated known metrics shown for comparison")
-    ap.add_argument("--patterns", default="u,2:4")
+    ap.add_argument("--patterns", default="u,2:4", help="comma-separated: u (50%% unstructured), 2:4, 4:8")
     ap.add_argument("--seeds", default="0", help="comma-separated calibration seeds (3 or more for spreads)")
     ap.add_argument("--out", required=True, help="writes <out>/grid.yaml, <out>/rows.jsonl, <out>.json, <out>.md")
     ap.add_argument("--render-only", action="store_true", help="re-render from <out>/grid.yaml and its rows")
     ap.add_argument("--mode", default="sequential", choices=["sequential", "oneshot"],
                     help="statistics the re-scoring prunes with: sequential (as final runs) or oneshot (as the search)")
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--model", default="smollm2", help="model re-scored")
+    ap.add_argument("--device", default=None, help="cpu, cuda, ...")
+    ap.add_argument("--dtype", default="auto", help="weights' precision")
+    ap.add_argument("--seqlen", type=int, default=2048, help="tokens per window")
+    ap.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    ap.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
     ap.add_argument("--eval-windows", type=int, default=None, help="validation windows (default: all)")
     ap.add_argument("--bos", default=None, choices=BOS_MODES,
                     help="BOS mode of the re-scoring (default: the one the runs scored --model with)")
     ap.add_argument("--combine", default=None, choices=["mean", "worst"],
                     help="how the choice combines the patterns' ratios (default: as the runs' fitness.combine)")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--data-dir", default=None, help="folder holding wikitext-2-raw/ and c4/")
+    ap.add_argument("--cache-dir", default=None, help="model and statistics cache")
     args = ap.parse_args()
     try:
-        chosen = select(args)
+        opts = SelectOptions(
+            runs=tuple(args.run), out=args.out, top=args.top, reference=args.reference,
+            also=tuple(a.strip() for a in args.also.split(",") if a.strip()),
+            patterns=tuple(p.strip() for p in args.patterns.split(",") if p.strip()),
+            seeds=tuple(int_list(args.seeds, "--seeds", 0)), mode=args.mode, model=args.model, device=args.device,
+            dtype=args.dtype, seqlen=args.seqlen, nsamples=args.nsamples, batch_size=args.batch_size,
+            eval_windows=args.eval_windows, bos=args.bos, combine=args.combine, data_dir=args.data_dir,
+            cache_dir=args.cache_dir, render_only=args.render_only)
+        chosen = select(opts)
     except UserError as exc:
         raise SystemExit(f"error: {exc}") from None
     print(f"chosen: {chosen['formula'] if chosen else ''}")
-
-
-def select(args) -> dict | None:
-    patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
-    bad = [p for p in patterns if p not in PATTERNS]
-    if bad:
-        raise UserError(f"unknown pattern '{bad[0]}': use u, 2:4 or 4:8")
-    out = Path(args.out)
-    grid_file = out / "grid.yaml"
-    if args.render_only:
-        saved = json.loads(out.with_suffix(".json").read_text())
-        grid, cands = load_grid(grid_file), saved["candidates"]
-        patterns, reference = saved["meta"]["patterns"], saved["meta"]["reference"]
-        combine = saved["meta"].get("combine", "mean")   # selections made before --combine chose by the mean
-    else:
-        if not args.run:
-            raise UserError("--run names no search run: pass at least one")
-        seeds = [int(s) for s in re.split(r"\s*,\s*", args.seeds.strip()) if s]
-        also = [a.strip() for a in args.also.split(",") if a.strip()]
-        reference = args.reference
-        combine = args.combine or runs_combine(args.run)
-        cands = candidates(args.run, args.top, reference, also)
-        grid = build_grid(out.name, cands, patterns, seeds, args)
-        if grid_file.is_file() and grid_file.read_text() != _grid_yaml(grid):
-            raise UserError(f"{grid_file} holds another selection: choose a new --out")
-        atomic_write_text(grid_file, _grid_yaml(grid))
-        grid = load_grid(grid_file)
-        run_grid(grid, out, args.data_dir, args.cache_dir, command_line(), progress=True)
-    rows = read_rows(out / "rows.jsonl")
-    scored = collect(grid, rows, [{k: c[k] for k in ("name", "formula", "simplified", "search_ppl", "run")}
-                                  for c in cands])
-    chosen, beats = choose(scored, patterns, reference, combine)
-    meta = {"reference": reference, "patterns": patterns, "seeds": list(grid.seeds), "grid": str(grid_file),
-            "rows": str(out / "rows.jsonl"), **({"combine": combine} if combine != "mean" else {})}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(
-        {"meta": meta, "candidates": scored, "chosen": chosen, "beats_reference": beats}, indent=2) + "\n")
-    atomic_write_text(out.with_suffix(".md"), render_selection(grid, rows, scored, patterns, reference, chosen,
-                                                               beats, combine))
-    print(out.with_suffix(".md").read_text())
-    return chosen
 
 
 if __name__ == "__main__":

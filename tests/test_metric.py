@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from prunerzero.metric import FormulaError, evaluate, parse
+from prunerzero.metric import FormulaError, evaluate, infix, parse
 from prunerzero.metric.known import KNOWN_METRICS
 from prunerzero.metric.ops import OPS
 from prunerzero.metric.simplify import apply_rules, rank_key, simplify, to_sympy, to_text
@@ -85,6 +85,54 @@ def test_text_sympy_text_round_trip_on_random_trees():
 def test_malformed_formulas_refused(text, msg):
     with pytest.raises(FormulaError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         parse(text)
+
+
+@pytest.mark.parametrize("written,prefix", [
+    ("abs(W) * sqrt(X) + G", "add(mul(abs(W), sqrt(X)), G)"),
+    ("|W| * X^0.5", "mul(abs(W), sqrt(X))"),
+    ("|W| * (|log(X)| + sqrt(X))", "mul(abs(W), add(abs(log(X)), sqrt(X)))"),
+    ("-W^2 + 2 * -X", "add(neg(sqr(W)), mul(2, neg(X)))"),
+    ("W - -2 - X", "sub(sub(W, -2), X)"),
+    ("W^4 * X^0.25", "mul(sqr(sqr(W)), sqrt(sqrt(X)))"),
+    ("|W * W| * mms(G)", "mul(abs(mul(W, W)), mms(G))"),
+    ("pow(W) * skp(X)", "mul(sqr(W), identity(X))"),
+])
+def test_infix_and_prefix_give_the_same_tree_and_key(written, prefix):
+    assert parse(written) == parse(prefix)
+    assert str(parse(written)) == prefix
+    assert rank_key(written) == rank_key(prefix)
+
+
+def test_infix_printer_reads_back_to_the_same_tree_on_random_trees():
+    for text in random_formulas(300, seed=3):
+        node = parse(text)
+        assert parse(infix(node)) == node, (text, infix(node))
+    assert infix("mul(sqrt(sub(X, G)), abs(W))") == "sqrt(X - G) * |W|"
+    assert infix("neg(2)") == "-(2)" and parse("-(2)") == parse("neg(2)") and str(parse("-2")) == "-2"
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("abs(W)*", "formula ends too early"),
+    ("W / X", "'/' at character 3: there is no elementwise division"),
+    ("W^3", "exponent 3 at character 3"),
+    ("W^2^2", "'^' at character 4 follows another power"),
+    ("|W * X", "the '|' at character 1 is not closed"),
+    ("W W", "unexpected 'W' at character 3"),
+    ("W + * X", "expected a name or number at character 5"),
+    ("abs(W)*sqrt(X) $", "cannot read formula at character 16"),
+])
+def test_malformed_infix_refused_naming_the_position(text, msg):
+    with pytest.raises(FormulaError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("^", r"\^")
+                       .replace("*", r"\*").replace("|", r"\|").replace("$", r"\$")):
+        parse(text)
+
+
+def test_infix_nesting_is_bounded():
+    with pytest.raises(FormulaError, match="deep"):
+        parse("|" * 200 + "W" + "|" * 200)
+    with pytest.raises(FormulaError, match="deep"):
+        parse(" + ".join(["W"] * 600))
+    assert parse(" + ".join(["W"] * 100)).depth == 100
 
 
 def test_deep_but_legal_nesting_is_fine():

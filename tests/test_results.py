@@ -15,8 +15,7 @@ from prunerzero import provenance
 from prunerzero.provenance import cpu_model
 from prunerzero.search.engine import read_evaluations
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import select_formula  # noqa: E402
+from prunerzero.search import select as select_formula
 
 RESULTS = REPO / "results"
 GRIDS = sorted((REPO / "grids").glob("*.yaml"))

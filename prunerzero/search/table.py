@@ -98,22 +98,116 @@ def _combine(run_dir) -> str:
     return space.get("fitness", {}).get("combine", "mean")
 
 
-def format_table(run_dir, top: int = 10) -> str:
+WIDTH = 120   # columns of ``prunerzero show`` unless --wide
+
+
+def known_name(formula: str) -> str:
+    """The named metric (published or found) that ranks weights as ``formula`` does in exact arithmetic, or ''."""
+    from ..metric.known import NAMED_METRICS
+    from ..metric.simplify import ranking_class
+
+    try:
+        mine = ranking_class(formula)
+    except Exception:   # noqa: BLE001 -- a formula sympy cannot take is simply not marked
+        return ""
+    return next((m.name for m in NAMED_METRICS.values() if _class_of(m.formula) == mine), "")
+
+
+_CLASSES: dict[str, str] = {}
+
+
+def _class_of(formula: str) -> str:
+    from ..metric.simplify import ranking_class
+
+    if formula not in _CLASSES:
+        _CLASSES[formula] = ranking_class(formula)
+    return _CLASSES[formula]
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.3f}"
+    return "" if v is None or (isinstance(v, float) and v != v) else str(v)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(1, width - 3)] + "..."
+
+
+def _layout(columns: list[tuple[str, list[str], str]]) -> list[str]:
+    """Rows of left/right aligned cells, two spaces apart."""
+    widths = [max([len(h)] + [len(v) for v in vals]) for h, vals, _ in columns]
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "<" else c.rjust(w) for c, w, (_, _, a) in zip(cells, widths, columns))
+    n = len(columns[0][1]) if columns else 0
+    return [line([h for h, _, _ in columns]).rstrip()] + [line([c[1][i] for c in columns]).rstrip() for i in range(n)]
+
+
+def format_table(run_dir, top: int = 10, wide: bool = False, width: int = WIDTH) -> str:
+    """The run's best distinct formulas: infix and canonical prefix form (what ``--metric`` takes), size, fitness
+    (``score`` or the search's validation ``ppl``), per-part perplexities, generation, and the named metric a row
+    ranks like (``known``). Fits ``width`` columns unless ``wide``: per-part columns are left out first, then the
+    formulas are shortened (``...``)."""
+    import textwrap
+
+    from ..metric.expr import infix
+
     records = read_evaluations(run_dir)   # read once for the table and both counts
     df = equations(run_dir, top, records)
-    with pd.option_context("display.max_colwidth", 70, "display.width", 250):
-        cols = shown_columns(df) if len(df) else COLUMNS
-        body = df[cols].to_string(float_format=lambda v: f"{v:.4f}" if abs(v) < 10 else f"{v:.3f}")
+    scored = "score" in df.columns
+    formulas = list(df["formula"]) if len(df) else []
+    cols: list[tuple[str, list[str], str]] = [("#", [str(i) for i in df.index], ">"),
+                                              ("formula", [infix(f) for f in formulas], "<"),
+                                              ("prefix", formulas, "<")]
+    if wide:
+        cols.append(("simplified", [_cell(v) for v in df.get("simplified", [])], "<"))
+    if "allocation" in df.columns:
+        cols.append(("allocation", [_cell(v) for v in df["allocation"]], "<"))
+    cols.append(("size", [_cell(v) for v in df.get("size", [])], ">"))
+    if scored:
+        cols.append(("score", [_cell(v) for v in df["score"]], ">"))
+    else:
+        cols.append(("ppl (search)", [_cell(v) for v in df.get("ppl", [])], ">"))
+    parts = [(c, [_cell(v) for v in df[c]], ">") for c in df.columns if c.startswith("ppl[")]
+    tail_cols = [("gen", [_cell(v) for v in df.get("generation", [])], ">")]
+    if "found_by" in df.columns:
+        tail_cols.append(("found_by", [_cell(v) for v in df["found_by"]], "<"))
+    tail_cols.append(("known", [known_name(f) for f in formulas], "<"))
+    hidden = 0
+    layout = cols + parts + tail_cols
+    if not wide:
+        while parts and len(_layout(layout)[0]) > width and max(len(r) for r in _layout(layout)) > width:
+            parts.pop()
+            hidden += 1
+            layout = cols + parts + tail_cols
+        for i in (2, 1):   # shorten the prefix form, then the infix one
+            over = max(len(r) for r in _layout(layout)) - width
+            if over > 0:
+                h, vals, a = layout[i]
+                room = max(len(h), max((len(v) for v in vals), default=0) - over, 18)
+                layout[i] = (h, [_fit(v, room) for v in vals], a)
+    body = "\n".join(_layout(layout))
     counts = cache_counts(run_dir, records)
     total = sum(counts.values())
     saved = total - counts["eval"] - counts["error"]
-    tail = (f"{total} candidates: {counts['eval']} evaluated, {saved} answered by caches "
-            f"(text {counts['text']}, canonical key {counts['key']}, mask fingerprint {counts['mask']}), "
-            f"{counts['error']} refused")
+    notes = []
+    if scored:
+        notes.append(SCORE_LINES[_combine(run_dir)] + "; lower is better; full-fidelity scores only")
+    else:
+        notes.append("ppl (search) = the search's fitness: perplexity on its validation windows after pruning with "
+                     "the formula; lower is better")
+    if hidden:
+        notes.append(f"{hidden} per-model/setting perplexity column(s) left out to fit {width} columns: --wide shows "
+                     "them")
+    notes.append("known = the named metric that ranks weights alike in exact arithmetic (prunerzero prune "
+                 "--list-metrics)")
+    notes.append(f"{total} candidates: {counts['eval']} evaluated, {saved} answered by caches "
+                 f"(text {counts['text']}, canonical key {counts['key']}, mask fingerprint {counts['mask']}), "
+                 f"{counts['error']} refused")
     local = local_counts(run_dir, records)
     if local["expanded"]:
-        tail += (f"\nlocal search: {local['candidates']} of the candidates were neighbours of {local['expanded']} "
-                 f"expanded formula(s), {local['evaluated']} of them evaluated")
-    if "score" in df.columns:
-        tail = SCORE_LINES[_combine(run_dir)] + "; lower is better; full-fidelity scores only\n" + tail
-    return body + "\n" + tail
+        notes.append(f"local search: {local['candidates']} of the candidates were neighbours of {local['expanded']} "
+                     f"expanded formula(s), {local['evaluated']} of them evaluated")
+    if not wide:
+        notes = [textwrap.fill(n, width, subsequent_indent="  ") for n in notes]
+    return body + "\n" + "\n".join(notes)
