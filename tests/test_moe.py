@@ -15,7 +15,7 @@ from prunerzero.calibration import activation_stats, forward_check, gradient_sta
 from prunerzero.errors import UserError
 from prunerzero.metric import parse
 from prunerzero.models import all_prunable, check_config
-from prunerzero.moe import MOE_FAMILIES, expert_slice
+from prunerzero.models.moe import MOE_FAMILIES, expert_slice
 from prunerzero.prune.masks import parse_pattern
 from prunerzero.prune.run import SPARSEGPT, MoeReport, prune_model
 

@@ -211,7 +211,8 @@ def test_the_best_measured_preset_is_the_measured_cell():
 
 
 def test_cli_defaults_come_from_structural_config():
-    from prunerzero.cli import STRUCTURAL_FIELDS, build_parser
+    from prunerzero.cli import build_parser
+    from prunerzero.cli.structural import STRUCTURAL_FIELDS
     from prunerzero.pipeline import StructuralConfig, structural_config
 
     args = build_parser().parse_args(["structural", "--preset", "none"])

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..moe import FUSED, MOE_FAMILIES
+from ..models.moe import FUSED, MOE_FAMILIES
 
 MIN_TOKENS = 16          # fewer routed calibration tokens than this: the expert takes the all-token fallback
 ROUTINGS = ("routed", "all")
@@ -167,7 +167,7 @@ class BlockInputs:
 
     def __init__(self, linears: dict[str, nn.Linear], hessian: bool = False, routing: str = "routed",
                  min_tokens: int = MIN_TOKENS):
-        from ..moe import expert_slice
+        from ..models.moe import expert_slice
         from .activations import InputStats
 
         self.stats: dict[str, object] = {}

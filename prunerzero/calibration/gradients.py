@@ -36,7 +36,7 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
                 t = getattr(mod, kind)[name]
                 if t.dtype != dtype:
                     t.data = t.data.to(dtype)
-    from ..moe import expert_slice
+    from ..models.moe import expert_slice
 
     linears = all_prunable(model)
     params = {k: lin.weight for k, lin in linears.items()}

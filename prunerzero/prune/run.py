@@ -23,7 +23,7 @@ from ..calibration.experts import MIN_TOKENS, BlockInputs
 from ..errors import UserError
 from ..metric.expr import Node, evaluate
 from ..models import all_prunable, decoder_layers, prunable_linears
-from ..moe import FUSED
+from ..models.moe import FUSED
 from .masks import Pattern, apply_mask, check_scores, mask_from_scores
 from .admm import admm_prune, lsq_update
 from .sparsegpt import PERCDAMP, obs_diag, obs_update, sparsegpt_prune

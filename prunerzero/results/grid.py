@@ -322,7 +322,7 @@ _STRUCTURAL_MINIMA = {"steps": 1, "samples": 2, "batch_size": 1, "calib_seqlen":
 
 def _structural_method(raw: dict, where: str) -> Method:
     """A ``kind: structural`` method: every key a StructuralConfig field (checked by its default's type)."""
-    from ..cli import STRUCTURAL_INITS  # the cli split moves them next to the structural code
+    from ..prune.structural import STRUCTURAL_INITS
 
     defaults = {f.name: f.default for f in dataclasses.fields(StructuralConfig)
                 if f.name not in STRUCTURAL_CELL_FIELDS and f.name != "metric"}

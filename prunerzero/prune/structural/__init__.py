@@ -15,12 +15,12 @@ The names below are re-exported so ``from prunerzero.prune import structural as 
 """
 from .compensate import compensate
 from .groups import ATTN, ATTN_SCORES, MLP, MLP_SCORES, Layout, StructureMasks, layer_zscores, structure_scores
-from .policy import (BernoulliPolicy, PolicyConfig, PolicyState, cosine_lr, init_probs, masked_losses,
+from .policy import (STRUCTURAL_INITS, BernoulliPolicy, PolicyConfig, PolicyState, cosine_lr, init_probs, masked_losses,
                      oneshot_masks, optimise, pg_gradient, project, topk_keep, uniform_keep, uniform_widths)
 from .slicing import REMOTE_CODE, count_params, forward_latency, save_structural, slice_model, uniform_shape
 
 __all__ = ["compensate", "ATTN", "ATTN_SCORES", "MLP", "MLP_SCORES", "Layout", "StructureMasks", "layer_zscores",
            "structure_scores", "BernoulliPolicy", "PolicyConfig", "PolicyState", "cosine_lr", "init_probs",
            "masked_losses", "oneshot_masks", "optimise", "pg_gradient", "project", "topk_keep", "uniform_keep",
-           "uniform_widths", "REMOTE_CODE",
+           "uniform_widths", "REMOTE_CODE", "STRUCTURAL_INITS",
            "count_params", "forward_latency", "save_structural", "slice_model", "uniform_shape"]

@@ -21,6 +21,10 @@ from tqdm.auto import tqdm
 from ...errors import UserError
 from .groups import ATTN, MLP, Layout, StructureMasks, layer_zscores
 
+# how the policy's keep-probabilities start: metric scores, all equal, random, or oneshot (the metric's top scores
+# taken as the final masks, no policy gradient)
+STRUCTURAL_INITS = ("metric", "const", "random", "oneshot")
+
 
 def project(p: torch.Tensor, total: float, iters: int = 100) -> torch.Tensor:
     """Shift-and-clamp projection onto {q in [0,1]^n : sum q = total}: q = clamp(p - tau, 0, 1), tau by bisection."""

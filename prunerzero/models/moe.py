@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 FUSED = ("gate_up_proj", "down_proj")  # the fused expert matrices, in the order an expert applies them
 

@@ -1,0 +1,180 @@
+"""`prunerzero search`: discover a pruning metric by genetic programming."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .. import checks
+from ..errors import UserError
+from ._common import at_least, command, number, shell_command
+
+HELP = "discover a pruning metric by genetic programming"
+
+
+DEFAULT_SPACE = "prunerzero"   # the paper's space, packaged (prunerzero/spaces/prunerzero.yaml)
+
+# search options that change what a run computes: on --resume they must match the recorded run
+_GP_OPTIONS = {"population": "population", "seed": "seed"}
+_FITNESS_OPTIONS = {"model": "model", "eval_windows": "eval_windows", "nsamples": "nsamples", "seqlen": "seqlen",
+                    "device": "device", "dtype": "dtype", "batch_size": "batch_size", "bos": "bos"}
+
+
+def _resume_space(args):
+    """The recorded space of ``--resume DIR``; options that would change the run are refused, not ignored."""
+    from ..search.engine import load_run_space, run_state
+
+    if args.space is not None:
+        raise UserError("--resume continues the run with its recorded search space: drop --space")
+    if args.out is not None and args.out != args.resume:
+        raise UserError("--resume writes into the run's own folder: drop --out")
+    space, meta = load_run_space(args.resume)
+    recorded = {**{o: space.gp[k] for o, k in _GP_OPTIONS.items()},
+                **{o: space.fitness[k] for o, k in _FITNESS_OPTIONS.items()}}
+    models = space.fitness.get("models") or [space.fitness["model"]]
+    recorded["model"] = models[0] if len(models) == 1 else models   # --model M replaced the models list
+    for opt, value in recorded.items():
+        given = getattr(args, opt)
+        if given is not None and given != value:
+            flag = "--" + opt.replace("_", "-")
+            raise UserError(f"{flag} {given} differs from the run's recorded {value!r}: --resume keeps the "
+                            f"recorded settings (drop {flag}, or start a new run with --out)")
+    if args.generations is not None:
+        done = _checkpoint_generation(args.resume) if run_state(args.resume) == "checkpointed" else -1
+        if args.generations < done:
+            raise UserError(f"--generations {args.generations} is below the {done} generations already done: "
+                            f"use {done} or more")
+        space.raw["gp"]["generations"] = args.generations
+    return space, meta
+
+
+def _checkpoint_generation(run_dir) -> int:
+    from ..search.engine import RunFiles
+
+    try:
+        return int(json.loads(RunFiles(Path(run_dir)).checkpoint.read_text())["generation"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{run_dir}/checkpoint.json is unreadable: restore it, or start a new run") from None
+
+
+def _new_space(args):
+    from ..search.engine import run_state
+    from ..search.space import load_space, validate
+
+    space = load_space(args.space or DEFAULT_SPACE)
+    raw = space.raw
+    for key, value in (("generations", args.generations), ("population", args.population), ("seed", args.seed)):
+        if value is not None:
+            raw["gp"][key] = value
+    for opt, key in _FITNESS_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None:
+            raw["fitness"][key] = value
+    if args.model is not None:   # --model replaces the space's fitness.models list
+        raw["fitness"]["models"] = None
+    space = validate(raw, space.path)
+    out = args.out or f"results/search-{space.name}"
+    state = run_state(out)
+    if state != "empty":
+        where = "stopped before its first checkpoint" if state == "unstarted" else "has checkpoints"
+        raise UserError(f"{out} already holds a search that {where}: continue it with --resume {out}, "
+                        "or choose a new --out")
+    from ..provenance import provenance
+
+    return space, {"command": shell_command(), "space_file": _portable_path(space.path),
+                   "provenance": provenance(space.fitness.get("device"), shell_command())}, out
+
+
+def _portable_path(path) -> str:
+    """``path`` relative to the working directory or to the installed package's folder when inside one (a run's
+    record names the space file without this machine's absolute prefix), else as given."""
+    resolved = Path(path).resolve()
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    return str(path)
+
+
+def cmd_search(args) -> None:
+    from ..data import require_data
+    from ..search.engine import Search
+    from ..search.table import format_table
+    from ..search.workers import InProcess, RayPool, build_evaluator
+
+    started = time.time()   # --max-minutes counts the model and statistics too
+    if args.resume:
+        space, meta = _resume_space(args)
+        out = args.resume
+    else:
+        space, meta, out = _new_space(args)
+    fit = space.fitness
+    checks.device(fit.get("device"), "--device (fitness.device)")
+    checks.folder(args.cache_dir, "--cache-dir")
+    checks.folder(out, "--out")
+    if args.workers > 1:
+        checks.module_available("ray", "--workers", "pip install 'prunerzero[ray]'")
+    require_data(args.data_dir, (fit["eval_dataset"],), (fit["eval_split"],), calibration=True)
+    terminals = space.stat_terminals
+    if args.workers > 1:
+        evaluate_many = RayPool(space.fitness, terminals, args.workers, args.data_dir, args.cache_dir)
+    else:
+        evaluate_many = InProcess(build_evaluator(space.fitness, terminals, args.data_dir, args.cache_dir,
+                                                  not args.quiet))
+    search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
+    budget = None if args.max_minutes is None else 60 * args.max_minutes - (time.time() - started)
+    if budget is not None and budget <= 0:
+        raise UserError(f"the model and statistics took the whole --max-minutes {args.max_minutes:g} budget "
+                        "before the first generation: raise --max-minutes (the statistics are now cached)")
+    search.run(resume=bool(args.resume), max_seconds=budget)
+    print(format_table(out, args.top))
+    print(f"run directory: {out}")
+
+
+def _packaged_spaces() -> list[str]:
+    from ..search.space import packaged_spaces
+
+    return packaged_spaces()
+
+
+def add_parser(sub) -> None:
+    p = command(sub, "search", HELP)
+    p.add_argument("--space", default=None,
+                   help=f"search space: a YAML file or a packaged name ({', '.join(_packaged_spaces())}) "
+                        f"(default: {DEFAULT_SPACE}, the paper's space)")
+    p.add_argument("--out", default=None, help="new run directory (default: results/search-<space name>)")
+    p.add_argument("--resume", default=None,
+                   help="continue the run in this directory with its recorded settings (default: a new run)")
+    p.add_argument("--generations", type=at_least(1), default=None,
+                   help="generations after the initial population (default: the space's gp.generations)")
+    p.add_argument("--population", type=at_least(2), default=None,
+                   help="individuals per generation (default: the space's gp.population)")
+    p.add_argument("--seed", type=at_least(0), default=None, help="GP seed (default: the space's gp.seed)")
+    p.add_argument("--model", default=None,
+                   help="model to prune for fitness, any that loads; replaces the space's fitness.models "
+                        "(default: the space's fitness.models, else fitness.model)")
+    p.add_argument("--eval-windows", type=at_least(1), default=None,
+                   help="fitness windows of WikiText-2 validation (default: the space's fitness.eval_windows)")
+    p.add_argument("--nsamples", type=at_least(1), default=None,
+                   help="calibration windows for X and G (default: the space's fitness.nsamples)")
+    p.add_argument("--seqlen", type=at_least(2), default=None,
+                   help="window length (default: the space's fitness.seqlen)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the space's, else cuda if available)")
+    p.add_argument("--dtype", default=None, choices=checks.DTYPES,
+                   help="weights' precision for fitness (default: the space's fitness.dtype)")
+    p.add_argument("--batch-size", type=at_least(1), default=None,
+                   help="windows per forward pass (default: the space's fitness.batch_size)")
+    p.add_argument("--bos", default=None, choices=checks.BOS_MODES,
+                   help="stream (Wanda's windows) or window (BOS opens every window, for Gemma); default: the "
+                        "space's fitness.bos")
+    p.add_argument("--workers", type=at_least(1), default=1,
+                   help="evaluate on N GPUs through a Ray actor pool (prunerzero[ray])")
+    p.add_argument("--max-minutes", type=number(0.0), default=None,
+                   help="wall-time ceiling, model and statistics included: no generation is started that the "
+                        "last one's length says would end past it; --resume continues it (default: no limit)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
+    p.add_argument("--cache-dir", default=None,
+                   help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
+    p.add_argument("--top", type=at_least(1), default=10, help="rows of the final table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_search)
