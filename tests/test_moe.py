@@ -265,7 +265,7 @@ def moe_dirs(tmp_path_factory):
 def test_cli_prunes_experts_and_the_folder_reloads(arch, args, moe_dirs, tmp_path, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    import prunerzero.cli as cli
+    import prunerzero.cli.prune as cli
     from prunerzero.cli import main
 
     saved = {}
