@@ -287,3 +287,147 @@ def test_cli_prunes_experts_and_the_folder_reloads(arch, args, moe_dirs, tmp_pat
     ids = torch.randint(0, 1000, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(stock(ids).logits, pruned(ids).logits, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ expert pruning
+def _mask_dropped(model, keep):
+    """Hooks that make the original model's routers never choose a dropped expert (their logits -inf), the
+    in-memory reference for a Mixtral with those experts removed (its top-k weights are renormalised, so the
+    softmax over the kept experts gives the same weights)."""
+    handles = []
+    for i, kept in keep.items():
+        gate = model.model.layers[i].mlp.gate
+        dropped = [e for e in range(EXPERTS) if e not in kept]
+
+        def hook(mod, args, out, dropped=dropped):
+            x = args[0].reshape(-1, args[0].shape[-1])
+            logits = F.linear(x, mod.weight)
+            logits[:, dropped] = float("-inf")
+            top, idx = logits.softmax(-1).topk(mod.top_k, dim=-1)
+            return logits, top / top.sum(-1, keepdim=True), idx
+        handles.append(gate.register_forward_hook(hook))
+    return handles
+
+
+def test_dropped_experts_model_equals_the_original_routed_around_them(windows):
+    from prunerzero.prune.experts import prune_experts
+
+    model, original = make_moe("mixtral"), make_moe("mixtral")
+    res = prune_experts(model, windows, "frequency", 0.5, progress=False)
+    assert res.experts_after == LAYERS * EXPERTS // 2 and all(len(k) == 2 for k in res.keep.values())
+    handles = _mask_dropped(original, res.keep)
+    with torch.no_grad():
+        want = original(windows).logits
+        for h in handles:
+            h.remove()
+        dense = original(windows).logits
+        got = model(windows).logits
+    torch.testing.assert_close(got, want, **TOL)
+    assert (got - dense).abs().max() > 1e-3  # dropping experts changed the model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_expert_pruned_checkpoint_loads_with_stock_transformers(arch, windows, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from prunerzero.prune.experts import prune_experts
+
+    model, original = make_moe(arch), make_moe(arch)
+    res = prune_experts(model, windows, "reap", 0.5, progress=False)
+    model.save_pretrained(tmp_path)
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    fam = MOE_FAMILIES[arch]
+    assert getattr(stock.config, fam.count) == EXPERTS // 2
+    for i, kept in res.keep.items():
+        mlp, old = stock.model.layers[i].mlp, original.model.layers[i].mlp
+        for name in ("gate_up_proj", "down_proj"):
+            assert torch.equal(getattr(mlp.experts, name), getattr(old.experts, name)[kept])
+        for row in fam.expert_rows:  # router rows sliced, the kept ones untouched
+            router, before = getattr(mlp, fam.router), getattr(old, fam.router)
+            assert torch.equal(getattr(router, row), getattr(before, row)[kept])
+    with torch.no_grad():
+        torch.testing.assert_close(stock(windows).logits, model(windows).logits, rtol=0, atol=0)
+    assert sum(p.numel() for p in stock.parameters()) == res.params_after < res.params_before
+
+
+def test_expert_scores_formulas_and_choices():
+    from prunerzero.metric.expr import FormulaError
+    from prunerzero.prune.experts import choose, expert_score
+
+    assert str(expert_score("mul(freq, onorm)")[1]) == "mul(freq, onorm)"
+    for bad, msg in [("mul(W, freq)", "unknown operation or terminal 'W'"), ("__import__(freq)", "unknown"),
+                     ("freq(", "unbalanced")]:
+        with pytest.raises(FormulaError, match=msg):
+            expert_score(bad)
+    with pytest.raises(FormulaError, match="unknown operation or terminal 'freq'"):
+        parse("mul(abs(W), freq)")  # weight formulas do not see expert terminals
+    model = make_moe("mixtral")  # top-2 of 4 experts, 3 layers
+    scores = {0: torch.tensor([4., 3, 2, 1]), 1: torch.tensor([1., 1, 9, 9]), 2: torch.tensor([5., 6, 7, 8])}
+    assert choose(model, scores, 0.5) == {0: [0, 1], 1: [2, 3], 2: [2, 3]}
+    assert choose(model, scores, 0.25) == {0: [0, 1, 2], 1: [1, 2, 3], 2: [1, 2, 3]}  # ties: lower index goes
+    assert choose(model, scores, 0.25, "global") == {0: [0, 1, 2], 1: [2, 3], 2: [0, 1, 2, 3]}
+    assert choose(model, scores, 0.5, "global", floor=2) == {0: [0, 1], 1: [2, 3], 2: [2, 3]}
+    with pytest.raises(UserError, match="fewer than the 2 each token is routed to"):
+        choose(model, scores, 0.75)
+    with pytest.raises(UserError, match="floor of 3 per layer allows 3"):
+        choose(model, scores, 0.5, "global", floor=3)
+    grouped = make_moe("deepseek_v3")
+    grouped.config.n_group = 2
+    assert choose(grouped, {1: torch.tensor([1., 2, 0, 3])}, 0.5) == {1: [1, 3]}  # one from each group of 2
+
+
+@pytest.fixture(scope="module")
+def expert_pruned_dir(moe_dirs, tmp_path_factory):
+    from prunerzero.cli import main
+
+    out = tmp_path_factory.mktemp("experts") / "dropped"
+    tmp = tmp_path_factory.mktemp("experts-cache")
+    assert main(["experts", "--model", str(moe_dirs["qwen3_moe"]), "--drop", "0.5", "--score", "reap",
+                 "--nsamples", "2", "--seqlen", "32", "--eval-windows", "1", "--save", str(out),
+                 "--json", str(tmp / "r.json"), "--quiet", "--cache-dir", str(tmp)]) == 0
+    return out, json.loads((tmp / "r.json").read_text())
+
+
+def test_cli_drops_experts_then_prunes_inside_the_rest(expert_pruned_dir, tmp_path, capsys):
+    """STUN's recipe through the CLI: experts first (a stock checkpoint), then Wanda inside the kept experts."""
+    from transformers import AutoModelForCausalLM
+
+    from prunerzero.cli import main
+
+    out, res = expert_pruned_dir
+    assert res["experts"]["experts_after"] == LAYERS * EXPERTS // 2 and "ppl" in res["pruned"]["wikitext2"]
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_experts == EXPERTS // 2
+    final = tmp_path / "stun"
+    assert main(["prune", "--model", str(out), "--metric", "wanda", "--sparsity", "0.5", "--nsamples", "2",
+                 "--seqlen", "32", "--eval-windows", "1", "--skip-dense", "--save", str(final), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert f"experts: {LAYERS * EXPERTS // 2} pruned in place" in capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == EXPERTS // 2
+    for lin in all_prunable(model).values():
+        assert int((lin.weight == 0).sum()) == lin.weight.numel() // 2
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--drop", "0.75"], "fewer than the 2 each token is routed to"),
+    (["--score", "mul(W, freq)"], "unknown operation or terminal 'W'"),
+    (["--scope", "global", "--save", "OUT"], "--scope global leaves layers with different expert counts"),
+    (["--floor", "2"], "--floor applies to --scope global"),
+])
+def test_cli_experts_bad_input_before_loading(extra, msg, moe_dirs, tmp_path, capsys, monkeypatch):
+    import prunerzero.cli.experts as cli
+    from prunerzero.cli import main
+
+    monkeypatch.setattr(cli, "load", lambda args: pytest.fail("loaded the model"))
+    extra = [str(tmp_path / "out") if x == "OUT" else x for x in extra]
+    assert main(["experts", "--model", str(moe_dirs["mixtral"]), *extra, "--quiet",
+                 "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and msg in err
+
+
+def test_cli_experts_refuses_a_dense_model(tiny_model_dir, tmp_path, capsys):
+    from prunerzero.cli import main
+
+    assert main(["experts", "--model", str(tiny_model_dir), "--quiet", "--cache-dir", str(tmp_path)]) == 2
+    assert "is not a mixture of experts" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Command line: ``prunerzero prune | search | show | structural | bench | export | eval``.
+"""Command line: ``prunerzero prune | search | show | structural | bench | export | eval | experts``.
 
 One thin module per command; each registers its parser with ``add_parser(sub)``. Every bad input ends in one line
 on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
@@ -12,7 +12,7 @@ from ..errors import PrunerzeroWarning, UserError
 from ._common import Parser, _Help
 
 # the subcommands, in the order `prunerzero --help` lists them: one module of this package each
-COMMANDS = ("prune", "search", "show", "structural", "bench", "export", "eval")
+COMMANDS = ("prune", "search", "show", "structural", "bench", "export", "eval", "experts")
 
 
 def build_parser():

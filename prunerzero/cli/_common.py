@@ -168,4 +168,4 @@ MODEL_HELP = ("Models: smollm2, gemma3-270m, qwen2.5-0.5b (built in), any .gguf 
 def command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     """One subcommand's parser, with the shared formatter and, for the model-loading commands, the models epilog."""
     return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_Help,
-                          epilog=MODEL_HELP if name in ("prune", "structural", "eval") else None)
+                          epilog=MODEL_HELP if name in ("prune", "structural", "eval", "experts") else None)

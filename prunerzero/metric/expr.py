@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 import torch
 
 from ..errors import UserError
-from .ops import OPS, TERMINALS, canonical_op
+from .ops import EXPERT_TERMINALS, OPS, TERMINALS, canonical_op
 
 MAX_TEXT = 20_000
 MAX_DEPTH = 64
@@ -60,7 +60,7 @@ class Node:
 
     @property
     def is_terminal(self) -> bool:
-        return self.op in TERMINALS
+        return self.op in TERMINALS or self.op in EXPERT_TERMINALS
 
     @property
     def is_const(self) -> bool:
@@ -107,7 +107,7 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
     return out
 
 
-def parse(text: str) -> Node:
+def parse(text: str, terminals: Mapping[str, str] = TERMINALS) -> Node:
     """Read a formula in prefix form (``mul(abs(W), sqrt(X))``, as DEAP prints it) or in infix form
     (``abs(W) * sqrt(X) + G``, ``|W| * X^0.5``); both give the same tree. Aliases such as ``skp``/``pow`` are
     accepted.
@@ -115,6 +115,7 @@ def parse(text: str) -> Node:
     Infix: ``+`` add, ``-`` sub (or neg in front), ``*`` mul, ``|x|`` abs, ``x^2`` sqr, ``x^4`` sqr(sqr),
     ``x^0.5`` sqrt, ``x^0.25`` sqrt(sqrt); usual precedence (``^`` over unary minus over ``*`` over ``+ -``),
     left to right. ``/`` is refused: the registry's ``div`` divides by a Frobenius norm, not elementwise.
+    ``terminals``: the names a leaf may take (``ops.EXPERT_TERMINALS`` for expert scores).
     """
     if not isinstance(text, str):
         raise FormulaError(f"a formula is a string, got {type(text).__name__}")
@@ -133,7 +134,7 @@ def parse(text: str) -> Node:
     toks = _tokens(text)
     if not toks:
         raise FormulaError("empty formula: write one such as mul(abs(W), sqrt(X)) or |W| * sqrt(X)")
-    reader = _Reader(toks)
+    reader = _Reader(toks, terminals)
     node, _ = reader.sum()
     if reader.pos != len(toks):
         kind, tok, at = toks[reader.pos]
@@ -165,8 +166,8 @@ MAX_TREE_DEPTH = 256      # infix chains (W + W + ...) nest without parentheses
 class _Reader:
     """Recursive descent over the tokens; every method returns (node, tree depth)."""
 
-    def __init__(self, toks):
-        self.toks, self.pos, self.nest = toks, 0, 0
+    def __init__(self, toks, terminals: Mapping[str, str] = TERMINALS):
+        self.toks, self.pos, self.nest, self.terminals = toks, 0, 0, terminals
 
     def peek(self) -> str | None:
         return self.toks[self.pos][1] if self.pos < len(self.toks) else None
@@ -260,7 +261,7 @@ class _Reader:
         if kind == "punct":
             raise FormulaError(f"expected a name or number at character {at + 1}, found '{tok}'")
         has_args = self.pos + 1 < len(self.toks) and self.toks[self.pos + 1][1] == "("
-        if tok in TERMINALS:
+        if tok in self.terminals:
             if has_args:
                 raise FormulaError(f"'{tok}' at character {at + 1} is a terminal, not an operation: write it "
                                    "without parentheses")
@@ -269,7 +270,7 @@ class _Reader:
         name = canonical_op(tok)
         if name not in OPS:
             raise FormulaError(f"unknown operation or terminal '{shown(tok)}' at character {at + 1}: use one of "
-                               f"{', '.join(sorted(OPS))} over {', '.join(TERMINALS)}")
+                               f"{', '.join(sorted(OPS))} over {', '.join(self.terminals)}")
         op = OPS[name]
         if not has_args:
             raise FormulaError(f"'{tok}' at character {at + 1} needs {op.arity} argument(s) in parentheses")

@@ -183,6 +183,16 @@ TERMINALS = {
 }
 NONNEG_TERMINALS = {"X", "G", "G1", "G2", "Hd"}
 
+# Expert-level terminals: one value per routed expert of a mixture-of-experts layer, from routed calibration
+# (``calibration.experts``); the formulas of ``prunerzero experts --score`` (``prune.experts``) read these only.
+EXPERT_TERMINALS = {
+    "freq": "routing frequency: the fraction of the layer's calibration tokens whose top-k holds the expert",
+    "gate": "mean gate weight over the tokens routed to the expert",
+    "onorm": "mean L2 norm of the expert's output over the tokens routed to it",
+    "reap": "REAP: mean of gate weight x output norm over the tokens routed to the expert",
+    "wnorm": "Frobenius norm of the expert's weights (all its fused matrices)",
+}
+
 # The gradient terminals and their one alias, spelled out here only: G is the l2 statistic G2.
 GRADIENT_TERMINALS = frozenset({"G", "G1", "G2"})
 TERMINAL_ALIASES = {"G2": "G"}
