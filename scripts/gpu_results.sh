@@ -3,6 +3,7 @@
 # the selection of the formula to confirm (validation split only) and its confirmation on test.
 #
 #   bash scripts/gpu_results.sh warm baselines search select confirm bench structural   # all, in this order
+#   bash scripts/gpu_results.sh moe     # a real mixture of experts from the hub (MOE_MODEL), independent of the rest
 #
 # (The committed run did `warm`, `baselines`, `search` (SEARCH_MIN=5.5), `select confirm bench`, `structural`.)
 # Stages write under $RES (default results/, the committed layout: baselines, search-gpu-*, selection-gpu,
@@ -22,6 +23,7 @@ SEARCH_MIN=${SEARCH_MIN:-5.5}    # wall-time ceiling of each search in minutes, 
 POP=${POP:-40}
 TOP=${TOP:-5}
 SEEDS=${SEEDS:-0,1,2}             # calibration seeds of the select and confirm stages (>= 3: spreads)
+MOE_MODEL=${MOE_MODEL:-allenai/OLMoE-1B-7B-0924}   # the moe stage's model: a hub id (needs the hub) or a local folder
 mkdir -p "$RES/gpu-logs"
 ew=(); [ -n "$EVALW" ] && ew=(--eval-windows "$EVALW")
 common=(--device "$DEVICE" --seqlen "$SEQLEN" --nsamples "$NSAMPLES" --batch-size "$BATCH")
@@ -103,9 +105,41 @@ stage_structural() {
     --device "$DEVICE" --seqlen "$SEQLEN" "${ew[@]}"
 }
 
-[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_results.sh STAGE... (warm baselines search select confirm bench structural)" >&2; exit 2; }
+stage_moe() {
+  # A real mixture of experts (OLMoE-1B-7B: 16 layers of 64 experts, 8 per token; bf16, as it was trained): pruning
+  # inside every expert (routed calibration), then whole experts by frequency, REAP and a formula, then STUN (experts
+  # first, Wanda inside the rest). Every run writes one JSON under $RES/moe-gpu (perplexity, the MoE line's counts);
+  # a JSON already there is not run again. tests/test_moe.py parses every command of this stage with the CLI parser.
+  local out="$RES/moe-gpu" moe=(--model "$MOE_MODEL" --dtype bf16 --eval wikitext2 --quiet "${common[@]}" "${ew[@]}")
+  mkdir -p "$out"
+  [ -f "$out/dense.json" ] || $PY -m prunerzero.cli eval --model "$MOE_MODEL" --dtype bf16 --eval wikitext2 --quiet \
+    --device "$DEVICE" --seqlen "$SEQLEN" --batch-size "$BATCH" "${ew[@]}" --json "$out/dense.json" || return 1
+  local args tag
+  for args in "wanda --sparsity 0.5 --sequential" "wanda --pattern 2:4 --sequential" "sparsegpt --sparsity 0.5 --sequential" \
+              "sparsegpt --pattern 2:4 --sequential"; do
+    tag=${args// --/-}; tag=${tag// /}; tag=${tag/:/of}
+    [ -f "$out/prune-$tag.json" ] || $PY -m prunerzero.cli prune --metric $args --skip-dense "${moe[@]}" \
+      --json "$out/prune-$tag.json" || return 1
+  done
+  local drop score name
+  for drop in 0.25 0.5; do
+    for score in frequency reap "mul(freq, onorm)"; do
+      name=${score//[^a-z]/}
+      [ -f "$out/experts-$name-$drop.json" ] || $PY -m prunerzero.cli experts --drop "$drop" --score "$score" \
+        --skip-dense "${moe[@]}" --json "$out/experts-$name-$drop.json" || return 1
+    done
+  done
+  # STUN: 25% of the experts by REAP (saved: a stock checkpoint with 48 experts per layer), then Wanda 50% inside
+  [ -f "$out/experts-reap-0.25-saved/config.json" ] || $PY -m prunerzero.cli experts --drop 0.25 --score reap \
+    --skip-dense "${moe[@]}" --save "$out/experts-reap-0.25-saved" --json "$out/stun-experts.json" || return 1
+  local stun=(--model "$out/experts-reap-0.25-saved" --dtype bf16 --eval wikitext2 --quiet "${common[@]}" "${ew[@]}")
+  [ -f "$out/stun-wanda.json" ] || $PY -m prunerzero.cli prune --metric wanda --sparsity 0.5 --sequential \
+    --skip-dense "${stun[@]}" --json "$out/stun-wanda.json"
+}
+
+[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_results.sh STAGE... (warm baselines search select confirm bench structural moe)" >&2; exit 2; }
 for stage in "$@"; do
-  declare -F "stage_$stage" >/dev/null || { echo "unknown stage '$stage': use warm baselines search select confirm bench structural" >&2; exit 2; }
+  declare -F "stage_$stage" >/dev/null || { echo "unknown stage '$stage': use warm baselines search select confirm bench structural moe" >&2; exit 2; }
 done
 for stage in "$@"; do
   echo "=== $stage ($(date -u +%H:%M:%S))"

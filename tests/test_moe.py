@@ -205,6 +205,39 @@ def test_every_expert_is_pruned_exactly(arch, method, pattern, windows):
     assert report.fallbacks == sum(len(v) for v in report.fallback.values())
 
 
+@pytest.mark.parametrize("update", ["obs", "admm"])
+def test_weight_updates_run_per_expert(update, windows):
+    """OBS and ADMM reconstruct every expert against its own routed Hessian: exact counts, and the kept weights
+    moved (a mask alone would leave them as they were)."""
+    model, dense = make_moe("qwen3_moe"), make_moe("qwen3_moe")
+    prune_model(model, WANDA, parse_pattern(0.5), windows, sequential=True, progress=False, update=update)
+    before = all_prunable(dense)
+    for key, lin in all_prunable(model).items():
+        kept = lin.weight != 0
+        assert int((~kept).sum()) == lin.weight.numel() // 2, key
+        if ".experts." in key:
+            assert not torch.equal(lin.weight[kept], before[key].weight[kept]), key
+
+
+def test_owl_allocates_per_expert(windows):
+    """OWL spreads the sparsity over blocks from the dense routed X of every expert; each expert meets its own
+    allocated count and the total is the target's."""
+    from prunerzero.prune.allocation import Allocation, allocate
+
+    model = make_moe("mixtral")
+    stats = activation_stats(model, windows, progress=False)
+    pattern = parse_pattern(0.5)
+    counts = allocate(model, Allocation("owl", lam=0.08, m=5.0), pattern,
+                      lambda b, n: stats.tensors[f"layers.{b}.{n}"]["X"])
+    assert len({counts[f"layers.{b}.mlp.experts.0.down_proj"] for b in range(LAYERS)}) > 1
+    prune_model(model, WANDA, pattern, windows, sequential=False, progress=False, counts=counts)
+    linears = all_prunable(model)
+    for key, lin in linears.items():
+        assert int((lin.weight == 0).sum()) == counts[key] * lin.out_features, key
+    total = sum(lin.weight.numel() for lin in linears.values())
+    assert sum(int((lin.weight == 0).sum()) for lin in linears.values()) == int(total * 0.5)
+
+
 def test_thin_experts_take_the_fallback_and_are_counted(windows):
     model = make_moe("mixtral")
     report = MoeReport()
@@ -431,3 +464,32 @@ def test_cli_experts_refuses_a_dense_model(tiny_model_dir, tmp_path, capsys):
 
     assert main(["experts", "--model", str(tiny_model_dir), "--quiet", "--cache-dir", str(tmp_path)]) == 2
     assert "is not a mixture of experts" in capsys.readouterr().err
+
+
+def test_gpu_results_moe_stage_commands_parse(tmp_path):
+    """The moe stage of scripts/gpu_results.sh, run with a stand-in Python that prints its arguments: every
+    prunerzero command it would run is a valid command line (options and values) of the CLI parser."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prunerzero.cli import build_parser
+
+    fake = tmp_path / "py"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint('ARGV ' + json.dumps(sys.argv[1:]))\n")
+    fake.chmod(0o755)
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(["bash", str(root / "scripts" / "gpu_results.sh"), "moe"], capture_output=True, text=True,
+                         env={**os.environ, "PY": str(fake), "RES": str(tmp_path / "res")}, check=True)
+    calls = [json.loads(line[5:]) for line in run.stdout.splitlines() if line.startswith("ARGV ")]
+    commands = [c[2] for c in calls]
+    assert commands.count("prune") == 5 and commands.count("experts") == 7 and commands.count("eval") == 1
+    parser = build_parser()
+    for argv in calls:
+        assert argv[:2] == ["-m", "prunerzero.cli"]
+        args = parser.parse_args(argv[2:])
+        if args.command == "experts":
+            from prunerzero.prune.experts import expert_score
+
+            expert_score(args.score)
