@@ -8,7 +8,7 @@ score, and the window-evaluations the promotion rule spends against scoring ever
     python benchmarks/fidelity.py --run-dir /tmp/fid                 # SmolLM2 on the CPU, small setting (defaults)
     python benchmarks/fidelity.py --run results/search-x             # a run that was made with fidelity.audit > 0
     python benchmarks/fidelity.py --run /tmp/fid --out results/fidelity-x  # the report as rows and a table
-    python benchmarks/fidelity.py --out results/fidelity-cpu --render-only
+    python benchmarks/fidelity.py --out studies/cpu-early/results/fidelity-cpu --render-only
 
 With ``--out``, the report's numbers (one row per fidelity and one summary row, with provenance) are appended to
 ``<out>/rows.jsonl`` and ``<out>.md`` is rendered from them and ``<out>/meta.json`` (the prose; a default is written

@@ -6,9 +6,9 @@ last one), calls it *good* when that fitness is below ``--good`` (a log ratio to
 formulas that use it. An operation is kept when at least ``--keep`` of the good formulas use it; the last line
 is the unary and binary lists to paste into a space.
 
-    python benchmarks/op_usage.py --runs results/search-cpu-wx results/search-cpu-wx2 ...   # a table and a verdict
-    python benchmarks/op_usage.py --runs ... --out results/op-usage-cpu-wx                 # also rows + a table
-    python benchmarks/op_usage.py --out results/op-usage-cpu-wx --render-only
+    python benchmarks/op_usage.py --runs studies/cpu-wx/results/search-cpu-wx studies/cpu-wx2/results/search-cpu-wx2 ...   # a table and a verdict
+    python benchmarks/op_usage.py --runs ... --out studies/cpu-wx/results/op-usage-cpu-wx                 # also rows + a table
+    python benchmarks/op_usage.py --out studies/cpu-wx/results/op-usage-cpu-wx --render-only
 
 Nothing here evaluates a formula: it only counts operations in logged ones, so it runs in a second.
 """

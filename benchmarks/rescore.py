@@ -7,12 +7,12 @@ scores each ``--formula`` at the full fidelity, combines the parts against the r
 would stand among the run's full-fidelity scores. A formula the run scored itself is scored again and must give
 the logged perplexities (same threads, same statistics), which makes the comparison trustworthy.
 
-    OMP_NUM_THREADS=1 python benchmarks/rescore.py --run results/search-cpu-wx6 \\
+    OMP_NUM_THREADS=1 python benchmarks/rescore.py --run studies/cpu-wx6/results/search-cpu-wx6 \\
         --formula "mul(add(abs(log(X)), sqrt(X)), abs(W))" --formula "mul(sqrt(W), mul(W, mul(W, X)))" \\
         --out results/rescore-cpu-wx6
 
 Rows (one per formula, with provenance) go to ``<out>/rows.jsonl`` and the table to ``<out>.md``;
-``python benchmarks/rescore.py --out results/rescore-cpu-wx7 --render-only`` re-renders it.
+``python benchmarks/rescore.py --out studies/cpu-wx7/results/rescore-cpu-wx7 --render-only`` re-renders it.
 """
 from __future__ import annotations
 

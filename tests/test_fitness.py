@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny, tiny_config
+from conftest import REPO, make_tiny, tiny_config
 from prunerzero.calibration import activation_stats, gradient_stats
 from prunerzero.cli import main
 from prunerzero.errors import UserError
@@ -413,7 +413,7 @@ def test_bad_fitness_yaml_is_one_line_before_a_model_loads(tmp_path, capsys, mon
 
 
 def test_shipped_multi_setting_spaces():
-    cpu, p70 = load_space("cpu").fitness, load_space("prunerzero70").fitness
+    cpu, p70 = load_space("cpu").fitness, load_space(REPO / "studies" / "prunerzero70" / "space.yaml").fitness
     assert [s["pattern"] for s in cpu["settings"]] == ["unstructured", "2:4"]
     assert [s["sparsity"] for s in p70["settings"]] == [0.5, 0.5, 0.7]
     old = validate({"fitness": {"sparsity": 0.6, "group": "layer"}}).fitness   # the one-setting keys still load

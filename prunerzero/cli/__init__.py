@@ -1,4 +1,4 @@
-"""Command line: ``prunerzero prune | search | show | structural | bench | export | eval | experts``.
+"""Command line: ``prunerzero prune | search | show | structural | bench | export | eval | experts | docs``.
 
 One thin module per command; each registers its parser with ``add_parser(sub)``. Every bad input ends in one line
 on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
@@ -12,7 +12,7 @@ from ..errors import PrunerzeroWarning, UserError
 from ._common import Parser, _Help
 
 # the subcommands, in the order `prunerzero --help` lists them: one module of this package each
-COMMANDS = ("prune", "search", "show", "structural", "bench", "export", "eval", "experts")
+COMMANDS = ("prune", "search", "show", "structural", "bench", "export", "eval", "experts", "docs")
 
 
 def build_parser():
@@ -44,14 +44,14 @@ def main(argv=None) -> int:
                 else:
                     shown(message, category, filename, lineno, file, line)
             warnings.showwarning = one_line
-            args.func(args)
+            status = args.func(args)   # a command may return its exit status (docs --check: 1 when stale)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from ..protocol import Protocol
 from ..prune.masks import parse_pattern
 from ..prune.run import SPARSEGPT
 from ..prune.sparsegpt import PERCDAMP
-from ..prune.structural import ATTN_SCORES, MLP_SCORES
+from ..prune.structural import ATTN_SCORES, MLP_SCORES, STRUCTURAL_INITS
 
 MODES = ("sequential", "oneshot")
 DATASET_TITLES = {"wikitext2": "WikiText-2", "c4": "C4"}
@@ -322,7 +322,6 @@ _STRUCTURAL_MINIMA = {"steps": 1, "samples": 2, "batch_size": 1, "calib_seqlen":
 
 def _structural_method(raw: dict, where: str) -> Method:
     """A ``kind: structural`` method: every key a StructuralConfig field (checked by its default's type)."""
-    from ..prune.structural import STRUCTURAL_INITS
 
     defaults = {f.name: f.default for f in dataclasses.fields(StructuralConfig)
                 if f.name not in STRUCTURAL_CELL_FIELDS and f.name != "metric"}
