@@ -71,12 +71,12 @@ def test_every_cli_option_has_help_and_its_help_is_in_the_reference():
 
 
 def test_every_operation_terminal_and_known_metric_is_in_the_operations_reference():
-    from prunerzero.metric.known import KNOWN_METRICS
+    from prunerzero.metric.known import KNOWN_METRICS, NAMED_METRICS
     from prunerzero.metric.ops import ALIASES, OPS, TERMINALS
 
     page = ref.operations_reference()
     rows = {ln.split(" | ")[0].strip("| ") for ln in page.splitlines() if ln.startswith("| `")}
-    for name in [*OPS, *TERMINALS, *ALIASES, *KNOWN_METRICS]:
+    for name in [*OPS, *TERMINALS, *ALIASES, *KNOWN_METRICS, *NAMED_METRICS]:
         assert f"`{name}`" in rows, f"{name} missing from the operations reference"
     for op in OPS.values():
         assert ref._cell(op.doc) in page
@@ -201,3 +201,14 @@ def test_every_docs_page_is_in_the_nav_or_generated():
               for page in on_disk for target in re.findall(r"\]\(([^)#\s]+\.md)", (docs / page).read_text())}
     orphans = sorted(on_disk - nav - linked)
     assert not orphans, f"pages neither in the nav nor linked from another page: {orphans}"
+
+
+def test_every_public_api_function_is_on_the_api_page_with_a_docstring():
+    import prunerzero.api as api
+
+    page = (ROOT / "docs" / "reference" / "api.md").read_text()
+    members = re.findall(r"^\s+- (\w+)$", page, flags=re.M)
+    assert members == list(api.__all__), "docs/reference/api.md lists other members than prunerzero.api.__all__"
+    for name in api.__all__:
+        doc = getattr(api, name).__doc__ or ""
+        assert len(doc.split()) >= 8, f"prunerzero.api.{name} has no real docstring"

@@ -124,19 +124,25 @@ def operations_reference() -> str:
               "*increasing*: strictly increasing in exact arithmetic (`yes`), or on x ≥ 0 (`nonneg`); *inverse*: "
               "the opposing operation that undoes it where both are defined (the simplifier's opposing-operation "
               "rule); *≥ 0*: its float output is never negative.", "",
-              "| operation | arity | computes | increasing | inverse | ≥ 0 |", "| --- | ---: | --- | --- | --- | --- |"]
+              "| operation | arity | computes | increasing | inverse | ≥ 0 |",
+              "| --- | ---: | --- | --- | --- | --- |"]
     for op in ops.OPS.values():
         lines.append(f"| `{op.name}` | {op.arity} | {_cell(op.doc)} | {op.increasing} | "
                      f"{_code(op.inverse) if op.inverse else ''} | {'yes' if op.nonneg else ''} |")
     lines += ["", "## Aliases", "", "Names other tools print for the same operation or terminal.", "",
               "| alias | means |", "| --- | --- |"]
     lines += [f"| `{a}` | `{o}` |" for a, o in {**ops.ALIASES, **ops.TERMINAL_ALIASES}.items()]
-    lines += ["", "## Known metrics", "", "Names `--metric` accepts besides a formula.", "",
-              "| name | formula |", "| --- | --- |"]
-    from prunerzero.metric.known import KNOWN_METRICS
+    from prunerzero.metric import known
 
-    for name, metric in KNOWN_METRICS.items():
-        lines.append(f"| `{name}` | {_code(str(metric.formula)) if metric.formula else _cell(getattr(metric, 'doc', ''))} |")
+    named = getattr(known, "NAMED_METRICS", known.KNOWN_METRICS)
+    lines += ["", "## Named metrics", "", "Names `--metric` accepts besides a formula (`prunerzero prune --help`): the "
+              "published metrics and the found formulas this repository stands behind, with their provenance.", "",
+              "| name | formula | source |", "| --- | --- | --- |"]
+    for name, metric in named.items():
+        shown = _code(str(metric.formula)) if metric.formula else ""
+        source = "; ".join(f"{attr} {getattr(metric, attr)}" if attr != "source" else metric.source
+                           for attr in ("source", "run", "selection", "confirmed") if getattr(metric, attr, ""))
+        lines.append(f"| `{name}` | {shown} | {_cell(source)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,8 +272,8 @@ def grids_reference() -> str:
              "methods[]": "each entry of `methods` (a pruning method)",
              "methods[] with kind: structural": "each entry of `methods` with `kind: structural`"}
     lines = ["# Experiment grids", "", _NOTE.strip(), "",
-             "`prunerzero bench GRID` runs every cell of a grid (models × methods × patterns × seeds) into one JSONL "
-             "row per cell and renders its tables from the rows. The keys below are the ones the grid validator "
+             "`prunerzero bench GRID` runs every cell of a grid (models × methods × patterns × seeds) into one "
+             "JSONL row per cell and renders its tables from the rows. The keys below are the ones the grid validator "
              "accepts; unknown keys are refused before anything runs.", ""]
     for path, keys in grid_levels().items():
         lines += [f"## {names.get(path, f'`{path}`')}", "", ", ".join(_code(k) for k in keys), ""]
