@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from ..models import decoder_layers, prunable_linears
 from .blocks import BlockRunner
+from .hessian import hinv_factor, obs_diag
 from .experts import MIN_TOKENS, BlockInputs
 from .cache import Stats
 
@@ -49,9 +50,9 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
     """One-shot X for every prunable layer from the dense model, block by block (bounded memory).
 
     ``hessian=True`` also gives the Hessian-aware terminal Hd = 1 / diag(H_damped^-1), stored as [1, in]
-    (``prune.sparsegpt.obs_diag``); the Hessian itself is freed as soon as each layer is done.
+    (``hessian.obs_diag``); the Hessian itself is freed as soon as each layer is done.
     ``factor=True`` (implies ``hessian``) also keeps what an OBS update after any mask needs, the upper Cholesky
-    factor U of the damped H^-1 and the dead-input flags (``prune.sparsegpt.hinv_factor``), as the reserved terms
+    factor U of the damped H^-1 and the dead-input flags (``hessian.hinv_factor``), as the reserved terms
     ``_U`` [in, in] and ``_dead`` [in] (``Stats.factor``; formulas never see them): a search that reconstructs
     after every candidate's mask factorises each layer once, not once per candidate.
     ``keep_hessian=True`` (implies ``hessian``) keeps each layer's Hessian itself as the reserved term ``_H``
@@ -60,8 +61,6 @@ def activation_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 
     Experts of a mixture of experts get their statistics from their routed tokens (``routing``, ``min_tokens``:
     ``calibration.experts``); the meta records, per experts module, which experts took the all-token fallback.
     """
-    from ..prune.sparsegpt import hinv_factor, obs_diag
-
     hessian = hessian or factor or keep_hessian
 
     runner = BlockRunner(model, windows, batch_size)

@@ -23,7 +23,7 @@ from ..checks import BOS_DEFAULT
 from ..data import eval_tokens, eval_windows
 from ..errors import UserError
 from ..models import load_model
-from ..pipeline import CalibConfig, one_shot_stats
+from ..calibration.oneshot import CalibConfig, one_shot_stats
 from ..prune.masks import parse_pattern
 from .fitness import FitnessEvaluator, geometric_mean, merge_results, part_records
 
