@@ -20,11 +20,9 @@ import hashlib
 import json
 import math
 import random
-import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -35,7 +33,10 @@ from ..errors import UserError
 from ..fsutil import atomic_write_text
 from ..metric.simplify import simplify
 from .genes import join_candidate, split_candidate
-from .space import SearchSpace, reference_formula, validate
+from .runs import RECORD_KEYS, RunFiles, candidate_of, load_run_space, read_evaluations, run_state
+from .scoring import (ANSWER_KEYS, FIDELITY_GAP, RETRY_FITNESS, audit_selected, combine_scores, fidelity_selected,
+                      fitness_value)
+from .space import SearchSpace, reference_formula
 from .toolbox import build_pset, build_toolbox, first_of_each_fitness, neighbours, text_of, to_individual
 
 HOF_SIZE = 30
@@ -43,39 +44,10 @@ KEY_AUDIT_EVERY = 10  # about one key hit in this many is also evaluated and its
 
 EvaluateMany = Callable[[list[str]], Iterator[dict]]
 
-
-@dataclass
-class RunFiles:
-    root: Path
-
-    @property
-    def evaluations(self) -> Path:
-        return self.root / "evaluations.jsonl"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.json"
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def references(self) -> Path:
-        return self.root / "references.json"
-
-
-def audit_selected(text: str, seed: int, every: int) -> bool:
-    """Whether a key hit is audited: a hash of the run seed and the formula text (no RNG state, so resume is
-    exact and DEAP's global ``random`` is untouched)."""
-    if every <= 0:
-        return False
-    digest = hashlib.sha1(f"{seed}:{text}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % every == 0
+# the run folder's and the scoring's names, importable from here as before the split into runs.py / scoring.py
+__all__ = ["Search", "EvaluateMany", "HOF_SIZE", "KEY_AUDIT_EVERY", "RECORD_KEYS", "RunFiles", "candidate_of",
+           "load_run_space", "read_evaluations", "run_state", "ANSWER_KEYS", "FIDELITY_GAP", "RETRY_FITNESS",
+           "audit_selected", "combine_scores", "fidelity_selected", "fitness_value"]
 
 
 def _signature(rec: dict) -> str | None:
@@ -83,105 +55,6 @@ def _signature(rec: dict) -> str | None:
     if rec["hit"] not in ("eval", "mask", "error") or rec.get("retryable"):
         return None
     return rec.get("fingerprint") or f"error:{rec.get('error')}"
-
-
-
-RECORD_KEYS = ("generation", "formula", "simplified", "latex", "key", "size", "depth", "ppl", "hit")
-
-
-def candidate_of(rec: dict) -> str:
-    """The candidate a record is about: its formula, with `` @ <allocation>`` when the gene is not uniform."""
-    return join_candidate(rec["formula"], rec.get("allocation"))
-
-
-def read_evaluations(root: str | Path, quiet: bool = False) -> list[dict]:
-    """The run's log, one record per line. A torn *last* line (the run was killed mid-write) is dropped with a
-    note; any other unreadable line is refused with its line number."""
-    path = RunFiles(Path(root)).evaluations
-    if not path.is_file():
-        raise UserError(f"{root} holds no evaluations.jsonl: pass a search run directory")
-    lines = path.read_text().split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict) or any(k not in rec for k in RECORD_KEYS) \
-                    or not isinstance(rec["ppl"], (int, float)) or not isinstance(rec["generation"], int):
-                raise ValueError("not an evaluation record")
-        except ValueError:
-            if i == len(lines):
-                if not quiet:
-                    tqdm.write(f"note: dropped the torn last line {i} of {path} (the run stopped mid-write)",
-                               file=sys.stderr)
-                break
-            raise UserError(f"{path} line {i} is not an evaluation record: the log is corrupt; "
-                            "restore it from a copy or start a new run") from None
-        out.append(rec)
-    return out
-
-
-def run_state(root: str | Path) -> str:
-    """'empty' (no run here), 'unstarted' (settings written, no checkpoint yet) or 'checkpointed'."""
-    files = RunFiles(Path(root))
-    if files.checkpoint.is_file():
-        return "checkpointed"
-    has_log = files.evaluations.is_file() and files.evaluations.stat().st_size > 0
-    return "unstarted" if files.config.is_file() or has_log else "empty"
-
-
-ANSWER_KEYS = ("ppl", "score", "fitness", "ppls", "fidelity", "level")   # what a cache hit copies of its answer
-FIDELITY_GAP = 1000.0   # per fidelity level a candidate was not promoted to (scores are log ratios, far below it)
-RETRY_FITNESS = 1e5     # a transient failure's (or an unscorable error's) fitness for this generation
-
-
-def fitness_value(rec: dict) -> float:
-    """What selection minimises: ``fitness`` (score plus the fidelity gap) in a scored run, else ``ppl``."""
-    return rec.get("fitness", rec["ppl"])
-
-
-_SEED = re.compile(r"\|seed\d+(?=\||$)")
-
-
-def _sd(values: list[float]) -> float:
-    """Sample standard deviation (n - 1), 0 for one value."""
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
-def combine_scores(ppls: dict, refs: dict | None, how: str = "mean") -> float:
-    """log(ppl / reference ppl) of every part (model x setting), combined by their mean or their max (``worst``);
-    without references (``fitness.reference: null``) log(ppl) itself. Lower is better; the reference scores 0.
-
-    Parts that differ only in the calibration seed (``<model>|seed<n>|<setting>``) are repeats, not settings:
-    their log ratios (each against the reference at the same seed) are averaged before the combination.
-    ``margin`` is the verdict the results tables apply ("better only by more than both spreads"), in log units:
-    per (model, setting), the seed mean of log(ppl / reference ppl) plus the seed standard deviations of the
-    candidate's and of the reference's log ppl, then the worst of those. Below 0: better than the reference by
-    more than both spreads at every setting, on the fitness windows."""
-    groups: dict[str, tuple[list[float], list[float]]] = {}
-    for label, p in ppls.items():
-        mine, ref = groups.setdefault(_SEED.sub("", label), ([], []))
-        mine.append(math.log(max(p, 1e-30)))
-        ref.append(math.log(refs[label]) if refs else 0.0)
-    if how == "margin":
-        return max(sum(m) / len(m) - sum(r) / len(r) + _sd(m) + _sd(r) for m, r in groups.values())
-    logs = [sum(a - b for a, b in zip(m, r)) / len(m) for m, r in groups.values()]
-    return max(logs) if how == "worst" else sum(logs) / len(logs)
-
-
-def fidelity_selected(text: str, seed: int, fraction: float) -> bool:
-    """Whether a candidate is scored at every fidelity whatever its promotions (the fidelity audit): a hash of the
-    run seed and the text, as ``audit_selected``."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.sha1(f"fidelity:{seed}:{text}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 1_000_000 < round(fraction * 1_000_000)
 
 
 class Search:
@@ -644,15 +517,3 @@ class Search:
                    {lv: r["ppls"] for lv, r in self.references.items()}}
         atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
         return self.best(HOF_SIZE)
-
-
-def load_run_space(run_dir: str | Path) -> tuple[SearchSpace, dict]:
-    files = RunFiles(Path(run_dir))
-    if not files.config.is_file():
-        raise UserError(f"{run_dir} has no config.json: pass a search run directory")
-    try:
-        cfg = json.loads(files.config.read_text())
-        raw, meta = cfg["space"], cfg.get("meta", {})
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{files.config} is not a run's settings file: restore it, or start a new run") from None
-    return validate(raw, str(files.config)), meta

@@ -1,6 +1,6 @@
 """Fitness of a formula: perplexity after pruning with it, per part (one model at one setting), on the first
 ``windows`` fitness windows (a fidelity) or all of them. The only search module that touches tensors; the engine
-sees formulas in, records out, and turns the parts' perplexities into a score (``engine.combine_scores``).
+sees formulas in, records out, and turns the parts' perplexities into a score (``scoring.combine_scores``).
 
 Cache layers, cheapest first (the engine answers the first two before a formula reaches a worker):
   text  - the same formula text was evaluated before;

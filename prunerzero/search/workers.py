@@ -62,7 +62,7 @@ def fitness_seeds(fitness: dict) -> list[int]:
 
 def target_name(model: str, seed: int, seeds: list[int]) -> str:
     """A fitness target: the model, or ``<model>|seed<n>`` when fitness scores with several calibration seeds (its
-    parts are then ``<model>|seed<n>|<setting>``, which ``engine.combine_scores`` averages over the seeds)."""
+    parts are then ``<model>|seed<n>|<setting>``, which ``scoring.combine_scores`` averages over the seeds)."""
     return model if len(seeds) == 1 else f"{model}|seed{seed}"
 
 
