@@ -1,4 +1,10 @@
-"""Sparse export: a pruned ``save_pretrained`` folder -> the compressed-tensors sparse checkpoint format, and back.
+"""Export: a model to GGUF for llama.cpp (``--format gguf``, see ``gguf_write``), and the compressed-tensors sparse
+storage format (a pruned ``save_pretrained`` folder -> bitmask layouts, and back).
+
+What engines read: a ``prune --save`` folder (dense safetensors, zeros stored) loads in transformers and vLLM; a
+GGUF runs in llama.cpp, Ollama and LM Studio. The compressed-tensors layouts below are a storage format only:
+in 2026 nothing but prunerzero reads them (vLLM 0.19.1 removed its Sparse24 support, compressed-tensors 0.15 its
+sparse compressors), so ``--format dense`` is how such a folder becomes loadable again.
 
 prunerzero saves pruned models dense (zeros stored). ``export_compressed`` rewrites the sparse Linear weights in
 compressed-tensors' bitmask layouts and records them in ``config.json`` as compressed-tensors (and llm-compressor)
@@ -24,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +40,7 @@ import torch.nn as nn
 from .errors import UserError
 from .fsutil import atomic_folder, require_empty
 
-FORMATS = ("compressed-tensors", "dense")
+FORMATS = ("gguf", "compressed-tensors", "dense")
 BITMASK = "sparse-bitmask"
 SPARSE24 = "sparse-24-bitmask"
 COMPRESSORS = ("auto", BITMASK, SPARSE24)
@@ -171,10 +178,15 @@ def _rewrite_index(src: Path, dst: Path, weight_map: dict[str, str]) -> None:
                                                  indent=2) + "\n")
 
 
-def check_export_args(src: str, out: str, fmt: str, compressor: str) -> None:
+def check_export_args(src: str, out: str, fmt: str, compressor: str, outtype: str | None = None) -> None:
     """Every check that needs no weights (the CLI calls this before reading anything large)."""
     if fmt not in FORMATS:
-        raise UserError(f"unknown --format '{fmt}': use {' or '.join(FORMATS)}")
+        raise UserError(f"unknown --format '{fmt}': use {', '.join(FORMATS)}")
+    if fmt == "gguf":
+        check_gguf_args(src, out, outtype or "f16", compressor)
+        return
+    if outtype is not None:
+        raise UserError("--outtype applies to --format gguf only")
     if compressor not in COMPRESSORS:
         raise UserError(f"unknown --compressor '{compressor}': use {', '.join(COMPRESSORS)}")
     src_path = Path(src)
@@ -293,3 +305,106 @@ def decompress_folder(src: str | os.PathLike, out: str | os.PathLike) -> dict:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         size = folder_nbytes(tmp)
     return {"format": "dense", "from": fmt, "bytes": size, "compressed_bytes": folder_nbytes(src)}
+
+
+# ---------------------------------------------------------------- GGUF
+
+def _probe_file_destination(out: Path) -> None:
+    """Refuse, before any model loads, a GGUF destination that exists or cannot be written."""
+    if out.suffix != ".gguf":
+        raise UserError(f"--out {out} must name a .gguf file (e.g. {out.with_suffix('.gguf').name})")
+    if out.exists():
+        raise UserError(f"{out} already exists: choose a new file name")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".probe-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise UserError(f"cannot write {out} ({exc.strerror or exc}): choose a folder you can write to") from None
+
+
+def _gguf_source_config(src: str):
+    """The config of an export source (a folder, a built-in name, a .gguf file or a hub id), weights unread."""
+    from transformers import AutoConfig
+
+    from .models.gguf_read import PRUNED_LLAMA, register
+    from .models import BUILTIN_MODELS, gguf_architecture
+
+    path = Path(src).expanduser()
+    if src in BUILTIN_MODELS or path.suffix == ".gguf":
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise UserError(f"GGUF file {path} not found: check the path")
+            gguf_architecture(path)
+        return None    # read from its GGUF header when loaded (seconds); the family check then runs on its config
+    if path.is_dir():
+        config = _read_config(path)
+        if sparsity_config_of(path) is not None:
+            raise UserError(f"{src} is a compressed-tensors sparse export: decompress it first "
+                            f"(prunerzero export {src} --format dense --out DENSE_DIR)")
+        if config.get("model_type") == PRUNED_LLAMA:
+            register()
+        return AutoConfig.from_pretrained(path)
+    if src.count("/") == 1 and not path.exists():
+        return None    # a hub id: checked once transformers has its config
+    raise UserError(f"{src} is neither a folder, a .gguf file, a built-in model name nor a hub id: pass the folder "
+                    "written by prunerzero prune --save or structural --save")
+
+
+def check_gguf_args(src: str, out: str, outtype: str, compressor: str = "auto") -> None:
+    from .models.gguf_write import check_family, check_outtype
+
+    check_outtype(outtype)
+    if compressor != "auto":
+        raise UserError("--compressor applies to --format compressed-tensors only")
+    config = _gguf_source_config(src)
+    if config is not None:
+        check_family(config)
+    _probe_file_destination(Path(out))
+
+
+def load_for_export(src: str, cache: str | os.PathLike | None = None):
+    """(model, tokenizer) in fp32 on the CPU: a per-layer-width ``pruned_llama`` folder through prunerzero's own
+    class, anything else through ``resolve_model_source`` (built-ins, GGUF files, folders, hub ids)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .models.gguf_read import register
+    from .models.gguf_write import check_family
+    from .models import resolve_model_source
+
+    register()
+    source = resolve_model_source(src, cache)
+    try:
+        config = AutoConfig.from_pretrained(source)
+        check_family(config)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load '{src}' ({first}): check the name, or download it while online") from None
+    return model.eval(), tokenizer
+
+
+def export_gguf(src: str, out: str | os.PathLike, outtype: str = "f16",
+                cache: str | os.PathLike | None = None) -> dict:
+    """``src`` (see ``load_for_export``) -> the GGUF file ``out`` (see ``gguf_write.write_gguf``)."""
+    from .models.gguf_write import write_gguf
+
+    check_gguf_args(str(src), str(out), outtype)
+    model, tokenizer = load_for_export(str(src), cache)
+    res = write_gguf(model, tokenizer, out, outtype, name=Path(str(src)).name)
+    res["zeros"] = _zero_fraction(model)
+    return res
+
+
+def _zero_fraction(model: nn.Module) -> float:
+    """Fraction of exact zeros in the decoder blocks' Linear weights (what unstructured pruning left)."""
+    from .models import all_prunable
+
+    try:
+        lins = all_prunable(model)
+    except UserError:
+        return 0.0
+    total = sum(lin.weight.numel() for lin in lins.values())
+    return sum(int((lin.weight == 0).sum()) for lin in lins.values()) / max(1, total)

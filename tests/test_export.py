@@ -1,4 +1,5 @@
-"""Sparse export to the compressed-tensors format: layout, 2:4 detection, CLI checks and an exact round trip."""
+"""Sparse export to the compressed-tensors storage format: layout, 2:4 detection, CLI checks and an exact round
+trip (GGUF export is tested in test_gguf*.py)."""
 import json
 import sys
 
@@ -85,6 +86,7 @@ def test_export_round_trip_is_exact(tiny_model_dir, tmp_path, capsys, extra, fmt
     assert main(["export", str(pruned), "--format", "compressed-tensors", "--out", str(packed)]) == 0
     printed = capsys.readouterr().out
     assert f"compressed-tensors {fmt}, 14 of 15 Linear layers" in printed and "vs dense save" in printed
+    assert "only prunerzero reads this layout" in printed
     qc = json.loads((packed / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "compressed-tensors" and qc["version"] == ct.__version__
     sc = qc["sparsity_config"]
@@ -116,14 +118,18 @@ def test_auto_refuses_24_on_unstructured(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+CT = ["--format", "compressed-tensors"]
+
+
 @pytest.mark.parametrize("argv,msg", [
-    (["export", "/nonexistent/dir", "--out", "{tmp}/o"], "is not a folder"),
+    (["export", "/nonexistent/dir", "--out", "{tmp}/o", *CT], "is not a folder"),
     (["export", "{model}", "--out", "{tmp}/o", "--format", "onnx"], "unknown --format 'onnx'"),
-    (["export", "{model}", "--out", "{tmp}/o", "--compressor", "zip"], "unknown --compressor 'zip'"),
-    (["export", "{model}", "--out", "{tmp}/o"], "has no sparse Linear weights"),
+    (["export", "{model}", "--out", "{tmp}/o", *CT, "--compressor", "zip"], "unknown --compressor 'zip'"),
+    (["export", "{model}", "--out", "{tmp}/o", *CT], "has no sparse Linear weights"),
     (["export", "{model}", "--out", "{tmp}/o", "--format", "dense"], "not a compressed-tensors export"),
-    (["export", "{model}", "--out", "{model}"], "--out must be a new folder"),
-    (["export", "{tmp}", "--out", "{tmp}/o"], "has no config.json"),
+    (["export", "{model}", "--out", "{model}", *CT], "--out must be a new folder"),
+    (["export", "{tmp}", "--out", "{tmp}/o", *CT], "has no config.json"),
+    (["export", "{model}", "--out", "{tmp}/o", *CT, "--outtype", "f16"], "--outtype applies to --format gguf"),
 ])
 def test_export_bad_input_one_line(tiny_model_dir, tmp_path, capsys, argv, msg):
     argv = [a.format(tmp=tmp_path, model=tiny_model_dir) for a in argv]
@@ -136,13 +142,13 @@ def test_export_bad_input_one_line(tiny_model_dir, tmp_path, capsys, argv, msg):
 def test_export_refuses_nonempty_out(tiny_model_dir, tmp_path, capsys):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep.txt").write_text("x")
-    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), *CT]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"]
 
 
 def test_missing_package_is_one_line(tiny_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "compressed_tensors", None)  # import fails as if not installed
-    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", str(tiny_model_dir), "--out", str(tmp_path / "o"), *CT]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: the compressed-tensors format needs the package: pip install 'prunerzero[deploy]'"

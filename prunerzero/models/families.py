@@ -32,6 +32,10 @@ FAMILIES = {
     "olmo2": Family(structural="normalises q and k over all heads at once (q_norm, k_norm), so removing a head "
                                "changes the others"),
     "phi3": Family(structural=_FUSED),
+    # prunerzero's per-layer-width LLaMA (structural --save, per-layer GGUF): prunable like LLaMA; its layers differ
+    # in width, and the structural stage assumes one layout for all
+    "pruned_llama": Family(structural="already has per-layer widths (structural pruning needs one layout for all "
+                                      "layers: prune the dense model instead)"),
     "mixtral": Family(structural=_MOE),
     "qwen2_moe": Family(structural=_MOE),
     "qwen3_moe": Family(structural=_MOE),

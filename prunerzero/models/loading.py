@@ -63,6 +63,10 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"GGUF file {path} not found: check the path")
+        from .gguf_read import cached_folder, is_prunerzero_gguf
+
+        if is_prunerzero_gguf(path):  # per-layer widths (arch deci) transformers cannot read; all: in a second
+            return str(cached_folder(path, cache_dir(cache)))
         return str(_cached_gguf_dir(path, cache_dir(cache), path.stem))
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -94,8 +98,10 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .. import checks
+    from .gguf_read import register
 
     checks.bos(bos, "bos")
+    register()  # per-layer-width LLaMA folders (structural --save, deci GGUFs) load with prunerzero's own class
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     source = resolve_model_source(name, cache)
@@ -151,7 +157,8 @@ def check_config(cfg) -> None:
     name = _arch_name(cfg)
     if getattr(cfg, "is_encoder_decoder", False):
         raise UserError(f"architecture {name} is an encoder-decoder: prunerzero prunes decoder-only causal LMs")
-    if getattr(cfg, "model_type", None) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if getattr(cfg, "model_type", None) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
+            getattr(cfg, "model_type", None) != "pruned_llama":  # prunerzero's per-layer-width LLaMA
         raise UserError(f"architecture {name} (model_type {getattr(cfg, 'model_type', None)}) is not a causal LM "
                         "transformers knows: prunerzero prunes decoder-only *ForCausalLM models")
     check_moe_config(cfg)  # a mixture of experts of a family without an adapter is refused here
