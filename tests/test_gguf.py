@@ -9,7 +9,7 @@ import torch
 from prunerzero.errors import UserError
 from prunerzero.models.gguf_read import read_gguf, read_model, read_tokenizer
 from prunerzero.models.gguf_write import (MARK, LayerShape, _padded_ffn, choose_arch, layer_shapes, permute_qk,
-                                   unpermute_qk, write_gguf)
+                                          unpermute_qk, write_gguf, written_shapes)
 from prunerzero.prune.structural import ATTN, MLP, slice_model
 
 from conftest import make_tiny
@@ -137,31 +137,50 @@ def test_uniform_widths_keep_llama_and_read_back_as_stock_llama(tiny_model_dir, 
 
 
 def test_zero_width_layers_are_explicit():
-    """No heads: deci attention-free layer; no FFN channels but heads: one zero channel (deci would otherwise drop
-    the layer's attention output); neither: a layer llama.cpp skips."""
+    """No heads: deci attention-free layer (the first layer: one all-zero head, llama.cpp sizes heads from it); no
+    FFN channels but heads: one zero channel (deci would otherwise drop the layer's attention output); neither: a
+    layer llama.cpp skips."""
     assert _padded_ffn(LayerShape(2, 1, 0), "f32") == 1 and _padded_ffn(LayerShape(2, 1, 0), "q8_0") == 32
     assert _padded_ffn(LayerShape(0, 0, 0), "f16") == 0 and _padded_ffn(LayerShape(0, 0, 50), "q8_0") == 64
+    assert written_shapes([LayerShape(0, 0, 0), LayerShape(0, 0, 0)], "f16") == [LayerShape(1, 1, 1),
+                                                                                LayerShape(0, 0, 0)]
     cfg = make_tiny().config
     assert choose_arch(cfg, [LayerShape(4, 2, 128)] * 2) == "llama"
     assert choose_arch(cfg, [LayerShape(0, 0, 128)] * 2) == "deci"   # uniform but attention-free
     assert choose_arch(cfg, [LayerShape(4, 2, 128), LayerShape(2, 1, 128)]) == "deci"
 
 
-def test_zero_head_layer_written_attention_free_and_refused_on_read(tiny_model_dir, tmp_path):
+ZERO_SHAPES = [{"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 64},
+               {"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 64},
+               {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 0}]
+
+
+def zero_width_model(model):
+    """A PrunedLlama with ``ZERO_SHAPES`` holding ``model``'s weights (the leading rows / columns where it is
+    narrower)."""
     from prunerzero.prune.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
 
-    model, tok = _tiny_with_tokenizer(tiny_model_dir, layers=2)
-    shapes = [{"num_attention_heads": 0, "num_key_value_heads": 0, "intermediate_size": 64},
-              {"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 0}]
-    cfg = PrunedLlamaConfig(layer_shapes=shapes, **{k: v for k, v in model.config.to_dict().items()
-                                                    if k not in ("model_type", "architectures", "transformers_version")})
-    pruned = PrunedLlamaForCausalLM(cfg).eval()
-    assert [s.as_dict() for s in layer_shapes(pruned)] == shapes
+    kw = {k: v for k, v in model.config.to_dict().items()
+          if k not in ("model_type", "architectures", "transformers_version", "layer_shapes")}
+    zero = PrunedLlamaForCausalLM(PrunedLlamaConfig(layer_shapes=ZERO_SHAPES, **kw)).eval()
+    mine = zero.state_dict()
+    zero.load_state_dict({k: v[tuple(slice(0, n) for n in mine[k].shape)] for k, v in model.state_dict().items()
+                          if k in mine}, strict=False)
+    return zero
+
+
+def test_zero_head_layer_written_attention_free_and_refused_on_read(tiny_model_dir, tmp_path):
+    model, tok = _tiny_with_tokenizer(tiny_model_dir, layers=3)
+    pruned = zero_width_model(model)
+    assert [s.as_dict() for s in layer_shapes(pruned)] == ZERO_SHAPES
     res = write_gguf(pruned, tok, tmp_path / "z.gguf", "f16")
     meta, tensors = read_gguf(tmp_path / "z.gguf")
-    assert res["arch"] == "deci" and "blk.0.attn_q.weight" not in tensors and "blk.0.attn_norm.weight" in tensors
-    assert tensors["blk.1.ffn_down.weight"][2] == (64, 1)
-    assert not tensors["blk.1.ffn_down.weight"][0].view(np.float16).any()   # the added channel is all zero
+    assert res["arch"] == "deci" and meta["deci.attention.head_count"] == [1, 0, 4]
+    assert meta["deci.feed_forward_length"] == [64, 64, 1]
+    assert not tensors["blk.0.attn_output.weight"][0].view(np.float16).any()   # layer 0: one all-zero head
+    assert "blk.1.attn_q.weight" not in tensors and "blk.1.attn_norm.weight" not in tensors
+    assert tensors["blk.2.ffn_down.weight"][2] == (64, 1)
+    assert not tensors["blk.2.ffn_down.weight"][0].view(np.float16).any()   # the added channel is all zero
     with pytest.raises(UserError, match="layer 0 has no attention heads"):
         read_model(tmp_path / "z.gguf")
 

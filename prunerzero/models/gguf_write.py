@@ -9,7 +9,8 @@ What is written, and why:
   ``deci.feed_forward_length`` as per-layer arrays (llama.cpp rejects those arrays under arch ``llama``). ``deci``
   has optional q/k/v biases, so a Qwen2 with per-layer widths is written as ``deci`` too.
 * **Zero-width layers.** ``deci`` allows a layer with no attention (head count 0: its attention tensors are left
-  out and the residual passes through). It skips the residual add of a layer with no feed-forward channels and so
+  out and the residual passes through), except the first: llama.cpp sizes every head from layer 0's head count, so a
+  first layer without heads gets one all-zero head (its zero o_proj adds nothing). It skips the residual add of a layer with no feed-forward channels and so
   would drop that layer's attention output too: such a layer gets one all-zero channel instead (gate/up rows and
   down column zero, so it adds exactly nothing). A uniform-width model with zero heads is written as ``deci``.
 * **q/k rows.** llama.cpp's LLaMA graph applies RoPE to interleaved pairs; transformers rotates halves. The q and k
@@ -125,6 +126,16 @@ def _padded_ffn(shape: LayerShape, outtype: str) -> int:
     return width
 
 
+def written_shapes(shapes: list[LayerShape], outtype: str) -> list[LayerShape]:
+    """The widths the file declares: FFN padding (``_padded_ffn``), and one all-zero attention head in a first layer
+    without heads (llama.cpp takes the head size from layer 0's head count: zero there makes every layer's heads
+    zero-sized; an all-zero head with a zero o_proj adds exactly nothing)."""
+    out = [LayerShape(s.heads, s.kv_heads, _padded_ffn(s, outtype)) for s in shapes]
+    if out and out[0].heads == 0:
+        out[0] = LayerShape(1, 1, _padded_ffn(LayerShape(1, 1, shapes[0].ffn), outtype))
+    return out
+
+
 def choose_arch(config, shapes: list[LayerShape]) -> str:
     base = check_family(config)
     uniform = all(s == shapes[0] for s in shapes) and shapes[0].heads > 0
@@ -155,15 +166,21 @@ def _pad_cols(w: torch.Tensor, cols: int) -> torch.Tensor:
     return torch.cat([w, w.new_zeros(w.shape[0], cols - w.shape[1])], dim=1) if cols > w.shape[1] else w
 
 
-def _hf_tensors(model: nn.Module, arch: str, shapes: list[LayerShape], outtype: str):
+def _hf_tensors(model: nn.Module, arch: str, shapes: list[LayerShape], written: list[LayerShape]):
     """(transformers name, tensor) in the order llama.cpp's converter writes them, permuted and padded for GGUF."""
     permute = arch != "qwen2"
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     yield "model.embed_tokens.weight", state["model.embed_tokens.weight"]
-    for i, shape in enumerate(shapes):
+    hd, hidden = head_dim_of(model.config), model.config.hidden_size
+    for i, (shape, out) in enumerate(zip(shapes, written)):
         pre = f"model.layers.{i}."
-        yield pre + "input_layernorm.weight", state[pre + "input_layernorm.weight"]
-        if shape.heads > 0:
+        if out.heads > 0:                # an attention-free deci layer has no attention norm either
+            yield pre + "input_layernorm.weight", state[pre + "input_layernorm.weight"]
+        if out.heads > shape.heads:     # the all-zero head of ``written_shapes``
+            zero = torch.zeros(hd, hidden)
+            yield from ((f"{pre}self_attn.{p}_proj.weight", zero) for p in "qkv")
+            yield pre + "self_attn.o_proj.weight", zero.T.contiguous()
+        elif shape.heads > 0:
             for proj, n in (("q_proj", shape.heads), ("k_proj", shape.kv_heads), ("v_proj", None)):
                 for kind in ("weight", "bias"):
                     key = f"{pre}self_attn.{proj}.{kind}"
@@ -173,7 +190,7 @@ def _hf_tensors(model: nn.Module, arch: str, shapes: list[LayerShape], outtype: 
             yield pre + "self_attn.o_proj.weight", state[pre + "self_attn.o_proj.weight"]
             if pre + "self_attn.o_proj.bias" in state:
                 yield pre + "self_attn.o_proj.bias", state[pre + "self_attn.o_proj.bias"]
-        width = _padded_ffn(shape, outtype)
+        width = out.ffn
         if width > 0:
             yield pre + "post_attention_layernorm.weight", state[pre + "post_attention_layernorm.weight"]
             yield pre + "mlp.gate_proj.weight", _pad_rows(state[pre + "mlp.gate_proj.weight"], width)
@@ -326,7 +343,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, outtype: st
     cfg = model.config
     shapes = layer_shapes(model)
     arch = choose_arch(cfg, shapes)
-    written = [LayerShape(s.heads, s.kv_heads, _padded_ffn(s, outtype)) for s in shapes]
+    written = written_shapes(shapes, outtype)
     hd = head_dim_of(cfg)
     if hd % 2:
         raise UserError(f"GGUF export: head_dim {hd} is odd; RoPE needs an even head dimension")
@@ -365,7 +382,7 @@ def write_gguf(model: nn.Module, tokenizer, path: str | os.PathLike, outtype: st
         factors = _llama3_rope_factors(cfg)
         if factors is not None:
             writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", factors)
-        for hf_name, t in _hf_tensors(model, arch, shapes, outtype):
+        for hf_name, t in _hf_tensors(model, arch, shapes, written):
             new = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if new is None:
                 raise UserError(f"GGUF export: no GGUF name for tensor {hf_name} of arch {arch}")
