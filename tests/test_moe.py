@@ -493,3 +493,30 @@ def test_gpu_results_moe_stage_commands_parse(tmp_path):
             from prunerzero.prune.experts import expert_score
 
             expert_score(args.score)
+
+
+def test_search_fitness_prunes_experts_and_restores_them(windows):
+    """The search's fitness (masks from one-shot statistics, OBS reconstruction, perplexity, restore) sees every
+    expert: a formula's perplexity differs from the dense one and the fused parameters come back bit for bit."""
+    from prunerzero.evaluate import perplexity
+    from prunerzero.search.fitness import FitnessEvaluator
+
+    model = make_moe("qwen3_moe")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    stats = activation_stats(model, windows, progress=False, factor=True)
+    dense = perplexity(model, windows[:2])
+    fitness = FitnessEvaluator(model, stats, [parse_pattern(0.5), parse_pattern(pattern="2:4")], windows[:2],
+                               updates=["none", "obs"])
+    res = fitness("mul(abs(W), sqrt(X))")
+    assert res.hit == "eval" and res.error is None and res.ppl != pytest.approx(dense, rel=1e-6)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    masks = fitness.by_mask  # one entry per part
+    assert len(masks) == 2
+
+
+def test_expert_options_are_refused_on_a_dense_model(tiny_model_dir, tmp_path, capsys):
+    from prunerzero.cli import main
+
+    assert main(["prune", "--model", str(tiny_model_dir), "--expert-routing", "all", "--quiet",
+                 "--cache-dir", str(tmp_path)]) == 2
+    assert "has none: drop them" in capsys.readouterr().err

@@ -15,23 +15,9 @@ SCORE_HELP = ("frequency | reap | gate | onorm | wnorm | a formula over freq, ga
               "mul(freq, reap) (the experts with the lowest scores are dropped; default: reap)")
 
 
-def _config_of(model: str, cache):
-    """The config of a model named on the command line, read without loading weights (None if not readable)."""
-    from transformers import AutoConfig
-
-    from ..models import BUILTIN_MODELS, resolve_model_source
-
-    if model in BUILTIN_MODELS or model.endswith(".gguf"):
-        return None  # the built-ins are dense, and GGUF mixtures of experts are refused when they load
-    try:
-        return AutoConfig.from_pretrained(resolve_model_source(model, cache))
-    except (OSError, ValueError):
-        return None
-
-
 def check_args(args) -> None:
     """Everything checked before a model loads: the score parses, the options fit, the drop fits the config."""
-    from ..models.moe import expert_count_of, moe_family
+    from ..models.moe import config_of, expert_count_of, moe_family
     from ..prune.experts import drop_count, expert_score
 
     expert_score(args.score)
@@ -42,7 +28,7 @@ def check_args(args) -> None:
         raise UserError("--floor applies to --scope global: add it, or drop --floor")
     if args.save:
         require_empty(args.save, "--save folder")
-    cfg = _config_of(args.model, args.cache_dir)
+    cfg = config_of(args.model, args.cache_dir)
     n = expert_count_of(cfg) if cfg is not None else None
     if n is None:
         raise UserError(f"{args.model} is not a mixture of experts: expert pruning needs routed experts "

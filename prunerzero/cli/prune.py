@@ -51,6 +51,13 @@ def cmd_prune(args) -> None:
     from ..prune.sparsegpt import PERCDAMP
 
     pattern = _prune_pattern(args)
+    if args.expert_routing != "routed" or args.expert_min_tokens is not None:
+        from ..models.moe import config_of, expert_count_of
+
+        cfg = config_of(args.model, args.cache_dir)
+        if cfg is None or expert_count_of(cfg) is None:
+            raise UserError(f"--expert-routing/--expert-min-tokens calibrate the experts of a mixture of experts; "
+                            f"{args.model} has none: drop them")
     if args.save:
         require_empty(args.save, "--save folder")
     check_model_args(args, calibration=True)

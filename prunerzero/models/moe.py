@@ -92,6 +92,22 @@ def moe_family(cfg) -> MoeFamily | None:
     return MOE_FAMILIES[kind]
 
 
+def config_of(model: str, cache=None):
+    """The config of a model named on the command line, read without loading weights (None if not readable, and
+    for the built-ins and GGUF files, which are dense: a GGUF mixture of experts is refused when it loads)."""
+    from transformers import AutoConfig
+
+    from .builtins import BUILTIN_MODELS
+    from .loading import resolve_model_source
+
+    if model in BUILTIN_MODELS or model.endswith(".gguf"):
+        return None
+    try:
+        return AutoConfig.from_pretrained(resolve_model_source(model, cache))
+    except (OSError, ValueError):
+        return None
+
+
 def check_moe_config(cfg) -> None:
     """Refuse, from the config alone, a mixture of experts of a family the adapter table does not know."""
     moe_family(cfg)
