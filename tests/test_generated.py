@@ -152,3 +152,18 @@ def test_an_archived_study_configuration_still_runs(tiny_model_dir, tmp_path):
                  "--quiet"]) == 0
     assert json.loads((out / "config.json").read_text())["space"]["name"] == "cpu-fid"
     assert [r for r in read_evaluations(out) if r["hit"] == "eval"]
+
+
+def test_bench_renders_a_study_grid_into_its_study(tmp_path, capsys):
+    """Without --out, `prunerzero bench studies/S/grids/X.yaml` reads and writes studies/S/results/X (a study's grid
+    reruns into its own folder), the table the same as where the rows came from."""
+    from prunerzero.cli import main
+
+    study = tmp_path / "studies" / "s"
+    (study / "grids").mkdir(parents=True)
+    shutil.copy(REPO / "grids" / "spread-calib-cpu.yaml", study / "grids")
+    shutil.copytree(REPO / "results" / "spread-calib-cpu", study / "results" / "spread-calib-cpu")
+    assert main(["bench", str(study / "grids" / "spread-calib-cpu.yaml"), "--render-only", "--quiet"]) == 0
+    assert (study / "results" / "spread-calib-cpu.md").read_text() == \
+        (REPO / "results" / "spread-calib-cpu.md").read_text()
+    assert "6 rows in" in capsys.readouterr().out

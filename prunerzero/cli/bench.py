@@ -10,6 +10,14 @@ from ._common import at_least, command, shell_command
 HELP = "run an experiment grid (models x methods x patterns x seeds) into rows; render its tables"
 
 
+def default_out(grid_path: Path, name: str) -> Path:
+    """Where a grid's rows go without --out: ``results/<name>`` beside the ``grids/`` folder holding the grid (the
+    repository's, or a study's: ``studies/S/grids/X.yaml`` -> ``studies/S/results/X``), else ``results/<name>``."""
+    if grid_path.parent.name == "grids":
+        return grid_path.parent.parent / "results" / name
+    return Path("results") / name
+
+
 def cmd_bench(args) -> None:
     from ..results import load_grid, read_rows, run_grid, write_table
 
@@ -29,7 +37,7 @@ def cmd_bench(args) -> None:
     grid = grid.with_formulas(formulas)
     if args.seeds is not None:
         grid = grid.with_seeds(checks.int_list(args.seeds, "--seeds", 0))
-    out = Path(args.out or f"results/{grid.name}")
+    out = Path(args.out) if args.out else default_out(Path(args.grid), grid.name)
     checks.folder(out, "--out")
     checks.folder(args.cache_dir, "--cache-dir")
     if not args.render_only:
@@ -44,7 +52,8 @@ def add_parser(sub) -> None:
     p = command(sub, "bench", HELP)
     p.add_argument("grid", help="grid YAML (see grids/): protocol, models, methods, patterns, seeds")
     p.add_argument("--out", default=None,
-                   help="results folder: rows in OUT/rows.jsonl, tables in OUT.md (default: results/<grid name>)")
+                   help="results folder: rows in OUT/rows.jsonl, tables in OUT.md (default: results/<grid name> beside "
+                        "the grids/ folder holding GRID, e.g. a study's)")
     p.add_argument("--render-only", action="store_true", help="re-render OUT.md from the rows, run nothing")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the grid's, else cuda if available)")
     p.add_argument("--formula", action="append", default=[],
