@@ -71,7 +71,9 @@ def prune(lm: LoadedModel, method: str, pattern: Pattern, cfg: CalibConfig, sequ
     counts = None
     if not alloc.is_uniform:
         if pattern.is_nm:
-            raise UserError("--allocation applies to unstructured sparsity: N:M fixes every group")
+            from .specs import ALLOCATION_NM
+
+            raise UserError(ALLOCATION_NM)
         dense = (grads if cached_x else one_shot_stats(lm, cfg, need_x=True, need_g=False, windows=windows,
                                                        progress=progress)) if alloc.kind == "owl" else Stats()
         counts = allocate(lm.model, alloc, pattern, lambda b, n: dense.tensors[f"layers.{b}.{n}"]["X"])

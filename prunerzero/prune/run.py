@@ -96,18 +96,10 @@ def _formula_terms(method) -> set[str]:
 
 
 def _check_options(method, pattern: Pattern, update: str, counts, permute: bool) -> None:
-    if update not in UPDATES:
-        raise UserError(f"unknown update '{update}': use none, obs, lsq or admm")
-    if method == SPARSEGPT and (update != "none" or permute):
-        raise UserError("sparsegpt chooses its own mask and updates the weights itself: --update and --permute "
-                        "apply to metrics")
-    if permute and not pattern.is_nm:
-        raise UserError("--permute reorders input channels for N:M patterns: pass --pattern N:M")
-    if permute and update == "admm":
-        raise UserError("--update admm re-selects the mask while it updates the weights: --permute applies to "
-                        "--update none, obs or lsq")
-    if counts is not None and pattern.is_nm:
-        raise UserError("a layer-wise sparsity allocation needs unstructured sparsity: N:M fixes every group")
+    from ..specs import check_procedure   # the rules live in one module (specs.py)
+
+    check_procedure(SPARSEGPT if method == SPARSEGPT else None, pattern, update,
+                    "owl" if counts is not None else "uniform", permute)
 
 
 def _layer_pattern(pattern: Pattern, counts: dict[str, int] | None, key: str, lin: nn.Linear) -> Pattern:

@@ -36,6 +36,7 @@ from pathlib import Path
 from .. import checks
 from ..errors import UserError
 from ..metric.known import resolve_metric
+from ..specs import OWL_WITHOUT_OWL, check_grid_method
 from ..pipeline import StructuralConfig, check_structural, structural_config
 from ..protocol import Protocol
 from ..prune.masks import parse_pattern
@@ -296,7 +297,7 @@ def _procedure(raw: dict, where: str) -> dict:
     for key, high, open_low in (("owl_lambda", 0.5, False), ("owl_m", None, True)):
         if key in raw:
             if out.get("allocation") != "owl":
-                raise UserError(f"{where}.{key} sets the OWL allocation: add 'allocation: owl' or drop it")
+                raise UserError(f"{where}: {OWL_WITHOUT_OWL}")
             out[key] = checks.real(raw[key], f"{where}.{key}", 0.0, high, open_low=open_low)
     if "permute" in raw:
         if not isinstance(raw["permute"], bool):
@@ -305,15 +306,9 @@ def _procedure(raw: dict, where: str) -> dict:
     name = str(raw["name"])
     if "percdamp" in raw:
         out["percdamp"] = checks.real(raw["percdamp"], f"{where}.percdamp", 0.0, None, open_low=True)
-        if str(raw.get("formula") or name) != "sparsegpt" and out.get("update", "none") == "none":
-            raise UserError(f"{where}.percdamp damps the Hessian of sparsegpt or of an update: add 'update: obs' "
-                            "(or lsq, admm), or drop it")
     if out and name == "dense":
         raise UserError(f"{where}: dense is not pruned: drop {', '.join(sorted(out))}")
-    if name == "sparsegpt" and not raw.get("formula") and (out.get("update", "none") != "none" or out.get("permute")):
-        raise UserError(f"{where}: sparsegpt already reconstructs (OBS) and has no metric to permute by: use a "
-                        "metric with 'update: obs' instead")
-    return out
+    return out   # the combinations (with the grid's patterns) are checked by specs.check_grid_method
 
 
 # minimum of each integer StructuralConfig field a grid may set (the others: >= 0)
@@ -432,6 +427,10 @@ def load_grid(path: str | Path) -> Grid:
             raise UserError(f"grid {path}: methods[{i}].models names '{stray[0]}', which is not one of the grid's "
                             f"models ({', '.join(models)})")
     patterns = tuple(_pattern_text(p, f"patterns[{i}]") for i, p in enumerate(raw.get("patterns") or [0.5]))
+    for i, m in enumerate(methods):   # options that go together: the one module every command uses
+        if m.kind == "prune" and m.name != "dense":
+            check_grid_method(m.name, m.spec, patterns, m.update, m.allocation, m.permute,
+                              m.percdamp if m.percdamp != PERCDAMP else None, f"methods[{i}]")
     structural = None
     if any(m.kind == "structural" for m in methods):
         pruning = [m.name for m in methods if m.kind != "structural" and m.name != "dense"]

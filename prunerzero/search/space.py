@@ -154,14 +154,17 @@ def _check_pattern(setting: dict, given: dict, where: str) -> dict:
     refused, then they are recorded as used."""
     from ..prune.masks import parse_pattern
 
+    from ..specs import check_procedure
+
     checks.fraction(setting["sparsity"], f"{where}sparsity")
     pattern = parse_pattern(setting["sparsity"], setting["pattern"], setting["group"])
     if pattern.is_nm:
-        if "sparsity" in given and float(given["sparsity"]) != pattern.sparsity:
-            raise UserError(f"{where}sparsity does not apply to the N:M pattern {setting['pattern']} (it prunes "
-                            f"{pattern.n} of every {pattern.m}): remove {where}sparsity")
-        if "group" in given and given["group"] != "row":
-            raise UserError(f"{where}group applies to unstructured sparsity only: remove it for {setting['pattern']}")
+        try:   # the rules every command shares (specs.py); a group of row is N:M's own
+            check_procedure(None, pattern, setting.get("update", "none") if setting.get("update") in UPDATES else
+                            "none", sparsity=float(given["sparsity"]) if "sparsity" in given else None,
+                            group=given["group"] if given.get("group", "row") != "row" else None)
+        except UserError as e:
+            raise UserError(f"{where}{e}") from None
         setting["sparsity"], setting["group"] = pattern.sparsity, "row"
     return setting
 
@@ -413,8 +416,10 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
         from ..prune.masks import parse_pattern
 
         if all(parse_pattern(s["sparsity"], s["pattern"], s["group"]).is_nm for s in settings_of(cfg["fitness"])):
-            raise UserError("allocation needs an unstructured fitness setting (N:M fixes every group): add one such "
-                            "as {sparsity: 0.7} to fitness.settings, or remove allocation")
+            from ..specs import ALLOCATION_NM
+
+            raise UserError(f"allocation (the evolved gene): {ALLOCATION_NM}; add an unstructured fitness setting such as "
+                            "{sparsity: 0.7} to fitness.settings, or remove allocation")
     space = SearchSpace(cfg, path)
     pool = genes.Genes(cfg["allocation"]) if cfg["allocation"] is not None else None
     ref = cfg["fitness"]["reference"]
