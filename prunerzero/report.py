@@ -207,7 +207,7 @@ def run_exists(run_dir) -> bool:
 
 
 def chosen_formula(selection_json) -> str | None:
-    """The formula ``benchmarks/select_formula.py`` chose (validation split only), or None if it chose none."""
+    """The formula ``prunerzero select`` chose (validation split only), or None if it chose none."""
     chosen = json.loads(Path(selection_json).read_text()).get("chosen")
     return chosen["formula"] if chosen else None
 

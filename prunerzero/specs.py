@@ -45,6 +45,10 @@ GROUP_SPARSEGPT = ("group does not apply to sparsegpt (it selects within blocks 
                    "drop group")
 
 
+class ProcedureError(UserError):
+    """Options that do not go together (each command may say which of its options were given)."""
+
+
 def sparsity_nm(sparsity: float, pattern: Pattern) -> str:
     return (f"sparsity {sparsity:g} does not apply to the N:M pattern {pattern.n}:{pattern.m} (it prunes "
             f"{pattern.n} of every {pattern.m}): drop one of the two")
@@ -56,38 +60,38 @@ def check_procedure(metric: str | None, pattern: Pattern, update: str = "none", 
     """Refuse options that do not go together. ``metric`` None is "some formula" (a search's candidates); the
     optional values are None where they were not given (a default is never a conflict)."""
     if update not in UPDATES:
-        raise UserError(f"update '{update}' is unknown: use {', '.join(UPDATES)}")
+        raise ProcedureError(f"update '{update}' is unknown: use {', '.join(UPDATES)}")
     if allocation not in ALLOCATIONS:
-        raise UserError(f"allocation '{allocation}' is unknown: use {' or '.join(ALLOCATIONS)}")
+        raise ProcedureError(f"allocation '{allocation}' is unknown: use {' or '.join(ALLOCATIONS)}")
     if group is not None and group not in GROUPS:
-        raise UserError(f"group '{group}' is unknown: use row or layer")
+        raise ProcedureError(f"group '{group}' is unknown: use row or layer")
     if owl_lambda is not None and not (math.isfinite(owl_lambda) and 0.0 < owl_lambda < 0.5):
-        raise UserError(f"owl_lambda {owl_lambda:g} is outside (0, 0.5): OWL spreads block sparsities over "
+        raise ProcedureError(f"owl_lambda {owl_lambda:g} is outside (0, 0.5): OWL spreads block sparsities over "
                         "2*lambda, e.g. 0.08")
     if owl_m is not None and not (math.isfinite(owl_m) and owl_m > 0):
-        raise UserError(f"owl_m {owl_m:g} must be > 0: an outlier is a score above M x the block mean, e.g. 5")
+        raise ProcedureError(f"owl_m {owl_m:g} must be > 0: an outlier is a score above M x the block mean, e.g. 5")
     if percdamp is not None and not (math.isfinite(percdamp) and percdamp > 0):
-        raise UserError(f"percdamp {percdamp:g} must be > 0: a fraction of the mean of diag(H), e.g. 0.01")
+        raise ProcedureError(f"percdamp {percdamp:g} must be > 0: a fraction of the mean of diag(H), e.g. 0.01")
     if metric == SPARSEGPT and (update != "none" or permute):
-        raise UserError(SPARSEGPT_PROCEDURE)
+        raise ProcedureError(SPARSEGPT_PROCEDURE)
     if percdamp is not None and metric != SPARSEGPT and update == "none":
-        raise UserError(PERCDAMP_NO_HESSIAN)
+        raise ProcedureError(PERCDAMP_NO_HESSIAN)
     if (owl_lambda is not None or owl_m is not None) and allocation != "owl":
-        raise UserError(OWL_WITHOUT_OWL)
+        raise ProcedureError(OWL_WITHOUT_OWL)
     if pattern.is_nm:
         if sparsity is not None and sparsity != pattern.sparsity:
-            raise UserError(sparsity_nm(sparsity, pattern))
+            raise ProcedureError(sparsity_nm(sparsity, pattern))
         if group is not None:
-            raise UserError(GROUP_NM)
+            raise ProcedureError(GROUP_NM)
         if allocation != "uniform":
-            raise UserError(ALLOCATION_NM)
+            raise ProcedureError(ALLOCATION_NM)
         if permute and update == "admm":
-            raise UserError(PERMUTE_ADMM)
+            raise ProcedureError(PERMUTE_ADMM)
         return
     if group is not None and metric == SPARSEGPT:
-        raise UserError(GROUP_SPARSEGPT)
+        raise ProcedureError(GROUP_SPARSEGPT)
     if permute:
-        raise UserError(PERMUTE_UNSTRUCTURED)
+        raise ProcedureError(PERMUTE_UNSTRUCTURED)
 
 
 @dataclass(frozen=True)
@@ -163,16 +167,21 @@ def check_grid_method(name: str, spec: str, patterns, update: str, allocation: s
 
 
 # --------------------------------------------------------------------------------------------- destinations
-def _probe_dir(folder: Path, what: str) -> None:
-    """Create ``folder`` (and its parents) and write and remove a tiny file in it."""
+def _probe_dir(folder: Path, what: str, given) -> None:
+    """Create ``folder`` (and its parents), write and remove a tiny file in it, and remove the folders this made
+    (the command's own writer makes them again): nothing is left behind by a command refused later. Errors name
+    ``given``."""
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=folder)
         os.close(fd)
         os.remove(tmp)
+        for p in made:   # deepest first
+            p.rmdir()
     except OSError as e:
-        raise UserError(f"{what} {folder} cannot be written ({e.strerror or e}): choose a folder you can write "
-                        "to") from None
+        raise UserError(f"{what} {given}: {folder} cannot be written to ({e.strerror or e}): choose a place you "
+                        "can write to") from None
 
 
 def probe_folder(path: str | os.PathLike | None, what: str, must_be_empty: bool = False) -> None:
@@ -186,9 +195,9 @@ def probe_folder(path: str | os.PathLike | None, what: str, must_be_empty: bool 
     if must_be_empty:
         if p.is_dir() and any(p.iterdir()):
             raise UserError(f"{what} {path} exists and is not empty: choose another folder")
-        _probe_dir(p.parent if not p.exists() else p, what)
+        _probe_dir(p.parent if not p.exists() else p, what, path)
         return
-    _probe_dir(p, what)
+    _probe_dir(p, what, path)
 
 
 def probe_file(path: str | os.PathLike | None, what: str) -> None:
@@ -198,4 +207,4 @@ def probe_file(path: str | os.PathLike | None, what: str) -> None:
     p = Path(path).expanduser()
     if p.is_dir():
         raise UserError(f"{what} {path} is a folder: name a file such as {str(path).rstrip('/')}/results.json")
-    _probe_dir(p.parent, what)
+    _probe_dir(p.parent, what, path)

@@ -72,7 +72,7 @@ stage_search() {
 }
 
 stage_select() {
-  $PY benchmarks/select_formula.py --run "$RES/search-gpu-prunerzero" --run "$RES/search-gpu-extended" \
+  $PY -m prunerzero.cli select "$RES/search-gpu-prunerzero" "$RES/search-gpu-extended" \
     --top "$TOP" --also ria,pruner-zero --patterns u,2:4 --seeds "$SEEDS" "${common[@]}" "${ew[@]}" \
     --out "$RES/selection-gpu"
 }

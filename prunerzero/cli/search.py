@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .. import checks
 from ..errors import UserError
-from ._common import at_least, command, number, shell_command
+from ..specs import probe_folder
+from ._common import at_least, command, groups, number, shell_command
 
 HELP = "discover a pruning metric by genetic programming"
 
@@ -44,7 +45,7 @@ def _resume_space(args):
         if args.generations < done:
             raise UserError(f"--generations {args.generations} is below the {done} generations already done: "
                             f"use {done} or more")
-        space.raw["gp"]["generations"] = args.generations
+        space = space.with_overrides(gp={"generations": args.generations})
     return space, meta
 
 
@@ -59,21 +60,16 @@ def _checkpoint_generation(run_dir) -> int:
 
 def _new_space(args):
     from ..search.engine import run_state
-    from ..search.space import load_space, validate
+    from ..search.space import load_space
 
     space = load_space(args.space or DEFAULT_SPACE)
-    raw = space.raw
-    for key, value in (("generations", args.generations), ("population", args.population), ("seed", args.seed)):
-        if value is not None:
-            raw["gp"][key] = value
-    for opt, key in _FITNESS_OPTIONS.items():
-        value = getattr(args, opt)
-        if value is not None:
-            raw["fitness"][key] = value
+    gp = {key: value for key, value in (("generations", args.generations), ("population", args.population),
+                                        ("seed", args.seed)) if value is not None}
+    fitness = {key: getattr(args, opt) for opt, key in _FITNESS_OPTIONS.items() if getattr(args, opt) is not None}
     if args.model is not None:   # --model replaces the space's fitness.models list
-        raw["fitness"]["models"] = None
-    space = validate(raw, space.path)
-    out = args.out or f"results/search-{space.name}"
+        fitness["models"] = None
+    space = space.with_overrides(gp=gp, fitness=fitness)
+    out = args.out or default_out(space.name)
     state = run_state(out)
     if state != "empty":
         where = "stopped before its first checkpoint" if state == "unstarted" else "has checkpoints"
@@ -83,6 +79,14 @@ def _new_space(args):
 
     return space, {"command": shell_command(), "space_file": _portable_path(space.path),
                    "provenance": provenance(space.fitness.get("device"), shell_command())}, out
+
+
+RUNS = "runs"   # new runs go here by default (never into the committed results/)
+
+
+def default_out(space_name: str) -> str:
+    """``runs/search-<space>-<UTC timestamp>``: a new folder per run, outside the committed ``results/``."""
+    return f"{RUNS}/search-{space_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def _portable_path(path) -> str:
@@ -109,8 +113,14 @@ def cmd_search(args) -> None:
         space, meta, out = _new_space(args)
     fit = space.fitness
     checks.device(fit.get("device"), "--device (fitness.device)")
-    checks.folder(args.cache_dir, "--cache-dir")
-    checks.folder(out, "--out")
+    checks.device_map(args.device_map)
+    if args.device_map and args.workers > 1:
+        raise UserError("--device-map spreads one model over the GPUs; --workers puts one model on each GPU: use "
+                        "one of the two")
+    probe_folder(args.cache_dir, "--cache-dir")
+    probe_folder(out, "--out")
+    if not args.resume:
+        print(f"run directory: {out}", flush=True)
     if args.workers > 1:
         checks.module_available("ray", "--workers", "pip install 'prunerzero[ray]'")
     require_data(args.data_dir, (fit["eval_dataset"],), (fit["eval_split"],), calibration=True)
@@ -119,7 +129,7 @@ def cmd_search(args) -> None:
         evaluate_many = RayPool(space.fitness, terminals, args.workers, args.data_dir, args.cache_dir)
     else:
         evaluate_many = InProcess(build_evaluator(space.fitness, terminals, args.data_dir, args.cache_dir,
-                                                  not args.quiet))
+                                                  not args.quiet, device_map=args.device_map))
     search = Search(space, out, evaluate_many, meta, progress=not args.quiet, on_resume=evaluate_many.preload)
     budget = None if args.max_minutes is None else 60 * args.max_minutes - (time.time() - started)
     if budget is not None and budget <= 0:
@@ -138,43 +148,51 @@ def _packaged_spaces() -> list[str]:
 
 def add_parser(sub) -> None:
     p = command(sub, "search", HELP)
-    p.add_argument("--space", default=None,
-                   help=f"search space: a YAML file or a packaged name ({', '.join(_packaged_spaces())}) "
-                        f"(default: {DEFAULT_SPACE}, the paper's space)")
-    p.add_argument("--out", default=None, help="new run directory (default: results/search-<space name>)")
-    p.add_argument("--resume", default=None,
-                   help="continue the run in this directory with its recorded settings (default: a new run)")
-    p.add_argument("--generations", type=at_least(1), default=None,
-                   help="generations after the initial population (default: the space's gp.generations)")
-    p.add_argument("--population", type=at_least(2), default=None,
-                   help="individuals per generation (default: the space's gp.population)")
-    p.add_argument("--seed", type=at_least(0), default=None, help="GP seed (default: the space's gp.seed)")
-    p.add_argument("--model", default=None,
+    p.description = (HELP + ". Every option without a value given takes the search space's; a new run goes to "
+                     f"{RUNS}/search-<space>-<timestamp> unless --out names a folder (printed when it starts)")
+    g = groups(p)
+    m, what, how, ev, out = (g["model and data"], g["what to prune"], g["how"], g["evaluation"], g["output"])
+    what.add_argument("--space", default=None,
+                      help=f"search space: a YAML file or a packaged name ({', '.join(_packaged_spaces())}) "
+                           f"(default: {DEFAULT_SPACE}, the paper's space)")
+    m.add_argument("--model", default=None,
                    help="model to prune for fitness, any that loads; replaces the space's fitness.models "
                         "(default: the space's fitness.models, else fitness.model)")
-    p.add_argument("--eval-windows", type=at_least(1), default=None,
-                   help="fitness windows of WikiText-2 validation (default: the space's fitness.eval_windows)")
-    p.add_argument("--nsamples", type=at_least(1), default=None,
-                   help="calibration windows for X and G (default: the space's fitness.nsamples)")
-    p.add_argument("--seqlen", type=at_least(2), default=None,
-                   help="window length (default: the space's fitness.seqlen)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the space's, else cuda if available)")
-    p.add_argument("--dtype", default=None, choices=checks.DTYPES,
+    m.add_argument("--device", default=None, help="cpu, cuda, ... (default: the space's, else cuda if available)")
+    m.add_argument("--device-map", default=None, choices=checks.DEVICE_MAPS,
+                   help="spread a model that does not fit one GPU over all GPUs (and CPU memory) with accelerate; "
+                        "a placement, not part of the run's settings (default: the whole model on --device)")
+    m.add_argument("--dtype", default=None, choices=checks.DTYPES,
                    help="weights' precision for fitness (default: the space's fitness.dtype)")
-    p.add_argument("--batch-size", type=at_least(1), default=None,
+    m.add_argument("--seqlen", type=at_least(2), default=None,
+                   help="window length (default: the space's fitness.seqlen)")
+    m.add_argument("--bos", default=None, choices=checks.BOS_MODES,
+                   help="stream (Wanda's windows) or window (BOS opens every window, for Gemma) (default: the "
+                        "space's fitness.bos)")
+    m.add_argument("--nsamples", type=at_least(1), default=None,
+                   help="calibration windows for X and G (default: the space's fitness.nsamples)")
+    m.add_argument("--batch-size", type=at_least(1), default=None,
                    help="windows per forward pass (default: the space's fitness.batch_size)")
-    p.add_argument("--bos", default=None, choices=checks.BOS_MODES,
-                   help="stream (Wanda's windows) or window (BOS opens every window, for Gemma); default: the "
-                        "space's fitness.bos")
-    p.add_argument("--workers", type=at_least(1), default=1,
-                   help="evaluate on N GPUs through a Ray actor pool (prunerzero[ray])")
-    p.add_argument("--max-minutes", type=number(0.0), default=None,
-                   help="wall-time ceiling, model and statistics included: no generation is started that the "
-                        "last one's length says would end past it; --resume continues it (default: no limit)")
-    p.add_argument("--data-dir", default=None,
+    m.add_argument("--data-dir", default=None,
                    help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
-    p.add_argument("--cache-dir", default=None,
+    m.add_argument("--cache-dir", default=None,
                    help="model and statistics cache (default: $PRUNERZERO_CACHE, else ~/.cache/prunerzero)")
-    p.add_argument("--top", type=at_least(1), default=10, help="rows of the final table")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    how.add_argument("--generations", type=at_least(1), default=None,
+                     help="generations after the initial population (default: the space's gp.generations)")
+    how.add_argument("--population", type=at_least(2), default=None,
+                     help="individuals per generation (default: the space's gp.population)")
+    how.add_argument("--seed", type=at_least(0), default=None, help="GP seed (default: the space's gp.seed)")
+    how.add_argument("--workers", type=at_least(1), default=1,
+                     help="evaluate on N GPUs through a Ray actor pool (prunerzero[ray])")
+    how.add_argument("--max-minutes", type=number(0.0), default=None,
+                     help="wall-time ceiling, model and statistics included: no generation is started that the "
+                          "last one's length says would end past it; --resume continues it (default: no limit)")
+    ev.add_argument("--eval-windows", type=at_least(1), default=None,
+                    help="fitness windows of WikiText-2 validation (default: the space's fitness.eval_windows)")
+    out.add_argument("--out", default=None,
+                     help=f"new run directory (default: {RUNS}/search-<space name>-<UTC timestamp>)")
+    out.add_argument("--resume", default=None,
+                     help="continue the run in this directory with its recorded settings (default: a new run)")
+    out.add_argument("--top", type=at_least(1), default=10, help="rows of the final table")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_search)

@@ -113,10 +113,11 @@ def load_model(name: str, device: str | None = None, dtype: str | torch.dtype | 
         check_config(config)  # seconds, before any weight is read
         tokenizer = AutoTokenizer.from_pretrained(source)
         token = window_bos(name, config, tokenizer, bos)  # refused or warned before the weights load too
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model, info = _quiet_load(AutoModelForCausalLM, source, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model '{name}' ({first}): check the name, or download it while online") from None
+    check_loaded(name, model, info)   # before anything is pruned or scored
     if not device_map:
         model.to(device)
     model.eval()
@@ -152,16 +153,52 @@ def _arch_name(cfg) -> str:
 
 def check_config(cfg) -> None:
     """Refuse, from the config alone (before any weight is read), what prunerzero cannot prune."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
 
     name = _arch_name(cfg)
     if getattr(cfg, "is_encoder_decoder", False):
         raise UserError(f"architecture {name} is an encoder-decoder: prunerzero prunes decoder-only causal LMs")
+    if getattr(cfg, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        # BERT and its kin: transformers offers an LM-head class for some of them, but its head would start from
+        # random weights and the encoder attends both ways; a perplexity of it means nothing
+        raise UserError(f"architecture {name} (model_type {cfg.model_type}) is an encoder (a masked LM), not a "
+                        "decoder-only causal LM: prunerzero prunes decoder-only *ForCausalLM models")
     if getattr(cfg, "model_type", None) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and \
             getattr(cfg, "model_type", None) != "pruned_llama":  # prunerzero's per-layer-width LLaMA
         raise UserError(f"architecture {name} (model_type {getattr(cfg, 'model_type', None)}) is not a causal LM "
                         "transformers knows: prunerzero prunes decoder-only *ForCausalLM models")
     check_moe_config(cfg)  # a mixture of experts of a family without an adapter is refused here
+
+
+def _quiet_load(cls, source: str, **kwargs):
+    """from_pretrained with its loading info; transformers' own load report is not logged (``check_loaded`` refuses
+    what it would report, in one line)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(source, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def check_loaded(name: str, model: nn.Module, info: dict) -> None:
+    """Refuse a load that left weights missing (newly initialised: random) or of another shape than the
+    checkpoint's; tied weights (an LM head that is the embedding) are not missing."""
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        keys = getattr(model, "_tied_weights_keys", None) or []
+        tied = set(keys if isinstance(keys, (list, tuple, set)) else dict(keys))
+    missing = [k for k in info.get("missing_keys", []) if k not in tied]
+    mismatched = [k[0] if isinstance(k, (list, tuple)) else k for k in info.get("mismatched_keys", [])]
+    for what, keys in (("missing from the checkpoint (they would be random)", missing),
+                       ("of another shape in the checkpoint", mismatched)):
+        if keys:
+            shown = ", ".join(sorted(keys)[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            raise UserError(f"cannot use model '{name}': weights {what}: {shown}; pass a complete checkpoint of "
+                            "a decoder-only causal LM")
 
 
 def save_model(lm: LoadedModel, target: str | os.PathLike) -> None:

@@ -139,6 +139,14 @@ class SearchSpace:
             terms.append("X")
         return terms
 
+    def with_overrides(self, gp: dict | None = None, fitness: dict | None = None) -> "SearchSpace":
+        """A new, validated space with these ``gp`` / ``fitness`` values replaced (a value None in ``fitness`` for
+        ``models`` drops the list, as ``--model`` does); this space is left as it was."""
+        raw = copy.deepcopy(self.raw)
+        raw["gp"].update(gp or {})
+        raw["fitness"].update(fitness or {})
+        return validate(raw, self.path)
+
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -97,7 +97,7 @@ def fill_stats_cache(fitness: dict, terminals: list[str], data_dir=None, cache=N
 
 
 def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=None,
-                    progress: bool = True) -> FitnessEvaluator:
+                    progress: bool = True, device_map: str | None = None) -> FitnessEvaluator:
     """Models, one-shot statistics (cached, one set per model and calibration seed) and fitness windows for a
     space's ``fitness`` settings: one evaluator whose parts are every (model, seed, setting); the seeds of one
     model share its weights."""
@@ -105,11 +105,11 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     seeds = fitness_seeds(fitness)
     for model in fitness_models(fitness):
         lm = load_model(model, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
-                        seqlen=fitness["seqlen"], bos=fitness_bos(fitness, model))
+                        seqlen=fitness["seqlen"], bos=fitness_bos(fitness, model), device_map=device_map)
         tokens = eval_tokens(lm.tokenizer, fitness["eval_dataset"], fitness["eval_split"], data_dir, lm.seqlen)
         windows = eval_windows(tokens, lm.seqlen, fitness["eval_windows"], lm.window_bos)
         for seed in seeds:
-            stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed).to(lm.device)
+            stats = _stats_for(lm, fitness, terminals, data_dir, cache, progress, seed).only(terminals).to(lm.device)
             name = target_name(model, seed, seeds)
             if evaluator is None:
                 evaluator = FitnessEvaluator(lm.model, stats, fitness_patterns(fitness), windows,
