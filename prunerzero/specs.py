@@ -60,11 +60,11 @@ def check_procedure(metric: str | None, pattern: Pattern, update: str = "none", 
     """Refuse options that do not go together. ``metric`` None is "some formula" (a search's candidates); the
     optional values are None where they were not given (a default is never a conflict)."""
     if update not in UPDATES:
-        raise ProcedureError(f"update '{update}' is unknown: use {', '.join(UPDATES)}")
+        raise ProcedureError(f"unknown update '{update}': use none, obs, lsq or admm")
     if allocation not in ALLOCATIONS:
-        raise ProcedureError(f"allocation '{allocation}' is unknown: use {' or '.join(ALLOCATIONS)}")
+        raise ProcedureError(f"unknown allocation '{allocation}': use {' or '.join(ALLOCATIONS)}")
     if group is not None and group not in GROUPS:
-        raise ProcedureError(f"group '{group}' is unknown: use row or layer")
+        raise ProcedureError(f"unknown comparison group '{group}': use row or layer")
     if owl_lambda is not None and not (math.isfinite(owl_lambda) and 0.0 < owl_lambda < 0.5):
         raise ProcedureError(f"owl_lambda {owl_lambda:g} is outside (0, 0.5): OWL spreads block sparsities over "
                         "2*lambda, e.g. 0.08")

@@ -269,7 +269,7 @@ def test_cli_prune_with_update_owl_and_permute(tiny_model_dir, tmp_path, capsys)
 
     common = ["prune", "--model", str(tiny_model_dir), "--nsamples", "2", "--seqlen", "64", "--eval-windows", "1",
               "--skip-dense", "--quiet", "--cache-dir", str(tmp_path / "cache")]
-    assert main(common + ["--metric", "wanda", "--update", "obs", "--allocation", "owl", "--owl-m", "3",
+    assert main(common + ["--metric", "wanda", "--update", "obs", "--allocation", "owl", "--owl-m", "3", "--one-shot",
                           "--json", str(tmp_path / "a.json")]) == 0
     res = json.loads((tmp_path / "a.json").read_text())
     assert res["update"] == "obs" and res["allocation"] == "owl" and res["owl_m"] == 3.0
