@@ -92,7 +92,7 @@ def test_the_same_bad_combination_gets_the_same_message_through_cli_grid_and_spa
                                     "methods": [{"name": "w", "formula": "wanda", "allocation": "owl"}]}))
     with pytest.raises(UserError) as from_grid:
         load_grid(grid)
-    raw = load_space("cpu-alloc").raw
+    raw = load_space("alloc").raw
     raw["fitness"]["settings"] = [{"pattern": "2:4"}]
     with pytest.raises(UserError) as from_space:
         validate(raw)
@@ -283,15 +283,15 @@ def test_structural_help_shows_the_default_presets_values_once(capsys, monkeypat
     assert text.count(f"(default: {DEFAULT_STRUCTURAL_PRESET})") == 1
 
 
-@pytest.mark.parametrize("run", ["search-gpu-prunerzero", "search-cpu-wx6"])
+@pytest.mark.parametrize("run", ["results/search-gpu-prunerzero", "studies/cpu-wx6/results/search-cpu-wx6"])
 def test_show_fits_120_columns_with_labelled_columns(run, capsys):
-    assert main(["show", str(REPO / "results" / run)]) == 0
+    assert main(["show", str(REPO / run)]) == 0
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 120
     head = out.splitlines()[0].split()
     assert {"formula", "prefix", "size", "known"} <= set(head) and ("score" in head or "ppl" in head)
     assert "wanda" in out     # a rediscovered known metric is marked
-    assert main(["show", str(REPO / "results" / run), "--wide"]) == 0
+    assert main(["show", str(REPO / run), "--wide"]) == 0
 
 
 # --------------------------------------------------------------------------------------------- big models

@@ -49,8 +49,9 @@ FOUND_METRICS = {m.name: m for m in [
     FoundMetric("found-smollm2-cpu", "mul(add(abs(log(X)), sqrt(X)), abs(W))", "row", frozenset({"X"}),
                 "the GPU search's candidate chosen by the 3-seed CPU selection; below Wanda by more than both "
                 "seed spreads at 50% and 2:4 on SmolLM2-135M (reduced CPU protocol, 3 seeds)",
-                run="results/search-gpu-prunerzero", selection="results/selection-cpu.md",
-                confirmed="results/confirm-cpu-seeds.md (rows: results/confirm-cpu-seeds/rows.jsonl)"),
+                run="results/search-gpu-prunerzero", selection="studies/cpu-early/results/selection-cpu.md",
+                confirmed="studies/cpu-early/results/confirm-cpu-seeds.md (rows: "
+                          "studies/cpu-early/results/confirm-cpu-seeds/rows.jsonl)"),
     FoundMetric("found-smollm2-gpu", "mul(sqrt(sub(X, G)), abs(W))", "row", frozenset({"X", "G"}),
                 "the GPU search's pick on validation; below Wanda at 50%, 4:8 and 2:4 on WikiText-2 test and C4 "
                 "with SmolLM2-135M, full protocol, one calibration seed (no spread)",
