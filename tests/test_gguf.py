@@ -241,3 +241,30 @@ def test_cli_gguf_bad_input_before_loading(tiny_model_dir, tmp_path, capsys):
     assert "--compressor applies" in _refused(["export", str(tiny_model_dir), "--out", out, "--compressor",
                                                "sparse-bitmask"], capsys)
     assert not (tmp_path / "o.gguf").exists() and (tmp_path / "there.gguf").read_text() == "x"
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_uniform_structural_save_is_a_stock_config_of_the_family(arch, tmp_path):
+    """Structural saves for every supported family: uniform widths as the family's own config (no remote code);
+    per-layer widths of a family without a per-layer class are refused."""
+    from transformers import AutoModelForCausalLM
+
+    from prunerzero.prune.structural import init_probs, save_structural, uniform_keep, uniform_widths
+    from prunerzero.prune.structural.groups import Layout
+
+    model = make_tiny(arch, layers=2)
+    lay = Layout.of(model)
+    slice_model(model, uniform_keep(init_probs("random", 0.6, lay, seed=1), uniform_widths(lay, 0.6)))
+    assert save_structural(model, None, tmp_path / "u") is False
+    cfg = json.loads((tmp_path / "u" / "config.json").read_text())
+    assert cfg["model_type"] == model.config.model_type and "auto_map" not in cfg
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "u").eval()
+    assert type(loaded) is type(model)
+    ids = _ids(model.config.vocab_size, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+    per_layer = make_tiny(arch, layers=2)
+    slice_model(per_layer, _masks([[True, False], [True, True]], [64, 96]))
+    with pytest.raises(UserError, match="prune with --uniform"):
+        save_structural(per_layer, None, tmp_path / "p")
+    assert not (tmp_path / "p").exists()

@@ -25,6 +25,7 @@ STRUCTURAL_FIELDS = {"sparsity": "sparsity", "metric": "metric", "init": "init",
 def cmd_structural(args) -> None:
     from ..pipeline import CalibConfig, check_structural, eval_at, structural, structural_config
     from ..prune.structural import forward_latency, save_structural
+    from ..prune.structural.slicing import check_save
 
     explicit = {field: getattr(args, name) for name, field in STRUCTURAL_FIELDS.items()}
     cfg = structural_config(None if args.preset == "none" else args.preset, uniform=args.uniform or None, **explicit)
@@ -36,6 +37,8 @@ def cmd_structural(args) -> None:
     probe_folder(args.save, "--save", must_be_empty=True)
     check_model_args(args, calibration=True)
     lm = load(args)
+    if args.save:   # a per-layer save of a family without a per-layer class: refused before minutes of pruning
+        check_save(lm.model.config, cfg.uniform)
     datasets = args.eval_sets
     payload = {"command": shell_command(), "provenance": provenance(lm), "model": args.model, "preset": args.preset,
                "bos": args.bos, "config": dataclasses.asdict(cfg), "sparsity": cfg.sparsity, "init": cfg.init,
@@ -79,8 +82,9 @@ def cmd_structural(args) -> None:
               f"-> {payload['latency_after_s'] * 1000:.0f} ms")
     if args.save:
         remote = save_structural(lm.model, lm.tokenizer, args.save)
-        print(f"saved to {args.save} " + ("(per-layer widths: load with trust_remote_code=True)" if remote
-                                         else "(uniform widths: a stock LlamaConfig, no remote code)"))
+        print(f"saved to {args.save} " + ("(per-layer widths: load with trust_remote_code=True, or run it in "
+                                          "llama.cpp: prunerzero export --format gguf)" if remote
+                                          else "(uniform widths: a stock config of the family, no remote code)"))
     write_json(args.json, payload)
 
 

@@ -76,14 +76,15 @@ def uniform_shape(model: nn.Module) -> dict | None:
 def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> bool:
     """save_pretrained a sliced model; returns whether the folder needs ``trust_remote_code=True``.
 
-    Every layer the same width: a stock LlamaConfig (num_attention_heads, num_key_value_heads, intermediate_size
-    and head_dim written), loaded by plain ``AutoModelForCausalLM.from_pretrained(folder)``. Per-layer widths:
-    the widths go to config.json with the 40-line modeling file that restores them on load.
+    Every layer the same width, any family structural pruning supports: the family's stock config
+    (num_attention_heads, num_key_value_heads, intermediate_size and head_dim written), loaded by plain
+    ``AutoModelForCausalLM.from_pretrained(folder)``. Per-layer widths (LLaMA): the widths go to config.json with
+    the 40-line modeling file that restores them on load (``prunerzero export --format gguf`` turns that folder
+    into a GGUF llama.cpp runs).
     """
     from ...fsutil import atomic_folder
 
-    if type(model).__name__ != "LlamaForCausalLM":
-        raise UserError(f"saving a structurally pruned {type(model).__name__} is not supported yet: LLaMA only")
+    check_save(model.config, uniform_shape(model) is not None)
     lay = Layout.of(model)
     same = uniform_shape(model)
     with atomic_folder(folder) as tmp:
@@ -102,6 +103,14 @@ def save_structural(model: nn.Module, tokenizer, folder: str | Path) -> bool:
             shutil.copy(REMOTE_CODE, tmp / REMOTE_CODE.name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return same is None
+
+
+def check_save(config, uniform: bool) -> None:
+    """Refuse (before any work, from the config) a save no loader could read: per-layer widths of a family other
+    than LLaMA (its stock class has one width for all layers)."""
+    if not uniform and getattr(config, "model_type", None) not in ("llama", "pruned_llama"):
+        raise UserError(f"per-layer widths of a {config.model_type} model have no loadable folder format (prunerzero's "
+                        "per-layer class is LLaMA's): prune with --uniform to save a stock config of the family")
 
 
 def count_params(model: nn.Module) -> dict[str, int]:
