@@ -126,6 +126,7 @@ CT = ["--format", "compressed-tensors"]
     (["export", "{model}", "--out", "{tmp}/o", "--format", "onnx"], "unknown --format 'onnx'"),
     (["export", "{model}", "--out", "{tmp}/o", *CT, "--compressor", "zip"], "unknown --compressor 'zip'"),
     (["export", "{model}", "--out", "{tmp}/o", *CT], "has no sparse Linear weights"),
+    (["export", "{model}", "--out", "{tmp}/o"], "has no sparse Linear weights"),   # a folder: compressed-tensors
     (["export", "{model}", "--out", "{tmp}/o", "--format", "dense"], "not a compressed-tensors export"),
     (["export", "{model}", "--out", "{model}", *CT], "--out must be a new folder"),
     (["export", "{tmp}", "--out", "{tmp}/o", *CT], "has no config.json"),

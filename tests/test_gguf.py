@@ -201,7 +201,7 @@ def test_cli_structural_save_to_gguf_and_back(per_layer, tmp_path, capsys):
     model, tok, _, _ = per_layer
     save_structural(model, tok, tmp_path / "pruned")
     out = tmp_path / "deploy" / "pruned.gguf"
-    assert main(["export", str(tmp_path / "pruned"), "--format", "gguf", "--out", str(out),
+    assert main(["export", str(tmp_path / "pruned"), "--out", str(out),    # .gguf: --format gguf
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr().out
     assert "GGUF arch deci (per-layer widths, 3 layers), f16" in printed and "tokenizer pre 'smollm'" in printed
@@ -231,8 +231,8 @@ def test_cli_gguf_bad_input_before_loading(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     out = str(tmp_path / "o.gguf")
     assert "--outtype" in _refused(["export", str(tiny_model_dir), "--out", out, "--outtype", "q4_0"], capsys)
-    assert "must name a .gguf file" in _refused(["export", str(tiny_model_dir), "--out", str(tmp_path / "o")],
-                                                capsys)
+    assert "must name a .gguf file" in _refused(["export", str(tiny_model_dir), "--format", "gguf", "--out",
+                                                 str(tmp_path / "o")], capsys)
     (tmp_path / "there.gguf").write_text("x")
     assert "already exists" in _refused(["export", str(tiny_model_dir), "--out", str(tmp_path / "there.gguf")],
                                         capsys)

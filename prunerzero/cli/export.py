@@ -10,6 +10,8 @@ HELP = "write a (pruned) model as GGUF for llama.cpp / Ollama / LM Studio, or in
 def cmd_export(args) -> None:
     from ..export import check_export_args, decompress_folder, export_compressed, export_gguf
 
+    if args.format is None:   # a .gguf file is written as GGUF; a folder keeps the compressed-tensors default
+        args.format = "gguf" if str(args.out).endswith(".gguf") or args.outtype else "compressed-tensors"
     check_export_args(args.source, args.out, args.format, args.compressor, args.outtype)
     if args.format == "gguf":
         res = export_gguf(args.source, args.out, args.outtype or "f16", args.cache_dir)
@@ -45,9 +47,10 @@ def add_parser(sub) -> None:
                    help="what to export: a folder written by prune --save or structural --save (per-layer widths "
                         "too), a built-in name, a .gguf file or a hub id (gguf); a prune --save folder "
                         "(compressed-tensors) or a compressed-tensors export (dense)")
-    p.add_argument("--format", default="gguf",
+    p.add_argument("--format", default=None,
                    help="gguf: one file llama.cpp, Ollama and LM Studio run (arch deci for per-layer widths); "
-                        "compressed-tensors: sparse bitmask storage only prunerzero reads; dense: decompress that")
+                        "compressed-tensors: sparse bitmask storage only prunerzero reads; dense: decompress that "
+                        "(default: gguf when --out ends in .gguf or --outtype is given, else compressed-tensors)")
     p.add_argument("--out", required=True, help="the new .gguf file (gguf), or a new folder")
     p.add_argument("--outtype", default=None, choices=["f32", "f16", "bf16", "q8_0"],
                    help="GGUF weight type of the 2-D tensors (norms stay f32); default f16")
