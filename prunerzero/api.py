@@ -335,13 +335,27 @@ def prune_structure(lm: "LoadedModel", *, sparsity: float | None = None, preset:
     return run_structural(lm, cfg, calib, progress=progress)
 
 
-def export_model(pruned: PathLike, out: PathLike, *, format: str = "compressed-tensors",
-                 compressor: str = "auto") -> dict:
-    """Write a pruned folder in the compressed-tensors sparse format (bitmask or 2:4 bitmask), or with
-    ``format="dense"`` decompress an export back to a plain folder; returns sizes and the layout used."""
-    from .export import check_export_args, decompress_folder, export_compressed
+def export_model(source: PathLike, out: PathLike, *, format: str = "gguf", outtype: str | None = None,
+                 compressor: str = "auto", cache_dir: PathLike | None = None) -> dict:
+    """Export a (pruned) model, as ``prunerzero export`` does.
 
-    check_export_args(str(pruned), str(out), format, compressor)
+    Args:
+        source: a folder written by ``save_model`` (pruned or structurally sliced), or for GGUF also a packaged
+            name, a ``.gguf`` file or a hub id.
+        out: the new ``.gguf`` file (``gguf``), or a new folder.
+        format: ``gguf`` (one file llama.cpp, Ollama and LM Studio run; per-layer widths as arch ``deci``),
+            ``compressed-tensors`` (sparse bitmask storage of a pruned folder) or ``dense`` (decompress that).
+        outtype: GGUF weight type of the 2-D tensors: ``f32``, ``f16`` (default), ``bf16`` or ``q8_0``.
+        compressor: compressed-tensors only: ``auto``, ``sparse-bitmask`` or ``sparse-24-bitmask``.
+
+    Returns:
+        What was written: sizes, the layout or GGUF architecture used.
+    """
+    from .export import check_export_args, decompress_folder, export_compressed, export_gguf
+
+    check_export_args(str(source), str(out), format, compressor, outtype)
+    if format == "gguf":
+        return export_gguf(str(source), out, outtype or "f16", None if cache_dir is None else str(cache_dir))
     if format == "dense":
-        return decompress_folder(pruned, out)
-    return export_compressed(pruned, out, compressor)
+        return decompress_folder(source, out)
+    return export_compressed(source, out, compressor)

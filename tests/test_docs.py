@@ -212,3 +212,4 @@ def test_every_public_api_function_is_on_the_api_page_with_a_docstring():
     for name in api.__all__:
         doc = getattr(api, name).__doc__ or ""
         assert len(doc.split()) >= 8, f"prunerzero.api.{name} has no real docstring"
+

@@ -203,12 +203,13 @@ def test_equal_keys_give_identical_masks_on_real_statistics(real_layers, groups)
           f"{t1 - t0:.1f} s on row slices, {time.time() - t1:.1f} s on whole layers")
 
 
-def test_readme_counts_are_this_tests_counts(groups):
-    """The README's "1,672 formulas (358 groups)" is what this module builds, so the figure reruns with pytest."""
+def test_documented_counts_are_this_tests_counts(groups):
+    """The docs' "1,672 formulas (358 groups)" (docs/concepts/simplification.md) is what this module builds, so the
+    figure reruns with pytest."""
     texts, _, multi, _ = groups
-    readme = " ".join((REPO / "README.md").read_text().split())
-    m = re.search(r"checks the contract on ([\d,]+) random and adversarial formulas \((\d+) groups", readme)
-    assert m, "README no longer states the property test's counts"
+    page = " ".join((REPO / "docs" / "concepts" / "simplification.md").read_text().split())
+    m = re.search(r"checks the contract on ([\d,]+) random and adversarial formulas \((\d+) groups", page)
+    assert m, "docs/concepts/simplification.md no longer states the property test's counts"
     assert (int(m[1].replace(",", "")), int(m[2])) == (len(texts), len(multi))
 
 

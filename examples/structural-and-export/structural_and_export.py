@@ -1,5 +1,5 @@
 """A smaller model that runs faster: remove KV-head groups and MLP channels with the forward-only policy gradient,
-slice the model, time it, and save it as a stock transformers folder.
+slice the model, time it, save it as a stock transformers folder, and export it as one GGUF file for llama.cpp.
 
     python examples/structural-and-export/structural_and_export.py                 # the demo: SmolLM2, 20 steps, CPU
     python examples/structural-and-export/structural_and_export.py --model meta-llama/Llama-3.2-1B --device cuda --full
@@ -57,6 +57,8 @@ def main() -> None:
     reloaded = AutoModelForCausalLM.from_pretrained(folder)
     print(f"saved to {folder}; reloaded with plain transformers: {sum(p.numel() for p in reloaded.parameters()):,} "
           f"parameters, {reloaded.config.num_key_value_heads} KV heads, MLP width {reloaded.config.intermediate_size}")
+    gguf = pz.export_model(folder, f"{args.out}.gguf")   # f16; llama.cpp, Ollama and LM Studio run it
+    print(f"exported {args.out}.gguf: GGUF arch {gguf['arch']}, {gguf['bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":
