@@ -2,8 +2,6 @@
 rule module for options that go together, destinations probed before any model loads, models checked before use,
 defaults that match the protocol, and help that says what applies."""
 import json
-import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -162,10 +160,6 @@ def test_structural_ranges_follow_their_help(argv, ok, capsys):
 
 
 # --------------------------------------------------------------------------------------------- models
-def _started() -> float:
-    return time.perf_counter()
-
-
 def test_an_encoder_folder_is_refused_from_its_config(tmp_path, capsys):
     from transformers import BertConfig, BertModel
 
