@@ -1,0 +1,377 @@
+"""Pruned SmolLM2 in llama.cpp on this CPU: file size, prefill and decode speed, and WikiText-2 perplexity from
+llama.cpp's own logits, for dense, structurally pruned (per-layer and uniform widths) and Wanda-pruned models
+exported by ``prunerzero export --format gguf``.
+
+    nice -n 10 python benchmarks/llamacpp.py --out results/llamacpp-cpu
+    python benchmarks/llamacpp.py --out results/llamacpp-cpu --render-only
+
+Variants (a reduced protocol that fits a shared 2-core CPU; the table says so): dense; structural pruning at each
+``--sparsities`` with per-layer and with uniform widths, one-shot (``init oneshot``: Wanda structure scores summed
+over a KV group's o_proj columns and a channel's down_proj column, global top-k of the per-layer z-scores, no
+policy-gradient steps) on ``--calib`` C4 windows of 512 tokens; Wanda at 50% unstructured and at 2:4 on the same
+windows. Each is exported to the ``--outtypes`` (dense also to f32, the exactness reference; Wanda to q8_0 only:
+how much of the pruned model survives quantization, dense q8_0 beside it).
+
+Per file: size; prefill tokens/s (``--prefill`` random tokens in one batch, after ``--warmup`` untimed runs, median
+of ``--repeats``); decode tokens/s (``--decode`` single-token steps after a 16-token prompt, median of
+``--repeats`` runs); perplexity from llama.cpp's logits on the first ``--windows`` non-overlapping ``--seqlen``-token
+windows of the WikiText-2 test split, the windows prunerzero's evaluation cuts (same token ids, fed to llama.cpp),
+next to prunerzero's perplexity of the exported fp32 model (and, for dense, of the weights read back from the file).
+llama.cpp runs on ``--threads`` threads. Every file is a row of ``<out>/rows.jsonl`` appended when measured (a rerun
+measures only missing rows); ``<out>.md`` is rendered from the rows, with the issue's goals checked on them.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunerzero import results as pzr
+
+GOALS = {"decode": 1.25, "prefill": 1.3, "ppl_f16": 0.005, "ppl_q8": 0.02}
+
+
+def llama(path, n_ctx: int, threads: int, logits_all: bool = False):
+    import llama_cpp
+
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
+                           n_threads_batch=threads, logits_all=logits_all, verbose=False)
+
+
+def llama_ppl(path, windows: torch.Tensor, threads: int) -> float:
+    """exp(mean next-token NLL) over every window, from llama.cpp's logits (float64 log-softmax)."""
+    llm = llama(path, windows.shape[1], threads, logits_all=True)
+    nll, count = 0.0, 0
+    try:
+        for w in windows.tolist():
+            llm.reset()
+            llm.eval(w)
+            logits = np.asarray(llm.scores[: len(w) - 1], dtype=np.float64)
+            top = logits.max(-1, keepdims=True)
+            logz = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
+            nll += float((logz - logits[np.arange(len(w) - 1), w[1:]]).sum())
+            count += len(w) - 1
+    finally:
+        llm.close()
+    return math.exp(nll / count)
+
+
+def speed(path, prefill: int, decode: int, repeats: int, warmup: int, threads: int, vocab: int) -> dict:
+    """Median prefill and decode tokens/s of llama.cpp on this file (random tokens, fixed seed)."""
+    g = np.random.default_rng(0)
+    prompt = g.integers(3, vocab, prefill).tolist()
+    steps = g.integers(3, vocab, decode + 16).tolist()
+    llm = llama(path, max(prefill, decode + 16), threads)
+    try:
+        pre, dec = [], []
+        for i in range(warmup + repeats):
+            llm.reset()
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            t1 = time.perf_counter()
+            llm.reset()
+            llm.eval(steps[:16])
+            t2 = time.perf_counter()
+            for tok in steps[16:]:
+                llm.eval([tok])
+            t3 = time.perf_counter()
+            if i >= warmup:
+                pre.append(t1 - t0)
+                dec.append(t3 - t2)
+    finally:
+        llm.close()
+    return {"prefill_tokens_per_s": prefill / statistics.median(pre),
+            "decode_tokens_per_s": decode / statistics.median(dec),
+            "prefill_s": sorted(pre), "decode_s": sorted(dec)}
+
+
+def interleaved_speed(paths: dict[str, Path], prefill: int, decode: int, repeats: int, warmup: int, threads: int,
+                      vocab: int) -> dict[str, dict]:
+    """``speed`` of several files taken in turns (A B C A B C ...), one run of each per round, so that a change of
+    the machine's load hits every file alike; medians over ``repeats`` rounds after ``warmup`` rounds."""
+    g = np.random.default_rng(0)
+    prompt = g.integers(3, vocab, prefill).tolist()
+    steps = g.integers(3, vocab, decode + 16).tolist()
+    llms = {k: llama(p, max(prefill, decode + 16), threads) for k, p in paths.items()}
+    pre = {k: [] for k in paths}
+    dec = {k: [] for k in paths}
+    try:
+        for i in range(warmup + repeats):
+            for k, llm in llms.items():
+                llm.reset()
+                t0 = time.perf_counter()
+                llm.eval(prompt)
+                t1 = time.perf_counter()
+                llm.reset()
+                llm.eval(steps[:16])
+                t2 = time.perf_counter()
+                for tok in steps[16:]:
+                    llm.eval([tok])
+                t3 = time.perf_counter()
+                if i >= warmup:
+                    pre[k].append(t1 - t0)
+                    dec[k].append(t3 - t2)
+    finally:
+        for llm in llms.values():
+            llm.close()
+    return {k: {"prefill_tokens_per_s": prefill / statistics.median(pre[k]),
+                "decode_tokens_per_s": decode / statistics.median(dec[k]),
+                "prefill_s": sorted(pre[k]), "decode_s": sorted(dec[k])} for k in paths}
+
+
+def variants(names: list[str], sparsities: list[float], calib: int, data_dir=None):
+    """(name, removed-fraction label, sparsity, build) of every variant; ``build(lm)`` prunes ``lm`` in place."""
+    from prunerzero.pipeline import CalibConfig, StructuralConfig, prune, structural
+    from prunerzero.prune.masks import parse_pattern
+
+    def struct(sp, uniform):
+        def build(lm):
+            cfg = StructuralConfig(sparsity=sp, metric="wanda", init="oneshot", uniform=uniform, attn_score="out",
+                                   mlp_score="out", init_nsamples=calib, init_seqlen=512, calib_seqlen=512,
+                                   nsamples=calib)
+            res = structural(lm, cfg, CalibConfig(nsamples=calib, data_dir=data_dir), progress=False)
+            return {"removed": res["removed_fraction"], "layer_shapes": res["layer_shapes"]}
+        return build
+
+    def wanda(pattern):
+        def build(lm):
+            res = prune(lm, "wanda", parse_pattern(0.5, pattern), CalibConfig(nsamples=calib, data_dir=data_dir),
+                        progress=False, seqlen=512)
+            return {"zeros": res.sparsity}
+        return build
+
+    # "dense again": the same dense model measured once more at the end of a run, so that every ratio can be read
+    # against the dense speed before and after it (on a shared machine the load changes within a run)
+    table = {"dense": (0.0, lambda lm: {}), "dense again": (0.0, lambda lm: {})}
+    for sp in sparsities:
+        table[f"per-layer {sp:.0%}"] = (sp, struct(sp, False))
+        table[f"uniform {sp:.0%}"] = (sp, struct(sp, True))
+    table["wanda 50%"] = (0.5, wanda(None))     # measured in q8_0 only: does pruning survive quantization
+    table["wanda 2:4"] = (0.5, wanda("2:4"))
+    for name in names or table:
+        if name not in table:
+            raise SystemExit(f"unknown variant '{name}': use {', '.join(table)}")
+        yield name, table[name][0], table[name][1]
+
+
+def row_id(name: str, outtype: str, threads: int, prefill: int, decode: int, windows: int, seqlen: int) -> str:
+    return f"{name}|{outtype}|threads={threads}|prefill={prefill}|decode={decode}|ppl={windows}x{seqlen}"
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    turns = [r for r in rows if r.get("what") == "interleaved"]
+    rows = [r for r in rows if r.get("what") != "interleaved"]
+    commands = list(dict.fromkeys(r["provenance"]["command"] for r in rows if r.get("provenance")))
+    devices = list(dict.fromkeys(r["provenance"]["device"] for r in rows if r.get("provenance")))
+    versions = list(dict.fromkeys(r.get("llama_cpp_version", "?") for r in rows))
+    r0 = rows[0]
+    lines = [f"# Pruned {meta.get('model', 'smollm2')} in llama.cpp (CPU)", "",
+             "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), "",
+             f"llama-cpp-python {', '.join(versions)} built from source CPU-only; hardware: {', '.join(devices)}; "
+             f"{r0['threads']} llama.cpp thread(s). Reduced protocol for a shared 2-core CPU: structural pruning "
+             f"one-shot (Wanda structure scores, global top-k of per-layer z-scores, no policy-gradient steps; "
+             f"uniform = the same widths in every layer) and Wanda on {r0['calib']} C4 windows of 512 tokens. "
+             f"Prefill: {r0['prefill']} tokens in one batch; decode: {r0['decode']} single-token steps after a "
+             f"16-token prompt; {r0['warmup']} warm-up run(s), median of "
+             f"{' or '.join(str(n) for n in sorted({r['repeats'] for r in rows}))} timed runs. Perplexity: the first "
+             f"{r0['windows']} windows of {r0['seqlen']} tokens of WikiText-2 test (prunerzero's windows, the same "
+             "token ids fed to llama.cpp). `pz file`: prunerzero's perplexity of the weights read back from the same "
+             "GGUF (dense rows); `pz model`: of the exported fp32 model. Ratios are against dense of the same output type, "
+             "measured in the same run.", "",
+             "| model | removed | type | arch | MB | prefill tok/s | x dense | decode tok/s | x dense | "
+             "ppl llama.cpp | ppl pz file | diff | ppl pz model | diff |",
+             "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    dense = {r["outtype"]: r for r in rows if r["model"] == "dense"}
+
+    def ratio(r, key):
+        d = dense.get(r["outtype"])
+        return f"{r[key] / d[key]:.2f}x" if d else "-"
+
+    for r in rows:
+        removed = r.get("removed")
+        shown = (f"{removed:.1%}" if removed is not None else f"{r['zeros']:.0%} zeros" if r.get("zeros") else "-")
+        pf = r.get("ppl_prunerzero_file")
+        lines.append(
+            f"| {r['model']} | {shown} | {r['outtype']} | {r['arch']} | "
+            f"{r['bytes'] / 1e6:.1f} | {r['prefill_tokens_per_s']:.0f} | {ratio(r, 'prefill_tokens_per_s')} | "
+            f"{r['decode_tokens_per_s']:.1f} | {ratio(r, 'decode_tokens_per_s')} | {r['ppl_llamacpp']:.3f} | "
+            + (f"{pf:.3f} | {r['ppl_llamacpp'] / pf - 1:+.2%} | " if pf else "- | - | ")
+            + f"{r['ppl_prunerzero_model']:.3f} | {r['ppl_llamacpp'] / r['ppl_prunerzero_model'] - 1:+.2%} |")
+    if turns:
+        t0 = turns[0]
+        lines += ["", "## Speed, files taken in turns", "",
+                  f"The same files timed in turns (dense, per-layer, uniform, then again; {t0['warmup']} warm-up "
+                  f"round(s), median of {t0['repeats']} rounds), so a change of the machine's load hits them alike: "
+                  f"the ratios the goals are checked on. Prefill {t0['prefill']} tokens, decode {t0['decode']} steps, "
+                  f"{t0['threads']} thread(s).", "",
+                  "| model | removed | type | arch | prefill tok/s | x dense | decode tok/s | x dense |",
+                  "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+        tdense = {r["outtype"]: r for r in turns if r["model"] == "dense"}
+        for r in turns:
+            d = tdense.get(r["outtype"])
+            lines.append(f"| {r['model']} | {'-' if r.get('removed') is None else format(r['removed'], '.1%')} | "
+                         f"{r['outtype']} | {r['arch']} | {r['prefill_tokens_per_s']:.0f} | "
+                         f"{r['prefill_tokens_per_s'] / d['prefill_tokens_per_s']:.2f}x | "
+                         f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s'] / d['decode_tokens_per_s']:.2f}x |")
+    lines += ["", "## Goals (issue 50), checked on these rows", ""] + goal_lines(rows, dense, turns)
+    for note in meta.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def goal_lines(rows: list[dict], dense: dict, turns: list[dict] = ()) -> list[str]:
+    out = []
+    tdense = {r["outtype"]: r for r in turns if r["model"] == "dense"}
+    for r in turns:
+        if r["model"].startswith("per-layer 30") and r["outtype"] in tdense:
+            d = tdense[r["outtype"]]
+            dec = r["decode_tokens_per_s"] / d["decode_tokens_per_s"]
+            pre = r["prefill_tokens_per_s"] / d["prefill_tokens_per_s"]
+            out.append(f"- 30% per-layer, {r['outtype']}, files in turns: decode {dec:.2f}x (goal >= "
+                       f"{GOALS['decode']}x: {'met' if dec >= GOALS['decode'] else 'not met'}), prefill {pre:.2f}x "
+                       f"(goal >= {GOALS['prefill']}x: {'met' if pre >= GOALS['prefill'] else 'not met'}).")
+    again = {r["outtype"]: r for r in rows if r["model"] == "dense again"}
+    for r in rows:
+        if r["model"].startswith("per-layer 30") and r["outtype"] in dense:
+            refs = [d for d in (dense[r["outtype"]], again.get(r["outtype"])) if d]
+            parts = []
+            for key, what in (("decode_tokens_per_s", "decode"), ("prefill_tokens_per_s", "prefill")):
+                ratios = [r[key] / d[key] for d in refs]
+                shown = " / ".join(f"{x:.2f}x" for x in ratios)
+                verdict = "met" if min(ratios) >= GOALS[what] else "not met" if max(ratios) < GOALS[what] else \
+                    "met against one dense run only"
+                parts.append(f"{what} {shown} (goal >= {GOALS[what]}x: {verdict})")
+            note = " (against dense at the start / at the end of the run)" if len(refs) > 1 else ""
+            out.append(f"- 30% per-layer, {r['outtype']}{note}: {'; '.join(parts)}.")
+    for label, keep in (("models below perplexity 100", lambda r: r["ppl_prunerzero_model"] < 100),
+                        ("all models", lambda r: True)):
+        exact = [r for r in rows if r["outtype"] in ("f32", "f16") and keep(r)]
+        if exact:
+            worst = max(exact, key=lambda r: abs(r["ppl_llamacpp"] / r["ppl_prunerzero_model"] - 1))
+            gap = abs(worst["ppl_llamacpp"] / worst["ppl_prunerzero_model"] - 1)
+            out.append(f"- llama.cpp vs prunerzero perplexity, f32/f16 files, {label}: largest gap {gap:.2%} "
+                       f"({worst['model']}, {worst['outtype']}; goal within {GOALS['ppl_f16']:.1%}: "
+                       f"{'met' if gap <= GOALS['ppl_f16'] else 'not met'}).")
+    f16 = {r["model"]: r for r in rows if r["outtype"] == "f16"}
+    for label, keep in (("models below perplexity 100", lambda r: r["ppl_prunerzero_model"] < 100),
+                        ("all models", lambda r: True)):
+        q8 = [(r, f16[r["model"]]) for r in rows if r["outtype"] == "q8_0" and r["model"] in f16 and keep(r)]
+        if q8:
+            worst, ref = max(q8, key=lambda p: abs(p[0]["ppl_llamacpp"] / p[1]["ppl_llamacpp"] - 1))
+            gap = abs(worst["ppl_llamacpp"] / ref["ppl_llamacpp"] - 1)
+            out.append(f"- q8_0 vs f16 perplexity in llama.cpp, {label}: largest gap {gap:.2%} ({worst['model']}; "
+                       f"goal within {GOALS['ppl_q8']:.0%}: {'met' if gap <= GOALS['ppl_q8'] else 'not met'}).")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--variants", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--sparsities", default="0.2,0.3", help="structural fractions of prunable parameters removed")
+    ap.add_argument("--outtypes", default="f16,q8_0", help="GGUF types of every variant (dense also gets f32)")
+    ap.add_argument("--calib", type=int, default=8, help="C4 calibration windows of 512 tokens")
+    ap.add_argument("--windows", type=int, default=4, help="WikiText-2 test windows for perplexity")
+    ap.add_argument("--seqlen", type=int, default=512, help="tokens per perplexity window")
+    ap.add_argument("--prefill", type=int, default=256, help="prompt tokens of the timed prefill")
+    ap.add_argument("--decode", type=int, default=32, help="timed single-token decode steps")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (prefill and decode)")
+    ap.add_argument("--note", default="", help="a paragraph written under the table")
+    ap.add_argument("--interleave", action="store_true",
+                    help="time the --variants' files in turns (no perplexity) instead of one after another")
+    pzr.measurement_args(ap, "results/llamacpp-cpu")
+    args = ap.parse_args()
+    if pzr.rendered_only(ap, args, render):
+        return
+    import llama_cpp
+
+    from prunerzero.data import eval_tokens, eval_windows
+    from prunerzero.evaluate import perplexity
+    from prunerzero.models import load_model
+    from prunerzero.models.gguf_read import read_model
+    from prunerzero.models.gguf_write import write_gguf
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    meta = pzr.read_meta(out)
+    meta.update(renderer="llamacpp", model=args.model)
+    if args.note and args.note not in meta.setdefault("notes", []):
+        meta["notes"].append(args.note)
+    pzr.write_meta(out, meta)
+    done = {r["id"] for r in pzr.read_rows(out / "rows.jsonl")}
+    outtypes = args.outtypes.split(",")
+    names = [n for n in args.variants.split(",") if n]
+    if args.interleave:
+        with tempfile.TemporaryDirectory(prefix="pz-llamacpp-") as tmp:
+            paths, facts = {}, {}
+            for name, _, build in variants(names, [float(s) for s in args.sparsities.split(",")], args.calib):
+                lm = load_model(args.model, device="cpu", dtype="fp32")
+                info = build(lm)
+                for outtype in outtypes:
+                    key = f"{name}|{outtype}"
+                    paths[key] = Path(tmp) / f"{name.replace(' ', '-').replace('%', '')}-{outtype}.gguf"
+                    res = write_gguf(lm.model, lm.tokenizer, paths[key], outtype, name=f"{args.model} {name}")
+                    facts[key] = {"model": name, "outtype": outtype, "arch": res["arch"], "bytes": res["bytes"],
+                                  "removed": info.get("removed")}
+                vocab = lm.model.config.vocab_size
+                del lm
+            speeds = interleaved_speed(paths, args.prefill, args.decode, args.repeats, args.warmup, args.threads,
+                                       vocab)
+        for key, sp in speeds.items():
+            row = {**facts[key], "what": "interleaved", **sp, "threads": args.threads, "prefill": args.prefill,
+                   "decode": args.decode, "repeats": args.repeats, "warmup": args.warmup,
+                   "llama_cpp_version": llama_cpp.__version__}
+            rid = "turns|" + row_id(facts[key]["model"], facts[key]["outtype"], args.threads, args.prefill,
+                                    args.decode, 0, 0)
+            pzr.record(out, pzr.measurement(rid, row, "cpu"))
+            print(f"{key}: prefill {sp['prefill_tokens_per_s']:.0f} tok/s, decode {sp['decode_tokens_per_s']:.1f}")
+        print(pzr.write_measurements(out, render).read_text())
+        return
+    for name, _, build in variants(names, [float(s) for s in args.sparsities.split(",")], args.calib):
+        types = (["f32"] if name == "dense" else []) + (["q8_0"] if name.startswith("wanda") else outtypes)
+        ids = {t: row_id(name, t, args.threads, args.prefill, args.decode, args.windows, args.seqlen) for t in types}
+        if all(i in done for i in ids.values()):
+            continue
+        lm = load_model(args.model, device="cpu", dtype="fp32")
+        info = build(lm)
+        windows = eval_windows(eval_tokens(lm.tokenizer, "wikitext2", "test", None, args.seqlen), args.seqlen,
+                               args.windows, lm.window_bos)
+        ppl_model = perplexity(lm.model, windows)
+        print(f"{name}: prunerzero fp32 ppl {ppl_model:.3f}", flush=True)
+        for outtype in types:
+            if ids[outtype] in done:
+                continue
+            with tempfile.TemporaryDirectory(prefix="pz-llamacpp-") as tmp:
+                path = Path(tmp) / f"{name.replace(' ', '-').replace(':', '')}-{outtype}.gguf"
+                res = write_gguf(lm.model, lm.tokenizer, path, outtype, name=f"{args.model} {name}")
+                # prunerzero on the file's own weights: the dense rows (each outtype); elsewhere the fp32 model only
+                ppl_file = perplexity(read_model(path), windows) if name == "dense" else None
+                ppl_cpp = llama_ppl(path, windows, args.threads)
+                sp = speed(path, args.prefill, args.decode, args.repeats, args.warmup, args.threads,
+                           lm.model.config.vocab_size)
+            row = {"model": name, "outtype": outtype, "arch": res["arch"], "bytes": res["bytes"],
+                   "removed": info.get("removed"), "zeros": info.get("zeros"),
+                   "layer_shapes": info.get("layer_shapes"), "padded_ffn_layers": res["padded_ffn_layers"],
+                   "f16_fallback": len(res["f16_fallback"]), "ppl_llamacpp": ppl_cpp, "ppl_prunerzero_file": ppl_file,
+                   "ppl_prunerzero_model": ppl_model, **sp, "threads": args.threads, "prefill": args.prefill,
+                   "decode": args.decode, "repeats": args.repeats, "warmup": args.warmup, "windows": args.windows,
+                   "seqlen": args.seqlen, "calib": args.calib, "llama_cpp_version": llama_cpp.__version__}
+            print(f"  {outtype}: {res['bytes'] / 1e6:.1f} MB, prefill {sp['prefill_tokens_per_s']:.0f} tok/s, "
+                  f"decode {sp['decode_tokens_per_s']:.1f} tok/s, ppl llama.cpp {ppl_cpp:.3f}",
+                  flush=True)
+            pzr.record(out, pzr.measurement(ids[outtype], row, "cpu"))
+            pzr.write_measurements(out, render)
+        del lm
+    print(pzr.write_measurements(out, render).read_text())
+
+
+if __name__ == "__main__":
+    main()
