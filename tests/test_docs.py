@@ -213,3 +213,12 @@ def test_every_public_api_function_is_on_the_api_page_with_a_docstring():
         doc = getattr(api, name).__doc__ or ""
         assert len(doc.split()) >= 8, f"prunerzero.api.{name} has no real docstring"
 
+
+def test_the_readme_is_a_front_door():
+    """At most 300 lines (the issue's bound), and every relative link in it points at a file of the repository."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    links = re.findall(r"\]\(((?!https?://|#)[^)\s]+)\)", text)
+    assert links, "the README links into the docs"
+    missing = [link for link in links if not (ROOT / link.split("#")[0]).exists()]
+    assert not missing, f"README links to missing files: {missing}"
