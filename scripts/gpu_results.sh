@@ -24,6 +24,7 @@ POP=${POP:-40}
 TOP=${TOP:-5}
 SEEDS=${SEEDS:-0,1,2}             # calibration seeds of the select and confirm stages (>= 3: spreads)
 MOE_MODEL=${MOE_MODEL:-allenai/OLMoE-1B-7B-0924}   # the moe stage's model: a hub id (needs the hub) or a local folder
+MOE_SEARCH_MIN=${MOE_SEARCH_MIN:-60}               # the moe stage's expert-score search, minutes (resumable)
 mkdir -p "$RES/gpu-logs"
 ew=(); [ -n "$EVALW" ] && ew=(--eval-windows "$EVALW")
 common=(--device "$DEVICE" --seqlen "$SEQLEN" --nsamples "$NSAMPLES" --batch-size "$BATCH")
@@ -107,8 +108,8 @@ stage_structural() {
 
 stage_moe() {
   # A real mixture of experts (OLMoE-1B-7B: 16 layers of 64 experts, 8 per token; bf16, as it was trained): pruning
-  # inside every expert (routed calibration), then whole experts by frequency, REAP and a formula, then STUN (experts
-  # first, Wanda inside the rest). Every run writes one JSON under $RES/moe-gpu (perplexity, the MoE line's counts);
+  # inside every expert (routed calibration), then whole experts by frequency, REAP, a formula and a searched score,
+  # then STUN (experts first, Wanda inside the rest). Every run writes one JSON under $RES/moe-gpu (perplexity, the MoE line's counts);
   # a JSON already there is not run again. tests/test_moe.py parses every command of this stage with the CLI parser.
   local out="$RES/moe-gpu" moe=(--model "$MOE_MODEL" --dtype bf16 --eval wikitext2 --quiet "${common[@]}" "${ew[@]}")
   mkdir -p "$out"
@@ -121,10 +122,18 @@ stage_moe() {
     [ -f "$out/prune-$tag.json" ] || $PY -m prunerzero.cli prune --metric $args --skip-dense "${moe[@]}" \
       --json "$out/prune-$tag.json" || return 1
   done
+  # the expert score searched on WikiText-2 validation (scripts/moe_experts_space.yaml: drops 25% and 50%), then tested like the rest
+  local run="$out/search-experts" found
+  local sargs=(--space scripts/moe_experts_space.yaml --model "$MOE_MODEL" --out "$run" --dtype bf16 "${common[@]}")
+  [ -f "$run/checkpoint.json" ] && sargs=(--resume "$run")
+  $PY -m prunerzero.cli search "${sargs[@]}" --max-minutes "$MOE_SEARCH_MIN" --quiet || return 1
+  found=$($PY -c "from prunerzero.search.engine import read_evaluations as r, fitness_value as f
+print(min((x for x in r('$run') if not x.get('error')), key=f)['formula'])") || return 1
+  echo "searched expert score: $found"
   local drop score name
   for drop in 0.25 0.5; do
-    for score in frequency reap "mul(freq, onorm)"; do
-      name=${score//[^a-z]/}
+    for score in frequency reap "mul(freq, onorm)" "$found"; do
+      name=${score//[^a-z]/}; [ "$score" = "$found" ] && name=searched
       [ -f "$out/experts-$name-$drop.json" ] || $PY -m prunerzero.cli experts --drop "$drop" --score "$score" \
         --skip-dense "${moe[@]}" --json "$out/experts-$name-$drop.json" || return 1
     done

@@ -6,6 +6,7 @@ reloads with the same logits."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from prunerzero.calibration import activation_stats, forward_check, gradient_stats
 from prunerzero.errors import UserError
 from prunerzero.metric import parse
+from prunerzero.metric.ops import EXPERT_TERMINALS
 from prunerzero.models import all_prunable, check_config
 from prunerzero.models.moe import MOE_FAMILIES, expert_slice
 from prunerzero.prune.masks import parse_pattern
@@ -477,14 +479,16 @@ def test_gpu_results_moe_stage_commands_parse(tmp_path):
     from prunerzero.cli import build_parser
 
     fake = tmp_path / "py"
-    fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint('ARGV ' + json.dumps(sys.argv[1:]))\n")
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\n"   # the searched formula the stage reads back: any
+                    "print('mul(freq, reap)' if sys.argv[1] == '-c' else 'ARGV ' + json.dumps(sys.argv[1:]))\n")
     fake.chmod(0o755)
     root = Path(__file__).resolve().parent.parent
     run = subprocess.run(["bash", str(root / "scripts" / "gpu_results.sh"), "moe"], capture_output=True, text=True,
                          env={**os.environ, "PY": str(fake), "RES": str(tmp_path / "res")}, check=True)
     calls = [json.loads(line[5:]) for line in run.stdout.splitlines() if line.startswith("ARGV ")]
     commands = [c[2] for c in calls]
-    assert commands.count("prune") == 5 and commands.count("experts") == 7 and commands.count("eval") == 1
+    assert commands.count("prune") == 5 and commands.count("experts") == 9 and commands.count("eval") == 1
+    assert commands.count("search") == 1 and ["--score", "mul(freq, reap)"] == calls[-3][5:7]
     parser = build_parser()
     for argv in calls:
         assert argv[:2] == ["-m", "prunerzero.cli"]
@@ -520,3 +524,83 @@ def test_expert_options_are_refused_on_a_dense_model(tiny_model_dir, tmp_path, c
     assert main(["prune", "--model", str(tiny_model_dir), "--expert-routing", "all", "--quiet",
                  "--cache-dir", str(tmp_path)]) == 2
     assert "has none: drop them" in capsys.readouterr().err
+
+
+def test_search_finds_expert_scores_through_the_engine(moe_dirs, tmp_path, capsys):
+    """A search space with fitness.target experts: the engine evolves formulas over the expert terminals, each
+    scored by the perplexity after dropping half of every layer's experts by it; formulas that keep the same
+    experts share one measurement (the mask cache), and REAP is the reference."""
+    import yaml
+
+    from prunerzero.cli import main
+    from prunerzero.search.engine import read_evaluations
+
+    space = tmp_path / "experts.yaml"
+    space.write_text(yaml.safe_dump({
+        "name": "tiny-experts", "terminals": ["freq", "gate", "onorm", "reap", "wnorm"],
+        "unary": ["sqrt", "log"], "binary": ["add", "mul"], "init": {"min_depth": 1, "max_depth": 2},
+        "gp": {"population": 4, "generations": 1, "seed": 0},
+        "fitness": {"target": "experts", "drop": [0.5], "eval_windows": 2, "seqlen": 32, "nsamples": 2,
+                    "device": "cpu", "dtype": "fp32"},
+        "seed_population": ["freq", "wnorm"]}))
+    out = tmp_path / "run"
+    assert main(["search", "--space", str(space), "--model", str(moe_dirs["mixtral"]), "--out", str(out),
+                 "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    recs = read_evaluations(out)
+    assert {r["formula"] for r in recs} >= {"freq", "wnorm"} and len(recs) >= 6
+    for r in recs:
+        assert r.get("error") is None and math.isfinite(r["ppl"]) and r["ppl"] > 1
+        assert all(t in EXPERT_TERMINALS for t in parse(r["formula"], EXPERT_TERMINALS).terminals())
+    refs = json.loads((out / "references.json").read_text())
+    assert refs["formula"] == "reap"
+    label = f"{moe_dirs['mixtral']}|drop0.5"
+    by_keep = {}
+    for r in recs:
+        if r["hit"] in ("eval", "mask"):
+            by_keep.setdefault(r["parts"][label], set()).add(round(r["ppls"][label], 9))
+    assert by_keep and all(len(v) == 1 for v in by_keep.values())  # one keep set, one perplexity
+
+
+@pytest.mark.parametrize("fitness,msg", [
+    ({"target": "experts", "drop": [1.5]}, "fitness.drop"),
+    ({"target": "weights", "drop": [0.5]}, "set fitness.target experts"),
+    ({"target": "experts", "settings": [{"sparsity": 0.5}]}, "fitness.settings sets weight pruning"),
+    ({"target": "experts", "calib_seed": [0, 1]}, "one calibration seed"),
+    ({"target": "nothing"}, "fitness.target 'nothing' is unknown"),
+])
+def test_expert_search_spaces_refuse_what_does_not_apply(fitness, msg):
+    from prunerzero.search.space import validate
+
+    with pytest.raises(UserError, match=msg):
+        validate({"fitness": fitness})
+    with pytest.raises(UserError, match="'W' is not an expert terminal"):
+        validate({"terminals": ["W", "freq"], "fitness": {"target": "experts"}})
+
+
+def test_expert_search_refuses_a_dense_model(tiny_model_dir, tmp_path, capsys):
+    from prunerzero.cli import main
+
+    from pathlib import Path
+
+    space = Path(__file__).resolve().parent.parent / "scripts" / "moe_experts_space.yaml"
+    assert main(["search", "--space", str(space), "--model", str(tiny_model_dir), "--out", str(tmp_path / "r"),
+                 "--quiet", "--cache-dir", str(tmp_path)]) == 2
+    assert "fitness.target experts drops routed experts" in capsys.readouterr().err
+
+
+def test_expert_fitness_answers_errors_and_repeats_from_its_caches(windows):
+    """Bad formulas and impossible drops are penalised records, not crashes; a formula keeping the same experts
+    as an evaluated one is a mask hit with its perplexity; the model comes back bit for bit."""
+    from prunerzero.prune.experts import expert_terms
+    from prunerzero.prune.experts.fitness import ExpertFitness
+
+    model = make_moe("mixtral")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fitness = ExpertFitness(model, expert_terms(model, windows, progress=False), [0.5], windows[:2], penalty=1e4)
+    first = fitness("freq")
+    again = fitness("sqrt(freq)")   # the same order of experts: the same ones dropped
+    assert first.hit == "eval" and again.hit == "mask" and again.ppl == first.ppl
+    assert fitness("mul(W, freq)").hit == "error" and fitness("log(sub(freq, freq))").ppl <= 1e4
+    assert ExpertFitness(model, fitness.terms, [0.75], windows[:2])("freq").error.startswith("dropping 3 of 4")
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert model.config.num_local_experts == EXPERTS and model.model.layers[0].mlp.experts.num_experts == EXPERTS

@@ -117,6 +117,16 @@ def cmd_search(args) -> None:
     if args.device_map and args.workers > 1:
         raise UserError("--device-map spreads one model over the GPUs; --workers puts one model on each GPU: use "
                         "one of the two")
+    if fit.get("target") == "experts":
+        from ..models.moe import config_of, expert_count_of
+
+        if args.workers > 1 or args.device_map:
+            raise UserError("a search over expert scores (fitness.target experts) runs in one process on one "
+                            "device: drop --workers/--device-map")
+        cfg = config_of(fit["model"], args.cache_dir)
+        if cfg is None or expert_count_of(cfg) is None:
+            raise UserError(f"fitness.target experts drops routed experts, and {fit['model']} has none: pass a "
+                            "mixture of experts with --model")
     probe_folder(args.cache_dir, "--cache-dir")
     probe_folder(out, "--out")
     if not args.resume:

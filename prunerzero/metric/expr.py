@@ -21,7 +21,7 @@ from typing import Iterator, Mapping
 import torch
 
 from ..errors import UserError
-from .ops import EXPERT_TERMINALS, OPS, TERMINALS, canonical_op
+from .ops import ANY_TERMINALS, EXPERT_TERMINALS, OPS, TERMINALS, canonical_op
 
 MAX_TEXT = 20_000
 MAX_DEPTH = 64
@@ -338,7 +338,7 @@ def _infix(n: Node) -> tuple[str, int]:
 
 
 def as_node(formula: "str | Node") -> Node:
-    return formula if isinstance(formula, Node) else parse(formula)
+    return formula if isinstance(formula, Node) else parse(formula, ANY_TERMINALS)
 
 
 def evaluate(formula: "str | Node", env: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -192,6 +192,9 @@ EXPERT_TERMINALS = {
     "reap": "REAP: mean of gate weight x output norm over the tokens routed to the expert",
     "wnorm": "Frobenius norm of the expert's weights (all its fused matrices)",
 }
+NONNEG_TERMINALS |= set(EXPERT_TERMINALS)
+# what a search space's formulas may read: one kind or the other (``search.space`` refuses a mix)
+ANY_TERMINALS = {**TERMINALS, **EXPERT_TERMINALS}
 
 # The gradient terminals and their one alias, spelled out here only: G is the l2 statistic G2.
 GRADIENT_TERMINALS = frozenset({"G", "G1", "G2"})

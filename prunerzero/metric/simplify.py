@@ -70,7 +70,7 @@ from .ops import (
     N_OUT,
     NONNEG_TERMINALS,
     OPS,
-    TERMINALS,
+    ANY_TERMINALS,
     canonical_terminal,
     coln,
     fnorm,
@@ -246,7 +246,7 @@ def _product(parts: list[Node]) -> Node:
 
 def _from_sympy(e: sp.Expr) -> Node:
     if e.is_Symbol:
-        if e.name not in TERMINALS:
+        if e.name not in ANY_TERMINALS:
             raise FormulaError(f"{e.name} (a tensor size) has no text form")
         return Node(e.name)
     if e.is_Number:

@@ -16,7 +16,7 @@ from . import genes
 from ..errors import UserError
 from ..metric.expr import parse
 from ..metric.known import KNOWN_METRICS
-from ..metric.ops import OPS, TERMINALS, canonical_op
+from ..metric.ops import ANY_TERMINALS, EXPERT_TERMINALS, OPS, TERMINALS, canonical_op
 from ..protocol import Protocol
 
 _P = Protocol()
@@ -43,7 +43,11 @@ DEFAULTS = {
                 "nsamples": _P.nsamples, "calib_seed": _P.seed, "batch_size": _P.batch_size, "dtype": _P.dtype,
                 "device": _P.device, "bos": _P.bos, "penalty": 100000.0,
                 # multi-setting, multi-model, multi-fidelity fitness (see ``settings_of`` and search/engine.py)
-                "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None},
+                "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None,
+                # what fitness prunes: weights (formulas over W, X, G, ...) or, for a mixture of experts, whole
+                # experts (formulas over the expert terminals; fitness = perplexity after dropping the fractions
+                # ``drop`` of every MoE layer's experts that score lowest: prune/experts/fitness.py)
+                "target": "weights", "drop": None},
     "seed_population": [],
     # a layer-wise sparsity allocation gene evolved with the formula (search/genes.py); null: uniform, not searched
     "allocation": None,
@@ -126,7 +130,7 @@ class SearchSpace:
         """Whether a formula tree uses only this space's terminals and operations (and no constants)."""
         if isinstance(formula, str) and genes.has_gene(formula):
             raise UserError(f"'{formula}' carries an allocation gene: pass the formula alone")
-        node = parse(formula) if isinstance(formula, str) else formula
+        node = parse(formula, ANY_TERMINALS) if isinstance(formula, str) else formula
         return all((n.op in self.raw["terminals"]) if n.is_terminal else (not n.is_const and n.op in self.ops)
                    for n in node.walk())
 
@@ -372,11 +376,56 @@ def reference_formula(fit: dict) -> str | None:
     ref = fit.get("reference")
     if ref is None:
         return None
-    return str(parse(KNOWN_METRICS[ref].formula if ref in KNOWN_METRICS else ref))
+    return str(parse(KNOWN_METRICS[ref].formula if ref in KNOWN_METRICS else ref, ANY_TERMINALS))
+
+
+EXPERT_DEFAULTS = {"terminals": list(EXPERT_TERMINALS), "reference": "reap", "drop": [0.25]}
+
+
+def _check_experts_target(cfg: dict, raw: dict) -> None:
+    """``fitness.target: experts``: the expert terminals by default, a REAP reference, drop fractions; the
+    weight-pruning settings do not apply (refused when set, not ignored)."""
+    fit, given = cfg["fitness"], (raw or {}).get("fitness") or {}
+    if fit["target"] not in ("weights", "experts"):
+        raise UserError(f"fitness.target '{fit['target']}' is unknown: use weights or experts")
+    if fit["target"] == "weights":
+        if fit["drop"] is not None:
+            raise UserError("fitness.drop is the fraction of experts fitness drops: set fitness.target experts, or "
+                            "remove it")
+        del fit["target"], fit["drop"]  # a weight space's record (and fingerprint) stays what it was before them
+        return
+    if "terminals" not in (raw or {}):
+        cfg["terminals"] = list(EXPERT_DEFAULTS["terminals"])
+    for key in ("reference", "drop"):
+        if key not in given:
+            fit[key] = copy.deepcopy(EXPERT_DEFAULTS[key])
+    drops = fit["drop"] if isinstance(fit["drop"], list) else [fit["drop"]]
+    if not drops:
+        raise UserError("fitness.drop must list at least one fraction of experts, e.g. [0.25, 0.5]")
+    for d in drops:
+        checks.real(d, "fitness.drop", 0.0, 1.0, open_low=True)
+    fit["drop"] = drops
+    for t in cfg["terminals"]:
+        if t not in EXPERT_TERMINALS:
+            raise UserError(f"terminal '{t}' is not an expert terminal (fitness.target experts): use "
+                            f"{', '.join(EXPERT_TERMINALS)}")
+    if fit["settings"] is not None:
+        raise UserError("fitness.settings sets weight pruning, which fitness.target experts does not do: remove it")
+    if isinstance(fit["models"], list) and len(fit["models"]) > 1:
+        raise UserError("fitness.target experts scores on one model: give fitness.model, not a list of models")
+    if raw.get("allocation") is not None:
+        raise UserError("allocation evolves a weight-sparsity allocation: remove it with fitness.target experts")
+    if isinstance(fit["calib_seed"], list):
+        raise UserError("fitness.target experts scores with one calibration seed: give fitness.calib_seed one "
+                        "number")
+    if fit["combine"] == "margin":
+        raise UserError("fitness.combine margin needs several calibration seeds: use mean or worst")
 
 
 def validate(raw: dict, path: str | None = None) -> SearchSpace:
     cfg = _merge(DEFAULTS, raw or {}, "")
+    _check_experts_target(cfg, raw or {})
+    experts = cfg["fitness"].get("target") == "experts"
     for k in ("terminals", "unary", "binary", "seed_population"):
         if not isinstance(cfg[k], list) or not all(isinstance(x, str) for x in cfg[k]):
             raise UserError(f"'{k}' must be a list of names, e.g. [{', '.join(DEFAULTS['terminals'])}]")
@@ -384,7 +433,7 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
         if not isinstance(cfg[k], str):
             raise UserError(f"'{k}' must be a text")
     for t in cfg["terminals"]:
-        if t not in TERMINALS:
+        if t not in TERMINALS and not experts:
             raise UserError(f"unknown terminal '{t}' in search space: use {', '.join(TERMINALS)}")
     for kind, arity in (("unary", 1), ("binary", 2)):
         names = []
@@ -433,7 +482,7 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
     ref = cfg["fitness"]["reference"]
     if ref is not None:
         try:
-            node = parse(reference_formula(cfg["fitness"]))
+            node = parse(reference_formula(cfg["fitness"]), ANY_TERMINALS)
         except UserError:
             raise UserError(f"fitness.reference '{ref}' is neither a known metric ({', '.join(KNOWN_METRICS)}) "
                             "nor a formula: fix it, or set it to null") from None
@@ -446,7 +495,7 @@ def validate(raw: dict, path: str | None = None) -> SearchSpace:
             raise UserError(f"seed '{s}' carries an allocation gene but the space has no allocation section: "
                             "add one, or drop ' @ ...' from the seed")
         text, slug = genes.split_candidate(s)
-        node = parse(KNOWN_METRICS[text].formula if text in KNOWN_METRICS else text)
+        node = parse(KNOWN_METRICS[text].formula if text in KNOWN_METRICS else text, ANY_TERMINALS)
         if not space.allows(node):
             raise UserError(f"seed '{s}' uses terminals or operations outside this space: remove it or widen the space")
         if pool is not None and not pool.allows(slug):

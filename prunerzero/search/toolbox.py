@@ -10,7 +10,7 @@ import random
 from deap import base, creator, gp, tools
 
 from ..metric.expr import Node, parse
-from ..metric.ops import OPS
+from ..metric.ops import ANY_TERMINALS, OPS
 from ..metric.simplify import is_nonneg
 from .genes import Genes, join_candidate, split_candidate
 from .space import LOCAL_MOVES, SearchSpace
@@ -42,7 +42,7 @@ def to_individual(formula: "str | Node", pset: gp.PrimitiveSet, genes: bool = Fa
         formula, slug = split_candidate(formula)
         if slug != "uniform" and not genes:
             raise ValueError(f"{formula} carries an allocation gene the space does not search")
-    node = parse(formula) if isinstance(formula, str) else formula
+    node = parse(formula, ANY_TERMINALS) if isinstance(formula, str) else formula
     seq = []
     for n in node.walk():
         if n.is_const or n.op not in pset.mapping:
@@ -205,7 +205,7 @@ def neighbours(formula: str, space: SearchSpace, depth: int = 2, moves=LOCAL_MOV
 
     Only formulas within the space's operations and depth and size limits, the formula itself excluded; distinct
     texts, by move, then position (prefix order), then term or operation in the space's order."""
-    root = parse(formula)
+    root = parse(formula, ANY_TERMINALS)
     lim = space.raw["limits"]
     out, seen = [], {str(root)}
     terms = local_terms(space, depth, binary)

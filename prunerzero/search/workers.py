@@ -101,6 +101,10 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     """Models, one-shot statistics (cached, one set per model and calibration seed) and fitness windows for a
     space's ``fitness`` settings: one evaluator whose parts are every (model, seed, setting); the seeds of one
     model share its weights."""
+    if fitness.get("target") == "experts":
+        from ..prune.experts.fitness import build_expert_evaluator
+
+        return build_expert_evaluator(fitness, data_dir, cache, progress)
     evaluator = None
     seeds = fitness_seeds(fitness)
     for model in fitness_models(fitness):

@@ -13,6 +13,8 @@ counts and the config's expert count. Ties keep the lower expert index (a stable
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -126,3 +128,30 @@ def experts_left(keep: dict[int, list[int]]) -> tuple[int, int]:
     return min(len(k) for k in keep.values()), max(len(k) for k in keep.values())
 
 
+
+
+@contextmanager
+def dropped(model: nn.Module, keep: dict[int, list[int]]):
+    """The model with only ``keep[layer]`` experts inside the block, and exactly the original tensors, counts and
+    config afterwards (the sliced copies are dropped; nothing is copied back)."""
+    fam = MOE_FAMILIES[model.config.model_type]
+    layers = decoder_layers(model)
+    saved = []
+    for i in keep:
+        block = layers[i]
+        ((name, experts),) = experts_modules(block).items()
+        router = router_of(experts, block, name)
+        parent = block.get_submodule(name.rsplit(".", 1)[0]) if "." in name else block
+        for mod in (experts, router, parent):
+            saved.append((mod, dict(mod._parameters), dict(mod._buffers), getattr(mod, "num_experts", None)))
+    count = getattr(model.config, fam.count)
+    try:
+        drop_experts(model, keep)
+        yield model
+    finally:
+        for mod, params, buffers, n in saved:
+            mod._parameters.update(params)
+            mod._buffers.update(buffers)
+            if isinstance(n, int):
+                mod.num_experts = n
+        setattr(model.config, fam.count, count)
