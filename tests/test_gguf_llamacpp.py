@@ -103,3 +103,28 @@ def test_smollm2_f16(smollm2, tmp_path):
     got = llama_cpp_logits(path, ids[0].tolist())
     assert float(np.abs(got - ref).max() / np.abs(ref).max()) < 5e-3
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("kind,arch", [("uniform", "qwen2"), ("per-layer", "deci")])
+def test_qwen2_with_qkv_biases(tiny_model_dir, tmp_path, kind, arch):
+    """Qwen2 (q/k/v biases): uniform widths as arch qwen2 (NeoX RoPE, rows unpermuted), per-layer widths as deci
+    (biases permuted with their rows); llama.cpp and prunerzero's reread both give the model's logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)   # zero-initialised: a permutation error would not show
+    if kind == "per-layer":
+        slice_model(model, _masks([[True, False], [True, True], [False, True]], [87, 91, 96]))
+    path = _written(model, tok, tmp_path / "q.gguf", "f32", arch)
+    _compare(model, path, F32_TOL)
+    ids = torch.randint(3, len(tok), (1, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(read_model(path)(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
