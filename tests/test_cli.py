@@ -111,3 +111,12 @@ def test_a_gemma_model_cut_as_wanda_cuts_warns_in_one_line(tmp_path, capsys):
     assert "UserWarning" not in err
     assert main(argv + ["--bos", "window"]) == 0
     assert "BOS" not in capsys.readouterr().err
+
+
+def test_list_spaces_prints_every_packaged_space_with_its_description(capsys):
+    from prunerzero.search.space import packaged_spaces
+
+    assert main(["search", "--list-spaces"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == packaged_spaces()
+    assert all(len(line.split(None, 1)) == 2 for line in lines)   # a description after every name

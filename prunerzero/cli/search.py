@@ -105,6 +105,9 @@ def cmd_search(args) -> None:
     from ..search.table import format_table
     from ..search.workers import InProcess, RayPool, build_evaluator
 
+    if args.list_spaces:
+        print(list_spaces())
+        return
     started = time.time()   # --max-minutes counts the model and statistics too
     if args.resume:
         space, meta = _resume_space(args)
@@ -150,6 +153,15 @@ def cmd_search(args) -> None:
     print(f"run directory: {out}")
 
 
+def list_spaces() -> str:
+    """The packaged search spaces, one line each: name and the description the YAML carries."""
+    from ..search.space import load_space
+
+    rows = [(name, load_space(name).raw.get("description") or "") for name in _packaged_spaces()]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {text}" for name, text in rows)
+
+
 def _packaged_spaces() -> list[str]:
     from ..search.space import packaged_spaces
 
@@ -165,6 +177,8 @@ def add_parser(sub) -> None:
     what.add_argument("--space", default=None,
                       help=f"search space: a YAML file or a packaged name ({', '.join(_packaged_spaces())}) "
                            f"(default: {DEFAULT_SPACE}, the paper's space)")
+    what.add_argument("--list-spaces", action="store_true",
+                      help="print the packaged search spaces with what each is for, and exit")
     m.add_argument("--model", default=None,
                    help="model to prune for fitness, any that loads; replaces the space's fitness.models "
                         "(default: the space's fitness.models, else fitness.model)")
