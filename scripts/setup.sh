@@ -13,8 +13,8 @@ fi
 .venv/bin/python -m pip install -q -e ".[test,ray,eval,deploy]"
 # llama.cpp, the reference reader of `prunerzero export --format gguf` (tests/test_gguf_llamacpp.py), built from
 # source CPU-only: portable AVX2 (no -march=native), no OpenMP, no tests/examples/server, and no multimodal library
-# (llama-cpp-python loads it only for image chat). About 14 CPU-minutes with the multimodal library on this 2-core
-# machine; skipped when an import shows it is already built.
+# (llama-cpp-python loads it only for image chat): 140 build steps, 10.5 CPU-minutes on this 2-core machine (10.5
+# minutes wall under other jobs' load; 14.5 CPU-minutes with the multimodal library). Skipped when already built.
 .venv/bin/python -c "import llama_cpp" 2>/dev/null || CMAKE_BUILD_PARALLEL_LEVEL=2 CMAKE_ARGS="-DGGML_NATIVE=OFF \
   -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF" \
   .venv/bin/python -m pip install -q "llama-cpp-python==0.3.36"
