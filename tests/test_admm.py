@@ -147,7 +147,7 @@ def test_admm_in_the_layer_loop_keeps_the_pattern_and_the_allocation(windows):
     for k in keys:
         assert pruned[k] == counts[k] * lins[k].out_features
         assert ((lins[k].weight == 0).sum(1) >= counts[k]).all()
-    with pytest.raises(UserError, match="--permute"):
+    with pytest.raises(UserError, match="permute does not go with update admm"):
         prune_model(make_tiny(), WANDA, TWO_FOUR, windows, update="admm", permute=True, progress=False)
 
 
