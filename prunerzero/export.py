@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
+from .models.loading import read_config as _read_config, sparsity_config_of
 from .fsutil import atomic_folder, require_empty
 
 FORMATS = ("gguf", "compressed-tensors", "dense")
@@ -134,21 +135,6 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def folder_nbytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise UserError(f"{folder} has no config.json: pass a folder written by save_pretrained")
-    return json.loads(path.read_text())
-
-
-def sparsity_config_of(folder: str | os.PathLike) -> dict | None:
-    """The ``sparsity_config`` of a compressed-tensors folder, or None for a dense one."""
-    qc = _read_config(Path(folder)).get("quantization_config") or {}
-    if qc.get("quant_method") != "compressed-tensors":
-        return None
-    return qc.get("sparsity_config") or None
 
 
 def _linear_names(folder: Path) -> list[str]:

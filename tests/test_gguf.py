@@ -158,7 +158,7 @@ ZERO_SHAPES = [{"num_attention_heads": 0, "num_key_value_heads": 0, "intermediat
 def zero_width_model(model):
     """A PrunedLlama with ``ZERO_SHAPES`` holding ``model``'s weights (the leading rows / columns where it is
     narrower)."""
-    from prunerzero.prune.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
+    from prunerzero.models.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
 
     kw = {k: v for k, v in model.config.to_dict().items()
           if k not in ("model_type", "architectures", "transformers_version", "layer_shapes")}

@@ -592,7 +592,7 @@ def test_expert_fitness_answers_errors_and_repeats_from_its_caches(windows):
     """Bad formulas and impossible drops are penalised records, not crashes; a formula keeping the same experts
     as an evaluated one is a mask hit with its perplexity; the model comes back bit for bit."""
     from prunerzero.prune.experts import expert_terms
-    from prunerzero.prune.experts.fitness import ExpertFitness
+    from prunerzero.search.experts_fitness import ExpertFitness
 
     model = make_moe("mixtral")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

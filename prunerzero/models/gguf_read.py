@@ -4,7 +4,7 @@ widths as the family's stock model.
 transformers reads GGUF files of the ``llama`` and ``qwen2`` archs itself (slowly: its reader decodes every
 vocabulary entry), but knows no ``deci``. A file prunerzero wrote carries ``prunerzero.layer_shapes`` (see
 ``gguf_write``): this module rebuilds the model from it (``PrunedLlamaForCausalLM`` of
-``prune/modeling_pruned_llama.py`` for per-layer widths): every tensor dequantized with the
+``models/modeling_pruned_llama.py`` for per-layer widths): every tensor dequantized with the
 ``gguf`` package, the q/k rows un-permuted per layer, the zero FFN channels added for llama.cpp or q8_0 dropped,
 and the tokenizer rebuilt by transformers from the file's ``tokenizer.ggml.*`` metadata. Layers with no attention
 (which llama.cpp runs) are refused: transformers' attention cannot run zero heads.
@@ -32,7 +32,7 @@ def register() -> None:
     """Let transformers' Auto classes build ``pruned_llama`` configs and models (idempotent)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..prune.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
+    from .modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
 
     try:
         AutoConfig.register(PRUNED_LLAMA, PrunedLlamaConfig)
@@ -152,7 +152,7 @@ def read_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     import gguf
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..prune.modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
+    from .modeling_pruned_llama import PrunedLlamaConfig, PrunedLlamaForCausalLM
 
     meta, tensors = read_gguf(path)
     arch = _need(meta, "general.architecture", path)

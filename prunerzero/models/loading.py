@@ -5,6 +5,7 @@ config (or a GGUF header) first, so a refusal takes seconds, not a dequantisatio
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -71,8 +72,6 @@ def resolve_model_source(name: str, cache: str | os.PathLike | None = None) -> s
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"{path} has no config.json: pass a folder written by save_pretrained")
-        from ..export import sparsity_config_of
-
         if sparsity_config_of(path) is not None:  # transformers would load it with random Linear weights
             raise UserError(f"{path} is a compressed-tensors sparse export: decompress it first "
                             f"(prunerzero export {path} --format dense --out DENSE_DIR)")
@@ -209,3 +208,18 @@ def save_model(lm: LoadedModel, target: str | os.PathLike) -> None:
     with atomic_folder(target) as tmp:
         lm.model.save_pretrained(tmp)
         lm.tokenizer.save_pretrained(tmp)
+
+
+def read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UserError(f"{folder} has no config.json: pass a folder written by save_pretrained")
+    return json.loads(path.read_text())
+
+
+def sparsity_config_of(folder: str | os.PathLike) -> dict | None:
+    """The ``sparsity_config`` of a compressed-tensors folder, or None for a dense one."""
+    qc = read_config(Path(folder)).get("quantization_config") or {}
+    if qc.get("quant_method") != "compressed-tensors":
+        return None
+    return qc.get("sparsity_config") or None

@@ -96,7 +96,7 @@ def _formula_terms(method) -> set[str]:
 
 
 def _check_options(method, pattern: Pattern, update: str, counts, permute: bool) -> None:
-    from ..specs import check_procedure   # the rules live in one module (specs.py)
+    from .rules import check_procedure   # the rules live in one module (prune/rules.py)
 
     check_procedure(SPARSEGPT if method == SPARSEGPT else None, pattern, update,
                     "owl" if counts is not None else "uniform", permute)

@@ -46,7 +46,7 @@ DEFAULTS = {
                 "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None,
                 # what fitness prunes: weights (formulas over W, X, G, ...) or, for a mixture of experts, whole
                 # experts (formulas over the expert terminals; fitness = perplexity after dropping the fractions
-                # ``drop`` of every MoE layer's experts that score lowest: prune/experts/fitness.py)
+                # ``drop`` of every MoE layer's experts that score lowest: search/experts_fitness.py)
                 "target": "weights", "drop": None},
     "seed_population": [],
     # a layer-wise sparsity allocation gene evolved with the formula (search/genes.py); null: uniform, not searched

@@ -102,7 +102,7 @@ def build_evaluator(fitness: dict, terminals: list[str], data_dir=None, cache=No
     space's ``fitness`` settings: one evaluator whose parts are every (model, seed, setting); the seeds of one
     model share its weights."""
     if fitness.get("target") == "experts":
-        from ..prune.experts.fitness import build_expert_evaluator
+        from .experts_fitness import build_expert_evaluator
 
         return build_expert_evaluator(fitness, data_dir, cache, progress)
     evaluator = None

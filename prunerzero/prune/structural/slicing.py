@@ -13,7 +13,7 @@ from ...errors import UserError
 from ...models import decoder_layers, role, set_role, structural_roles
 from .groups import ATTN, MLP, Layout
 
-REMOTE_CODE = Path(__file__).resolve().parent.parent / "modeling_pruned_llama.py"
+REMOTE_CODE = Path(__file__).resolve().parents[2] / "models" / "modeling_pruned_llama.py"
 
 
 def _rows(lin: nn.Linear, keep: torch.Tensor) -> nn.Linear:

@@ -19,11 +19,11 @@ import time
 import torch
 import torch.nn as nn
 
-from ...errors import UserError
-from ...evaluate import perplexity
-from ...metric.expr import FormulaError
-from .remove import choose, dropped
-from .scores import LayerTerms, expert_score, score_layer
+from ..errors import UserError
+from ..evaluate import perplexity
+from ..metric.expr import FormulaError
+from ..prune.experts.remove import choose, dropped
+from ..prune.experts.scores import LayerTerms, expert_score, score_layer
 
 
 def keep_fingerprint(keep: dict[int, list[int]]) -> str:
@@ -45,7 +45,7 @@ class ExpertFitness:
 
     def __call__(self, formula: str, windows: int | None = None, seeds: int | None = None,
                  only: list[str] | None = None):
-        from ...search.fitness import FitnessResult, combined_fingerprint, geometric_mean
+        from .fitness import FitnessResult, combined_fingerprint, geometric_mean
 
         t0 = time.time()
         try:  # a formula that does not parse or is not finite, a drop that leaves fewer experts than the top-k
@@ -84,11 +84,11 @@ class ExpertFitness:
 def build_expert_evaluator(fitness: dict, data_dir=None, cache=None, progress: bool = True) -> ExpertFitness:
     """The model, its expert statistics (one routed pass over ``fitness.nsamples`` C4 windows of the calibration
     seed) and the fitness windows of a ``fitness.target: experts`` space."""
-    from ...data import eval_tokens, eval_windows
-    from ...models import load_model
-    from ...pipeline import CalibConfig, calibration_windows
-    from ...search.workers import fitness_bos, fitness_models, fitness_seeds
-    from .scores import expert_terms
+    from ..data import eval_tokens, eval_windows
+    from ..models import load_model
+    from ..calibration.oneshot import CalibConfig, calibration_windows
+    from .workers import fitness_bos, fitness_models, fitness_seeds
+    from ..prune.experts.scores import expert_terms
 
     (model,) = fitness_models(fitness)
     lm = load_model(model, device=fitness.get("device"), dtype=fitness.get("dtype"), cache=cache,
