@@ -108,7 +108,7 @@ def calibrate(lm: "LoadedModel", *, activations: bool = True, gradients: bool = 
 
 def prune_model(lm: "LoadedModel", metric: str = "wanda", *, sparsity: float | None = None,
                 pattern: str | None = None, group: str | None = None, sequential: bool = True,
-                update: str = "none", allocation: str = "uniform", owl_lambda: float = 0.08, owl_m: float = 5.0,
+                update: str = "none", allocation: str = "uniform", owl_lambda: float | None = None, owl_m: float | None = None,
                 permute: bool = False, percdamp: float | None = None, nsamples: int = _P.nsamples,
                 seed: int = _P.seed, seqlen: int | None = None, batch_size: int = 1,
                 data_dir: PathLike | None = None, cache_dir: PathLike | None = None,
@@ -125,39 +125,24 @@ def prune_model(lm: "LoadedModel", metric: str = "wanda", *, sparsity: float | N
         sequential: Wanda's layer-by-layer scheme (the protocol's); False uses the dense model's statistics.
         update: ``none``, ``obs`` (SparseGPT's reconstruction after the metric's mask), ``lsq`` (exact least
             squares) or ``admm`` (the metric re-selects its mask while ADMM updates the weights).
-        allocation: ``uniform`` or ``owl`` (OWL layer-wise sparsity, with ``owl_lambda`` and ``owl_m``).
+        allocation: ``uniform`` or ``owl`` (OWL layer-wise sparsity, with ``owl_lambda`` and ``owl_m``, default
+            0.08 and 5: OWL's).
         permute: N:M only: permute ``o_proj``/``down_proj`` input channels to keep more score.
         percdamp: Hessian damping of ``sparsegpt`` and of ``update`` (default 0.01).
 
     Returns:
         ``PruneResult``: ``.sparsity`` reached over the prunable weights, ``.seconds``, ``.pruned`` per layer.
     """
-    from .pipeline import default_group
     from .pipeline import prune as run_prune
-    from .prune.masks import parse_pattern
-    from .prune.run import SPARSEGPT
-    from .prune.sparsegpt import PERCDAMP
+    from .specs import PruneSpec
 
-    paper_group = default_group(metric)   # also refuses an unknown metric or a formula it cannot read
-    if pattern not in (None, "", "unstructured"):
-        chosen = parse_pattern(0.5, pattern)
-        if sparsity is not None and sparsity != chosen.sparsity:
-            raise UserError(f"sparsity {sparsity:g} does not apply with pattern {pattern}: give one of the two")
-        if group is not None:
-            raise UserError(f"group applies to unstructured sparsity only: drop it with pattern {pattern}")
-    else:
-        if permute:
-            raise UserError("permute applies to N:M patterns only: give e.g. pattern='2:4'")
-        value = 0.5 if sparsity is None else sparsity
-        if not 0.0 < value < 1.0:
-            raise UserError(f"sparsity {value} is outside (0, 1): use e.g. 0.5")
-        chosen = parse_pattern(value, None, group or paper_group)
-    if percdamp is not None and metric != SPARSEGPT and update == "none":
-        raise UserError("percdamp damps the Hessian of sparsegpt or of an update: set update='obs' (or lsq, admm)")
-    return run_prune(lm, metric, chosen, _calib(nsamples, seed, batch_size, data_dir, cache_dir),
-                     sequential=sequential, progress=progress, seqlen=seqlen, update=update, allocation=allocation,
-                     owl_lambda=owl_lambda, owl_m=owl_m, permute=permute,
-                     percdamp=PERCDAMP if percdamp is None else percdamp)
+    # every rule for options that go together, checked where the CLI, grids and spaces check them (specs.py)
+    spec = PruneSpec.build(metric, sparsity, pattern, group, update, allocation, owl_lambda, owl_m, permute,
+                           percdamp, sequential)
+    return run_prune(lm, spec.metric, spec.pattern, _calib(nsamples, seed, batch_size, data_dir, cache_dir),
+                     sequential=spec.sequential, progress=progress, seqlen=seqlen, update=spec.update,
+                     allocation=spec.allocation, owl_lambda=spec.owl_lambda, owl_m=spec.owl_m, permute=spec.permute,
+                     percdamp=spec.percdamp)
 
 
 def evaluate_model(lm: "LoadedModel", datasets: Iterable[str] = _P.eval_datasets, *, windows: int | None = None,

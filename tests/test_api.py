@@ -58,9 +58,9 @@ def test_prune_save_evaluate_equal_the_cli(tiny_model_dir, tmp_path):
 
 
 def test_bad_arguments_are_refused_before_any_model_loads(tmp_path):
-    with pytest.raises(UserError, match="does not apply with pattern"):
+    with pytest.raises(UserError, match="sparsity 0.3 does not apply to the N:M pattern 2:4"):
         pz.prune_model(None, "wanda", sparsity=0.3, pattern="2:4")
-    with pytest.raises(UserError, match="permute applies to N:M"):
+    with pytest.raises(UserError, match=r"permute \(input-channel permutation\) applies to N:M patterns only"):
         pz.prune_model(None, "wanda", permute=True)
     with pytest.raises(UserError, match="unknown metric"):
         pz.prune_model(None, "frobnicate")
