@@ -63,32 +63,9 @@ def llama_ppl(path, windows: torch.Tensor, threads: int) -> float:
 
 
 def speed(path, prefill: int, decode: int, repeats: int, warmup: int, threads: int, vocab: int) -> dict:
-    """Median prefill and decode tokens/s of llama.cpp on this file (random tokens, fixed seed)."""
-    g = np.random.default_rng(0)
-    prompt = g.integers(3, vocab, prefill).tolist()
-    steps = g.integers(3, vocab, decode + 16).tolist()
-    llm = llama(path, max(prefill, decode + 16), threads)
-    try:
-        pre, dec = [], []
-        for i in range(warmup + repeats):
-            llm.reset()
-            t0 = time.perf_counter()
-            llm.eval(prompt)
-            t1 = time.perf_counter()
-            llm.reset()
-            llm.eval(steps[:16])
-            t2 = time.perf_counter()
-            for tok in steps[16:]:
-                llm.eval([tok])
-            t3 = time.perf_counter()
-            if i >= warmup:
-                pre.append(t1 - t0)
-                dec.append(t3 - t2)
-    finally:
-        llm.close()
-    return {"prefill_tokens_per_s": prefill / statistics.median(pre),
-            "decode_tokens_per_s": decode / statistics.median(dec),
-            "prefill_s": sorted(pre), "decode_s": sorted(dec)}
+    """Median prefill and decode tokens/s of llama.cpp on this file (random tokens, fixed seed): the interleaved
+    timing of one file."""
+    return interleaved_speed({"file": path}, prefill, decode, repeats, warmup, threads, vocab)["file"]
 
 
 def interleaved_speed(paths: dict[str, Path], prefill: int, decode: int, repeats: int, warmup: int, threads: int,
