@@ -6,7 +6,7 @@ import time
 
 from ..errors import UserError
 from ..models import save_model
-from ..specs import ProcedureError, PruneSpec, probe_folder
+from ..specs import ALLOCATIONS, GROUPS, UPDATES, ProcedureError, PruneSpec, probe_folder
 from ._common import (FRACTION, P, at_least, check_model_args, command, common_model_args, evaluate, load, ppl_line,
                       provenance, shell_command, write_json, number)
 
@@ -103,7 +103,7 @@ def add_parser(sub) -> None:
                            "--pattern)")
     what.add_argument("--pattern", default=None,
                       help="N:M such as 2:4 or 4:8: prune N of every M consecutive inputs (default: unstructured)")
-    what.add_argument("--group", default=None, choices=["row", "layer"],
+    what.add_argument("--group", default=None, choices=GROUPS,
                       help="unstructured comparison group (default: the metric's paper: layer for magnitude, "
                            "else row)")
     how.add_argument("--one-shot", action="store_true",
@@ -112,11 +112,11 @@ def add_parser(sub) -> None:
                           "already pruned blocks, as every table of this repository")
     how.add_argument("--sequential", action="store_true",
                      help="accepted for older scripts and grids: sequential is the default")
-    how.add_argument("--update", default="none", choices=["none", "obs", "lsq", "admm"],
+    how.add_argument("--update", default="none", choices=UPDATES,
                      help="obs: after the metric's mask, reconstruct the kept weights (SparseGPT's OBS update); "
                           "lsq: their exact least-squares values; admm: the metric re-selects its mask on the "
                           "weights as ADMM updates them, then lsq")
-    how.add_argument("--allocation", default="uniform", choices=["uniform", "owl"],
+    how.add_argument("--allocation", default="uniform", choices=ALLOCATIONS,
                      help="layer-wise sparsity: uniform, or OWL (outlier-weighted; unstructured only)")
     how.add_argument("--owl-lambda", type=number(0.0, 0.5), default=None,
                      help="OWL: block sparsities spread over 2*lambda (default: 0.08)")

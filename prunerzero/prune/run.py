@@ -29,7 +29,6 @@ from .admm import admm_prune, lsq_update
 from .sparsegpt import PERCDAMP, obs_diag, obs_update, sparsegpt_prune
 
 SPARSEGPT = "sparsegpt"
-UPDATES = ("none", "obs", "lsq", "admm")
 HESSIAN_UPDATES = ("obs", "lsq", "admm")
 
 

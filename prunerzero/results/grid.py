@@ -40,6 +40,7 @@ from ..specs import OWL_WITHOUT_OWL, check_grid_method
 from ..pipeline import StructuralConfig, check_structural, structural_config
 from ..protocol import Protocol
 from ..prune.masks import parse_pattern
+from ..prune.rules import ALLOCATIONS, UPDATES
 from ..prune.run import SPARSEGPT
 from ..prune.sparsegpt import PERCDAMP
 from ..prune.structural import ATTN_SCORES, MLP_SCORES, STRUCTURAL_INITS
@@ -289,7 +290,7 @@ PROCEDURE_KEYS = ("update", "allocation", "owl_lambda", "owl_m", "permute", "per
 def _procedure(raw: dict, where: str) -> dict:
     """A pruning method's procedure keys (as ``prunerzero prune`` --update/--allocation/--owl-*/--permute)."""
     out = {}
-    for key, choices in (("update", ("none", "obs", "lsq", "admm")), ("allocation", ("uniform", "owl"))):
+    for key, choices in (("update", UPDATES), ("allocation", ALLOCATIONS)):
         if key in raw:
             if raw[key] not in choices:
                 raise UserError(f"{where}.{key} '{raw[key]}' is unknown: use {' or '.join(choices)}")

@@ -28,6 +28,7 @@ from ..metric.expr import FormulaError, evaluate, parse
 from ..models import all_prunable
 from ..prune.masks import MetricError, Pattern, WeightSnapshot, apply_mask, check_scores, mask_from_scores
 from ..prune.run import metric_masks as per_layer_masks
+from ..prune.rules import UPDATES
 from ..prune.run import metric_score
 from .genes import allocation_dict, split_candidate
 
@@ -135,9 +136,6 @@ class Target:
         else:
             self.linears = all_prunable(self.model)
             self.snapshot = WeightSnapshot(self.linears)
-
-
-UPDATES = ("none", "obs", "lsq", "admm")
 
 
 def part_label(model: str, pattern: Pattern, update: str = "none") -> str:

@@ -156,7 +156,6 @@ class SearchSpace:
 
 
 SETTING_KEYS = ("sparsity", "pattern", "group", "sequential", "update")
-UPDATES = ("none", "obs", "lsq", "admm")
 FIDELITY_KEYS = ("windows", "seeds", "keep", "audit")
 COMBINE = ("mean", "worst", "margin")
 
@@ -165,8 +164,7 @@ def _check_pattern(setting: dict, given: dict, where: str) -> dict:
     """One setting {sparsity, pattern, group}: N:M fixes sparsity and group; a setting that says otherwise is
     refused, then they are recorded as used."""
     from ..prune.masks import parse_pattern
-
-    from ..specs import check_procedure
+    from ..specs import UPDATES, check_procedure
 
     checks.fraction(setting["sparsity"], f"{where}sparsity")
     pattern = parse_pattern(setting["sparsity"], setting["pattern"], setting["group"])
@@ -199,6 +197,8 @@ def setting_slug(setting: dict) -> str:
 
 
 def _check_settings(fit: dict, given: dict) -> None:
+    from ..prune.rules import UPDATES
+
     settings = fit["settings"]
     if settings is None:
         return
