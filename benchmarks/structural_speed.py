@@ -177,13 +177,13 @@ def render_memory(rows: list[dict]) -> list[str]:
 
 def render(rows: list[dict], meta: dict) -> str:
     """The table of ``rows`` (speed-up against the dense row of the same batch); ``meta``: base model, notes."""
-    commands = list(dict.fromkeys(r["provenance"]["command"] for r in rows if r.get("provenance")))
+    head = pzr.commands_line(rows)
     mem = [r for r in rows if r.get("what") == "memory"]
     rows = [r for r in rows if r.get("what", "speed") == "speed"]   # the timed rows' hardware (memory: bytes)
-    devices = list(dict.fromkeys(r["provenance"]["device"] for r in rows if r.get("provenance")))
+    devices = pzr.distinct(rows, "device")
     r0 = rows[0]
     lines = [f"# Structural pruning: speed of the sliced models ({meta.get('model', 'smollm2')})", "",
-             "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), "",
+             head, "",
              f"Hardware: {', '.join(devices)}. Prefill: {r0['prefill_tokens']} tokens per sequence, {r0['warmup']} "
              f"warm-up passes, median of {r0['repeats']} timed forwards (p25-p75 in brackets), no cache. Decode: "
              f"{r0['decode_tokens']} greedy steps with a KV cache after a 16-token prompt, median of "

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .errors import UserError
-from .protocol import Protocol
+from .protocol import GRAD_STORAGES, Protocol
 
 if TYPE_CHECKING:  # imported lazily below: ``import prunerzero`` stays fast
     import pandas as pd
@@ -72,20 +72,23 @@ def load_model(model: str = _P.model, *, device: str | None = None, dtype: str =
                       bos=bos)
 
 
-def _calib(nsamples: int, seed: int, batch_size: int, data_dir: PathLike | None, cache_dir: PathLike | None):
+def _calib(nsamples: int, seed: int, batch_size: int, data_dir: PathLike | None, cache_dir: PathLike | None,
+           grad_storage: str = "fp32"):
     from . import checks
     from .pipeline import CalibConfig
 
     checks.integer(nsamples, "nsamples", 1)
     checks.integer(seed, "seed", 0)
     checks.integer(batch_size, "batch_size", 1)
+    if grad_storage not in GRAD_STORAGES:
+        raise UserError(f"grad_storage '{grad_storage}' is unknown: use {' or '.join(GRAD_STORAGES)}")
     return CalibConfig(nsamples, seed, batch_size, None if data_dir is None else str(data_dir),
-                       None if cache_dir is None else str(cache_dir))
+                       None if cache_dir is None else str(cache_dir), grad_storage=grad_storage)
 
 
 def calibrate(lm: "LoadedModel", *, activations: bool = True, gradients: bool = True, hessian: bool = False,
               nsamples: int = _P.nsamples, seed: int = _P.seed, seqlen: int | None = None, batch_size: int = 1,
-              data_dir: PathLike | None = None, cache_dir: PathLike | None = None,
+              data_dir: PathLike | None = None, cache_dir: PathLike | None = None, grad_storage: str = "fp32",
               progress: bool = False) -> "Stats":
     """The dense model's calibration statistics, computed once and cached as safetensors.
 
@@ -95,13 +98,15 @@ def calibrate(lm: "LoadedModel", *, activations: bool = True, gradients: bool = 
         hessian: ``Hd`` (and ``X``) from the layer Hessians.
         nsamples, seed, seqlen: C4 calibration windows, the sampler's seed, tokens per window (default: the
             model's ``seqlen``).
+        grad_storage: ``"fp32"``, or ``"fp16"``: the gradient statistics cached and held as fp16 with a
+            power-of-two scale per tensor (half the size; ``Stats.value`` gives fp32).
 
     Returns:
         ``Stats``: ``.tensors["layers.{i}.{name}"]`` maps each terminal name to its tensor.
     """
     from .pipeline import one_shot_stats
 
-    cfg = _calib(nsamples, seed, batch_size, data_dir, cache_dir)
+    cfg = _calib(nsamples, seed, batch_size, data_dir, cache_dir, grad_storage)
     return one_shot_stats(lm, cfg, need_x=activations, need_g=gradients, need_h=hessian, progress=progress,
                           seqlen=seqlen)
 
@@ -111,7 +116,7 @@ def prune_model(lm: "LoadedModel", metric: str = "wanda", *, sparsity: float | N
                 update: str = "none", allocation: str = "uniform", owl_lambda: float | None = None, owl_m: float | None = None,
                 permute: bool = False, percdamp: float | None = None, nsamples: int = _P.nsamples,
                 seed: int = _P.seed, seqlen: int | None = None, batch_size: int = 1,
-                data_dir: PathLike | None = None, cache_dir: PathLike | None = None,
+                data_dir: PathLike | None = None, cache_dir: PathLike | None = None, grad_storage: str = "fp32",
                 progress: bool = False) -> "PruneResult":
     """Prune ``lm`` in place.
 
@@ -129,6 +134,7 @@ def prune_model(lm: "LoadedModel", metric: str = "wanda", *, sparsity: float | N
             0.08 and 5: OWL's).
         permute: N:M only: permute ``o_proj``/``down_proj`` input channels to keep more score.
         percdamp: Hessian damping of ``sparsegpt`` and of ``update`` (default 0.01).
+        grad_storage: how gradient statistics are cached and held (``fp32`` or ``fp16``, see ``calibrate``).
 
     Returns:
         ``PruneResult``: ``.sparsity`` reached over the prunable weights, ``.seconds``, ``.pruned`` per layer.
@@ -139,7 +145,8 @@ def prune_model(lm: "LoadedModel", metric: str = "wanda", *, sparsity: float | N
     # every rule for options that go together, checked where the CLI, grids and spaces check them (specs.py)
     spec = PruneSpec.build(metric, sparsity, pattern, group, update, allocation, owl_lambda, owl_m, permute,
                            percdamp, sequential)
-    return run_prune(lm, spec.metric, spec.pattern, _calib(nsamples, seed, batch_size, data_dir, cache_dir),
+    return run_prune(lm, spec.metric, spec.pattern, _calib(nsamples, seed, batch_size, data_dir, cache_dir,
+                                                                 grad_storage),
                      sequential=spec.sequential, progress=progress, seqlen=seqlen, update=spec.update,
                      allocation=spec.allocation, owl_lambda=spec.owl_lambda, owl_m=spec.owl_m, permute=spec.permute,
                      percdamp=spec.percdamp)

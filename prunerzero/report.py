@@ -251,7 +251,7 @@ def term_scales(stats) -> pd.DataFrame:
         a["median X"].append(float(x.median()))
         a["|log X| > √X"].append(float((x.clamp_min(1e-30).log().abs() > x.sqrt()).double().mean()))
         if "G2" in terms:
-            g = terms["G2"].double()
+            g = stats.value(key, "G2").double()
             a["median G"].append(float(g.median()))
             a["median G/X"].append(float((g / x.clamp_min(1e-30)).median()))
             a["G > X"].append(float((g > x).double().mean()))

@@ -5,12 +5,14 @@ Linears are the ones ``models.all_prunable`` finds, so the numbers follow what p
 
 * activation statistics X (``calibration.activations``): one fp32 value per input feature of each prunable Linear;
 * gradient statistics (``calibration.gradients``): two fp32 tensors, G1 and G2, of each prunable weight's shape, held
-  as accumulators during the gradient pass and written to one safetensors file of the statistics cache;
+  as accumulators during the gradient pass and written to one safetensors file of the statistics cache, as fp32 or
+  (``--grad-storage fp16``) as fp16 with one scale per tensor;
 * a search's fitness holds only the statistics its terminals read on the accelerator (``Stats.only``): G2 alone, one
-  fp32 tensor per prunable weight, for a space over G (G1 only in a space that names it);
+  tensor per prunable weight, for a space over G (G1 only in a space that names it);
 * the gradient pass: the model in fp32 (a half model is cast up when it fits, else kept in its dtype), the two
-  accumulators, and one weight's gradient at a time (freed by its hook); the activations one window's backward
-  keeps are not counted (they grow with --seqlen);
+  accumulators on the GPU or, when they do not fit there, in CPU memory (``gradient_plan``), and one weight's
+  gradient at a time (freed by its hook); the activations one window's backward keeps are not counted (they grow
+  with --seqlen);
 * Hessians (SparseGPT, ``--update``, the Hd terminal): an fp32 ``in x in`` matrix per prunable Linear, one decoder
   block at a time.
 
@@ -51,6 +53,7 @@ class Sizing:
     g_stats_bytes: int          # G1 + G2: fp32, each of the prunable weights' shapes
     g_search_bytes: int         # G2 alone: what a search over G holds with the model during fitness
     grad_pass_bytes: int        # fp32 model + G1/G2 accumulators + the largest single weight's gradient
+    grad_pass_gpu_bytes: int    # the same with the accumulators in CPU memory: what stays on the GPU
     hessian_block_bytes: int    # fp32 in x in per prunable Linear of the largest block
 
     def weights_bytes(self, bytes_per_param: int) -> int:
@@ -76,21 +79,25 @@ def sizing(name: str, model: torch.nn.Module) -> Sizing:
     g = 2 * prunable * 4
     largest = max(lin.weight.numel() for lin in linears.values())
     grad_pass = params * 4 + g + largest * 4
+    grad_pass_gpu = params * 4 + largest * 4
     hessian = max(sum(lin.weight.shape[1] ** 2 * 4 for lin in prunable_linears(block).values())
                   for block in decoder_layers(model))
-    return Sizing(name, params, prunable, x, g, prunable * 4, grad_pass, hessian)
+    return Sizing(name, params, prunable, x, g, prunable * 4, grad_pass, grad_pass_gpu, hessian)
 
 
 def table(models: dict = MODELS) -> str:
     """Markdown: one row per model."""
     rows = ["| model | parameters | prunable | weights fp16 / fp32 | X statistics | gradient statistics file "
-            "(G1 + G2) | G held by a search (G2) | gradient pass (fp32 model + G1/G2) | Hessians of one block |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "(G1 + G2) fp32 / fp16 | G held by a search (G2) fp32 / fp16 | gradient pass (fp32 model + G1/G2) | "
+            "the same, G1/G2 in CPU memory | Hessians of one block |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, (family, config) in models.items():
         s = sizing(name, meta_model(family, config))
         rows.append(f"| {name} | {s.params / 1e9:.3f} B | {s.prunable / 1e9:.3f} B | "
                     f"{_gb(s.weights_bytes(2))} / {_gb(s.weights_bytes(4))} | {_gb(s.x_stats_bytes)} | "
-                    f"{_gb(s.g_stats_bytes)} | {_gb(s.g_search_bytes)} | {_gb(s.grad_pass_bytes)} | {_gb(s.hessian_block_bytes)} |")
+                    f"{_gb(s.g_stats_bytes)} / {_gb(s.g_stats_bytes // 2)} | {_gb(s.g_search_bytes)} / "
+                    f"{_gb(s.g_search_bytes // 2)} | {_gb(s.grad_pass_bytes)} | {_gb(s.grad_pass_gpu_bytes)} | "
+                    f"{_gb(s.hessian_block_bytes)} |")
     return "\n".join(rows) + "\n"
 
 

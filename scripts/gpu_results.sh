@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_results.sh warm baselines search select confirm bench structural   # all, in this order
 #   bash scripts/gpu_results.sh moe     # a real mixture of experts from the hub (MOE_MODEL), independent of the rest
+#   bash scripts/gpu_results.sh bigmodel   # docs/guides/big-models.md's tour on a 7B model (BIG_MODEL), independent
 #
 # (The committed run did `warm`, `baselines`, `search` (SEARCH_MIN=5.5), `select confirm bench`, `structural`.)
 # Stages write under $RES (default results/, the committed layout: baselines, search-gpu-*, selection-gpu,
@@ -25,6 +26,8 @@ TOP=${TOP:-5}
 SEEDS=${SEEDS:-0,1,2}             # calibration seeds of the select and confirm stages (>= 3: spreads)
 MOE_MODEL=${MOE_MODEL:-allenai/OLMoE-1B-7B-0924}   # the moe stage's model: a hub id (needs the hub) or a local folder
 MOE_SEARCH_MIN=${MOE_SEARCH_MIN:-60}               # the moe stage's expert-score search, minutes (resumable)
+BIG_MODEL=${BIG_MODEL:-Qwen/Qwen2.5-7B}             # the bigmodel stage's model: a hub id or a local folder
+BIG_SEARCH_MIN=${BIG_SEARCH_MIN:-60}               # the bigmodel stage's search, minutes (resumable)
 mkdir -p "$RES/gpu-logs"
 ew=(); [ -n "$EVALW" ] && ew=(--eval-windows "$EVALW")
 common=(--device "$DEVICE" --seqlen "$SEQLEN" --nsamples "$NSAMPLES" --batch-size "$BATCH")
@@ -106,6 +109,25 @@ stage_structural() {
     --device "$DEVICE" --seqlen "$SEQLEN" "${ew[@]}"
 }
 
+stage_bigmodel() {
+  # the guide's tour (docs/guides/big-models.md) on a 7B model: the paper's space (W, X, G) with the model spread by
+  # --device-map over the GPUs there are (one is enough for a 7B in fp16) and the gradient statistics kept as
+  # fp16; then select on validation, prune with the pick (2:4), save, and evaluate the saved model
+  local out="$RES/bigmodel" run="$RES/bigmodel/search"
+  mkdir -p "$out"
+  local sargs=(--space prunerzero --model "$BIG_MODEL" --device-map auto --dtype fp16 --grad-storage fp16
+               --seqlen "$SEQLEN" --nsamples "$NSAMPLES" --out "$run")
+  [ -f "$run/checkpoint.json" ] && sargs=(--resume "$run")
+  $PY -m prunerzero.cli search "${sargs[@]}" --max-minutes "$BIG_SEARCH_MIN" --quiet || return 1
+  [ -f "$run/selection.json" ] || $PY -m prunerzero.cli select "$run" --seeds "$SEEDS" --device "$DEVICE" \
+    --dtype fp16 --seqlen "$SEQLEN" --batch-size "$BATCH" || return 1
+  [ -f "$out/prune.json" ] || $PY -m prunerzero.cli prune --model "$BIG_MODEL" --metric "$run" --pattern 2:4 \
+    --grad-storage fp16 --dtype fp16 --skip-dense --save "$out/pruned" --json "$out/prune.json" "${common[@]}" \
+    "${ew[@]}" || return 1
+  $PY -m prunerzero.cli eval --model "$out/pruned" --dtype fp16 --eval wikitext2,c4 --json "$out/eval.json" \
+    --device "$DEVICE" --seqlen "$SEQLEN" --batch-size "$BATCH" "${ew[@]}"
+}
+
 stage_moe() {
   # A real mixture of experts (OLMoE-1B-7B: 16 layers of 64 experts, 8 per token; bf16, as it was trained): pruning
   # inside every expert (routed calibration), then whole experts by frequency, REAP, a formula and a searched score,
@@ -146,9 +168,9 @@ print(min((x for x in r('$run') if not x.get('error')), key=f)['formula'])") || 
     --skip-dense "${stun[@]}" --json "$out/stun-wanda.json"
 }
 
-[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_results.sh STAGE... (warm baselines search select confirm bench structural moe)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: bash scripts/gpu_results.sh STAGE... (warm baselines search select confirm bench structural moe bigmodel)" >&2; exit 2; }
 for stage in "$@"; do
-  declare -F "stage_$stage" >/dev/null || { echo "unknown stage '$stage': use warm baselines search select confirm bench structural moe" >&2; exit 2; }
+  declare -F "stage_$stage" >/dev/null || { echo "unknown stage '$stage': use warm baselines search select confirm bench structural moe bigmodel" >&2; exit 2; }
 done
 for stage in "$@"; do
   echo "=== $stage ($(date -u +%H:%M:%S))"

@@ -80,6 +80,25 @@ def test_gradient_stats_of_a_half_model_run_in_fp32_and_leave_it_unchanged(tiny,
     assert not all(torch.equal(stats.tensors[k]["G2"], kept.tensors[k]["G2"]) for k in stats.tensors)
 
 
+def test_gradient_pass_keeps_fp32_by_moving_its_accumulators_to_cpu_memory():
+    """Llama-2-7B in fp16 on one GPU (6.738 B parameters, 6.476 B prunable): with 200 GB free the fp32 copy and the
+    G1/G2 accumulators stay on it; on an 80 GB card (65 GB free next to the fp16 weights) the accumulators (52 GB) go
+    to CPU memory and the gradients stay fp32; only when even the fp32 copy does not fit is fp32 given up."""
+    from prunerzero.calibration.gradients import gradient_plan, plan
+
+    p, q = 6_738_000_000, 6_476_000_000
+    assert plan(p, q, True, 200e9) == (True, False)
+    assert plan(p, q, True, 65e9) == (True, True)
+    assert plan(p, q, True, 10e9) == (False, True)
+    assert plan(p, q, True, 70e9, upcast=False) == (False, False)
+    assert plan(p, q, True, 20e9, elsewhere=True) == (True, False)   # accumulators placed by the caller
+    assert plan(p, q, False, 30e9) == (False, True)                  # an fp32 model: accumulators only
+    from conftest import make_tiny
+
+    assert gradient_plan(make_tiny(), None) == (False, None)         # CPU: where it is
+    assert gradient_plan(make_tiny().to(torch.bfloat16), None) == (True, None)
+
+
 def make_tiny_from(params: dict):
     """An fp32 tiny LLaMA holding the given parameters (upcast)."""
     from conftest import make_tiny
@@ -186,3 +205,54 @@ def test_stats_env_shapes(tiny, windows):
     assert env["W"].shape == env["G"].shape == env["G1"].shape == lin.weight.shape
     assert env["X"].shape == (1, lin.in_features)
     assert isinstance(stats, Stats) and stats.terms() == {"X", "G1", "G2"}
+
+
+def test_half_scaled_keeps_every_magnitude_to_fp16_precision():
+    from prunerzero.calibration.cache import half_scaled
+
+    g = torch.Generator().manual_seed(0)
+    for top in (1e-9, 1.0, 7e4, 3e9):   # below, inside and above fp16's range: the scale moves the values into it
+        t = torch.rand(4096, generator=g) * top
+        half, scale = half_scaled(t)
+        assert half.dtype == torch.float16 and math.log2(float(scale)).is_integer()
+        assert 2 ** 15 <= float(half.float().max()) <= 65504
+        back = half.float() * scale
+        big = t > t.max() * 2 ** -25     # fp16 normals below the top binade: 11 significant bits
+        assert ((back - t).abs() / t)[big].max() <= 2 ** -11
+        assert torch.isfinite(back).all() and torch.equal(back, half_scaled(t)[0].float() * scale)
+    zeros, scale = half_scaled(torch.zeros(3))
+    assert not zeros.any() and float(scale) == 1.0
+
+
+def test_fp16_gradient_storage_halves_the_file_and_reorders_only_near_ties(tmp_path, tiny, windows):
+    """fp16 storage (one power-of-two scale per tensor): fp32 values back to 2^-11, half the file, its own cache key,
+    and a G formula's mask differs from fp32's only where a weight's fp32 score is within 2^-10 of the threshold."""
+    from prunerzero.calibration.cache import SCALE
+    from prunerzero.metric.expr import evaluate
+    from prunerzero.prune.masks import mask_from_scores
+
+    full = gradient_stats(tiny, windows[:3], progress=False)
+    half = gradient_stats(tiny, windows[:3], progress=False, storage="fp16")
+    full.save(tmp_path / "full.safetensors")
+    half.save(tmp_path / "half.safetensors")
+    ratio = (tmp_path / "half.safetensors").stat().st_size / (tmp_path / "full.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    back = Stats.load(tmp_path / "half.safetensors")
+    assert back.terms() == full.terms() == {"G1", "G2"} and back.meta["grad_storage"] == "fp16"
+    formula, pattern = parse("mul(abs(W), G)"), Pattern(0.5, "row")
+    flips = 0
+    for key, lin in all_prunable(tiny).items():
+        assert back.tensors[key]["G2"].dtype == torch.float16 and SCALE + "G2" in back.tensors[key]
+        a, b = full.value(key, "G2"), back.value(key, "G2")
+        assert ((a - b).abs() <= a * 2 ** -11 + a.max() * 2 ** -24).all()
+        sa = evaluate(formula, full.env(key, lin.weight))
+        sb = evaluate(formula, back.env(key, lin.weight))
+        ma, mb = mask_from_scores(sa, pattern), mask_from_scores(sb, pattern)
+        differ = ma != mb
+        flips += int(differ.sum())
+        # each row's threshold: its largest pruned fp32 score; a flipped weight's score is a near-tie of it
+        thr = torch.where(ma, sa, torch.full_like(sa, -1.0)).amax(1, keepdim=True).expand_as(sa)
+        assert ((sa[differ] - thr[differ]).abs() <= thr[differ] * 2 ** -10).all()
+    assert flips < 0.01 * sum(lin.weight.numel() for lin in all_prunable(tiny).values())
+    with pytest.raises(Exception, match="storage 'bf8' is unknown"):
+        gradient_stats(tiny, windows[:1], progress=False, storage="bf8")

@@ -17,6 +17,7 @@ from prunerzero.cli import main
     (["eval", "--model", "/tmp/missing-model.gguf"], "not found"),
     (["eval", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
     (["search", "--space", "search_spaces/tiny.yaml", "--max-minutes", "0"], "argument --max-minutes: must be a finite number > 0"),
+    (["prune", "--grad-storage", "fp8"], "argument --grad-storage: invalid choice: 'fp8'"),
 ])
 def test_bad_input_one_line(argv, msg, capsys, tmp_path):
     code = main(argv + ["--cache-dir", str(tmp_path), "--quiet"])
@@ -55,6 +56,32 @@ def test_prune_save_loads_with_plain_transformers(tiny_model_dir, tmp_path, caps
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["pruned"]["wikitext2"]["windows"] == 2 and res["sparsity"] == 0.5
     assert torch.isfinite(torch.tensor(res["pruned"]["wikitext2"]["ppl"]))
+
+
+def test_fp16_gradient_storage_from_prune_and_search(tiny_model_dir, tmp_path):
+    """--grad-storage fp16 caches G at half the size under its own key (the fp32 file stays valid), prunes with it,
+    and a search space carries it as fitness.grad_storage."""
+    import json
+
+    from prunerzero.calibration import Stats
+    from prunerzero.search.space import load_space
+
+    cache = tmp_path / "cache"
+    base = ["prune", "--model", str(tiny_model_dir), "--metric", "pruner-zero", "--one-shot", "--nsamples", "2",
+            "--seqlen", "64", "--eval-windows", "2", "--quiet", "--skip-dense", "--cache-dir", str(cache)]
+    assert main(base + ["--json", str(tmp_path / "a.json")]) == 0
+    assert main(base + ["--grad-storage", "fp16", "--json", str(tmp_path / "b.json")]) == 0
+    files = {f: Stats.load(f).meta.get("grad_storage", "fp32") for f in (cache / "stats").glob("*.safetensors")}
+    half = [f for f, s in files.items() if s == "fp16"]
+    full = [f for f, s in files.items() if s == "fp32" and "G2" in Stats.load(f).terms()]
+    assert len(half) == len(full) == 1
+    assert 0.45 < half[0].stat().st_size / full[0].stat().st_size < 0.55
+    a, b = (json.loads((tmp_path / n).read_text())["pruned"]["wikitext2"]["ppl"] for n in ("a.json", "b.json"))
+    assert abs(a / b - 1) < 0.05
+    space = load_space("tiny").with_overrides(fitness={"grad_storage": "fp16"})
+    assert space.raw["fitness"]["grad_storage"] == "fp16"
+    with pytest.raises(Exception, match="fitness.grad_storage 'fp8' is unknown"):
+        load_space("tiny").with_overrides(fitness={"grad_storage": "fp8"})
 
 
 def test_readme_commands_parse():

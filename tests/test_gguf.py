@@ -66,11 +66,14 @@ def test_per_layer_metadata(per_layer):
     assert res["arch"] == "deci" and meta["general.architecture"] == "deci"
     assert meta["deci.attention.head_count"] == [2, 4, 2]
     assert meta["deci.attention.head_count_kv"] == [1, 2, 1]
-    assert meta["deci.feed_forward_length"] == [87, 91, 96]
+    assert meta["deci.feed_forward_length"] == [96, 96, 96]   # padded to multiples of 32 (llama.cpp's kernels)
     assert meta["deci.attention.key_length"] == 16 and meta["deci.block_count"] == 3
     assert json.loads(meta[MARK])[0] == {"num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 87}
     assert tensors["blk.0.attn_q.weight"][2] == (32, 64) and tensors["blk.1.attn_k.weight"][2] == (32, 64)
-    assert tensors["blk.0.ffn_down.weight"][2] == (64, 87)
+    assert tensors["blk.0.ffn_down.weight"][2] == (64, 96)
+    down = tensors["blk.0.ffn_down.weight"][0].view(np.float32).reshape(64, 96)
+    gate = tensors["blk.0.ffn_gate.weight"][0].view(np.float32).reshape(96, 64)
+    assert not down[:, 87:].any() and not gate[87:].any() and down[:, :87].any()   # the added channels are zero
     assert "output.weight" not in tensors  # tied embeddings: llama.cpp reuses token_embd
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
     assert "{% for message in messages %}" in meta["tokenizer.chat_template"] or "im_start" in meta[
@@ -110,6 +113,16 @@ def test_q8_0_pads_ffn_and_stays_close(per_layer, tmp_path):
     assert (a - b).abs().max() < 0.02 * a.abs().max()
 
 
+def test_widths_as_found_on_request(per_layer, tmp_path):
+    model, tok, _, _ = per_layer
+    res = write_gguf(model, tok, tmp_path / "w.gguf", "f32", ffn_multiple=1)
+    meta, _ = read_gguf(tmp_path / "w.gguf")
+    assert meta["deci.feed_forward_length"] == [87, 91, 96] and res["padded_ffn_layers"] == 0
+    with pytest.raises(UserError, match="ffn_multiple 0"):
+        write_gguf(model, tok, tmp_path / "bad.gguf", "f32", ffn_multiple=0)
+    assert not (tmp_path / "bad.gguf").exists()
+
+
 @pytest.mark.parametrize("outtype,tol", [("f16", 2e-3), ("bf16", 2e-2)])
 def test_half_types_round_trip(per_layer, tmp_path, outtype, tol):
     model, tok, _, _ = per_layer
@@ -140,10 +153,14 @@ def test_zero_width_layers_are_explicit():
     """No heads: deci attention-free layer (the first layer: one all-zero head, llama.cpp sizes heads from it); no
     FFN channels but heads: one zero channel (deci would otherwise drop the layer's attention output); neither: a
     layer llama.cpp skips."""
-    assert _padded_ffn(LayerShape(2, 1, 0), "f32") == 1 and _padded_ffn(LayerShape(2, 1, 0), "q8_0") == 32
-    assert _padded_ffn(LayerShape(0, 0, 0), "f16") == 0 and _padded_ffn(LayerShape(0, 0, 50), "q8_0") == 64
-    assert written_shapes([LayerShape(0, 0, 0), LayerShape(0, 0, 0)], "f16") == [LayerShape(1, 1, 1),
-                                                                                LayerShape(0, 0, 0)]
+    assert _padded_ffn(LayerShape(2, 1, 0), 1) == 1 and _padded_ffn(LayerShape(2, 1, 0)) == 32
+    assert _padded_ffn(LayerShape(0, 0, 0)) == 0 and _padded_ffn(LayerShape(0, 0, 50)) == 64
+    assert written_shapes([LayerShape(0, 0, 0), LayerShape(0, 0, 0)], "f16", 1) == [LayerShape(1, 1, 1),
+                                                                                   LayerShape(0, 0, 0)]
+    # q8_0 pads to whole blocks whatever multiple is asked; other types to the multiple asked (1: as found)
+    assert written_shapes([LayerShape(2, 1, 87)], "q8_0", 1) == [LayerShape(2, 1, 96)]
+    assert written_shapes([LayerShape(2, 1, 87)], "q8_0", 64) == [LayerShape(2, 1, 128)]
+    assert written_shapes([LayerShape(2, 1, 87)], "f16", 8) == [LayerShape(2, 1, 88)]
     cfg = make_tiny().config
     assert choose_arch(cfg, [LayerShape(4, 2, 128)] * 2) == "llama"
     assert choose_arch(cfg, [LayerShape(0, 0, 128)] * 2) == "deci"   # uniform but attention-free
@@ -176,10 +193,10 @@ def test_zero_head_layer_written_attention_free_and_refused_on_read(tiny_model_d
     res = write_gguf(pruned, tok, tmp_path / "z.gguf", "f16")
     meta, tensors = read_gguf(tmp_path / "z.gguf")
     assert res["arch"] == "deci" and meta["deci.attention.head_count"] == [1, 0, 4]
-    assert meta["deci.feed_forward_length"] == [64, 64, 1]
+    assert meta["deci.feed_forward_length"] == [64, 64, 32]
     assert not tensors["blk.0.attn_output.weight"][0].view(np.float16).any()   # layer 0: one all-zero head
     assert "blk.1.attn_q.weight" not in tensors and "blk.1.attn_norm.weight" not in tensors
-    assert tensors["blk.2.ffn_down.weight"][2] == (64, 1)
+    assert tensors["blk.2.ffn_down.weight"][2] == (64, 32)
     assert not tensors["blk.2.ffn_down.weight"][0].view(np.float16).any()   # the added channel is all zero
     with pytest.raises(UserError, match="layer 0 has no attention heads"):
         read_model(tmp_path / "z.gguf")

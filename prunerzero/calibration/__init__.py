@@ -24,7 +24,7 @@ from ..metric.ops import needs_of
 from .activations import InputStats, activation_stats
 from .blocks import BlockRunner, ForwardCheck, forward_check
 from .cache import Stats, cached_stats, check_stats, stats_key
-from .gradients import GRAD_SCALE, gradient_dtype, gradient_stats, gradient_upcast
+from .gradients import GRAD_SCALE, GRAD_STORAGES, gradient_dtype, gradient_stats, gradient_upcast
 
 __all__ = ["BlockRunner", "ForwardCheck", "forward_check", "InputStats", "Stats", "activation_stats", "gradient_stats", "stats_key",
-           "cached_stats", "check_stats", "needs_of", "GRAD_SCALE", "gradient_upcast", "gradient_dtype"]
+           "cached_stats", "check_stats", "needs_of", "GRAD_SCALE", "GRAD_STORAGES", "gradient_upcast", "gradient_dtype"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -14,8 +15,25 @@ from ..fsutil import atomic_path
 from ..metric.ops import TERMINAL_ALIASES
 
 
+SCALE = "_scale:"   # reserved term ``_scale:T``: T is stored as fp16 times this power of two (``half_scaled``)
+
+
+def half_scaled(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (non-negative fp32) as fp16 and a power-of-two scale: ``half.float() * scale`` is every value to fp16's
+    11 significant bits (relative error <= 2^-11), its largest at 2^15 whatever the magnitude (no overflow), and the
+    dequantisation is exact in fp32 (a power of two), so the same file always gives the same values. Values below
+    2^-39 of the largest become 0."""
+    top = float(t.abs().max()) if t.numel() else 0.0
+    exp = math.frexp(top)[1] - 16 if top > 0 else 0   # top / 2^exp in [2^15, 2^16): fp16's top binade is [2^15, 65504]
+    scale = torch.tensor(2.0 ** exp, dtype=torch.float32)
+    half = (t.float() / scale).clamp_max(65504.0).to(torch.float16)
+    return half, scale
+
+
 class Stats:
-    """Per-layer statistics: ``stats[key][term]`` with key ``layers.{i}.{module}`` and term X, G1 or G2."""
+    """Per-layer statistics: ``stats[key][term]`` with key ``layers.{i}.{module}`` and term X, G1 or G2; a term may be
+    stored as fp16 with a power-of-two scale (``half_scaled``, reserved term ``_scale:T``): ``value`` and ``env``
+    give its fp32 values."""
 
     def __init__(self, tensors: dict[str, dict[str, torch.Tensor]] | None = None, meta: dict | None = None):
         self.tensors = tensors or {}
@@ -37,14 +55,22 @@ class Stats:
         """One layer's Hessian 2/n X X^T (``activation_stats(keep_hessian=True)``), or None without it."""
         return self.tensors.get(key, {}).get("_H")
 
+    def value(self, key: str, term: str, device=None) -> torch.Tensor:
+        """One layer's statistic ``term`` in fp32 (on ``device``; default: where it is held), its scale applied."""
+        d = self.tensors[key]
+        t = d[term].to(device or d[term].device, torch.float32)
+        if SCALE + term in d:
+            t = t * d[SCALE + term].to(t.device)
+        return t
+
     def env(self, key: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """The terminal values a formula sees for one layer, in fp32 on the weight's device."""
         w = weight.detach().float()
         env = {"W": w}
-        for term, t in self.tensors.get(key, {}).items():
+        for term in self.tensors.get(key, {}):
             if term.startswith("_"):
                 continue
-            t = t.to(w.device, torch.float32)
+            t = self.value(key, term, w.device)
             if term == "X":
                 env["X"] = t.view(1, -1)
             else:

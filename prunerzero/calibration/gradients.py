@@ -7,30 +7,33 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models import all_prunable
-from .cache import Stats
+from ..protocol import GRAD_STORAGES
+from .cache import SCALE, Stats, half_scaled
 
 GRAD_SCALE = 100.0
 
 
 def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_SCALE,
                    stats_device: str | torch.device | None = None, progress: bool = True,
-                   upcast: bool | None = None) -> Stats:
+                   upcast: bool | None = None, storage: str = "fp32") -> Stats:
     """G1 and G2 for every prunable layer (one forward/backward per calibration sequence, streamed).
 
     fp16 gradients of a single weight are often below fp16's normal range (they underflow to subnormals or 0), so
     a half-precision model on one device is cast to fp32 for the backward passes and cast back afterwards (exact:
     every fp16/bf16 value is an fp32 value), when the fp32 copy fits the GPU's free memory. ``upcast=False`` keeps
     the model's dtype (models spread with ``device_map`` are never cast: they are the ones that do not fit twice).
+    ``storage``: how the accumulated statistics are kept (``GRAD_STORAGES``; the accumulation is fp32 either way).
     """
+    check_storage(storage)
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    if upcast is None:
-        upcast = gradient_upcast(model, stats_device)
+    upcast, stats_device = gradient_plan(model, stats_device, upcast)
     if half and upcast:
         tensors = [(mod, kind, name, t.dtype) for mod in model.modules()
                    for kind in ("_parameters", "_buffers") for name, t in getattr(mod, kind).items() if t is not None]
+        stats_device = stats_device or next(model.parameters()).device   # decided: the cast model keeps it
         model.float()
         try:
-            return gradient_stats(model, windows, scale, stats_device, progress, upcast=False)
+            return gradient_stats(model, windows, scale, stats_device, progress, upcast=False, storage=storage)
         finally:  # back to each tensor's own dtype (rotary inv_freq buffers stay fp32 in an fp16 model)
             for mod, kind, name, dtype in tensors:
                 t = getattr(mod, kind)[name]
@@ -97,15 +100,30 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
             p.requires_grad_(saved_flags[n])
             p.grad = None
         model.train(was_training)
-    out = {k: {"G1": g1[k].cpu(), "G2": g2[k].sqrt_().cpu()} for k in linears}
-    return Stats(out, {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "grad_scale": scale})
+    out = {k: store({"G1": g1.pop(k).cpu(), "G2": g2.pop(k).sqrt_().cpu()}, storage) for k in linears}
+    meta = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "grad_scale": scale}
+    return Stats(out, meta if storage == "fp32" else {**meta, "grad_storage": storage})
+
+
+def check_storage(storage: str) -> None:
+    if storage not in GRAD_STORAGES:
+        raise UserError(f"gradient statistics storage '{storage}' is unknown: use {' or '.join(GRAD_STORAGES)}")
+
+
+def store(terms: dict[str, torch.Tensor], storage: str) -> dict[str, torch.Tensor]:
+    """One layer's fp32 gradient statistics kept as ``storage`` says (fp16: with each tensor's scale)."""
+    if storage == "fp32":
+        return terms
+    out = {}
+    for term, t in terms.items():
+        out[term], out[SCALE + term] = half_scaled(t)
+    return out
 
 
 def gradient_upcast(model: nn.Module, stats_device=None) -> bool:
     """Whether ``gradient_stats(upcast=None)`` would compute this model's gradients in fp32 instead of its own
     half precision (decide once and pass ``upcast=`` to make the cache key and the computation agree)."""
-    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    return bool(half and not getattr(model, "hf_device_map", None) and _fp32_fits(model, stats_device))
+    return gradient_plan(model, stats_device, say=False)[0]
 
 
 def gradient_dtype(model: nn.Module, upcast: bool) -> torch.dtype:
@@ -114,17 +132,44 @@ def gradient_dtype(model: nn.Module, upcast: bool) -> torch.dtype:
     return torch.float32 if upcast and dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _fp32_fits(model: nn.Module, stats_device) -> bool:
-    """Whether casting a half-precision model on one GPU to fp32 (plus the G1/G2 accumulators) fits its memory."""
+def gradient_plan(model: nn.Module, stats_device=None, upcast: bool | None = None, say: bool = True):
+    """(upcast, accumulator device) of the gradient pass: fp32 gradients for a half model whenever its fp32 copy
+    fits the GPU, with the G1/G2 accumulators next to it when they fit too and in CPU memory otherwise (the same
+    fp32 values, one gradient copied out per weight and window), before giving up fp32 (``plan``). A model spread
+    with ``device_map`` is never cast (it is the one that does not fit twice); a model on the CPU is cast and
+    accumulates where it is. ``upcast`` given: only the accumulators' place is decided."""
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     dev = next(model.parameters()).device
+    if getattr(model, "hf_device_map", None):
+        return False if upcast is None else upcast, stats_device
     if dev.type != "cuda":
-        return True
+        return (half if upcast is None else upcast), stats_device
     params = sum(p.numel() for p in model.parameters())
     prunable = sum(lin.weight.numel() for lin in all_prunable(model).values())
-    need = 2 * params + (0 if stats_device else 8 * prunable)  # fp16 -> fp32 adds 2 bytes; two fp32 accumulators
     free, _ = torch.cuda.mem_get_info(dev)
-    if need * 1.2 < free:
-        return True
-    tqdm.write(f"gradient statistics in {next(model.parameters()).dtype} (an fp32 copy needs {need / 2**30:.1f} GiB, "
-               f"{free / 2**30:.1f} GiB free)")
-    return False
+    up, on_cpu = plan(params, prunable, half, free, stats_device is not None, upcast)
+    if half and not up and say:
+        tqdm.write(f"gradient statistics in {next(model.parameters()).dtype} (an fp32 copy needs "
+                   f"{2 * params / 2**30:.1f} GiB more, {free / 2**30:.1f} GiB free)")
+    if on_cpu and stats_device is None:
+        if say:
+            tqdm.write(f"gradient statistics accumulated in CPU memory ({8 * prunable / 2**30:.1f} GiB; "
+                       f"{free / 2**30:.1f} GiB free on {dev})")
+        stats_device = "cpu"
+    return up, stats_device
+
+
+def plan(params: int, prunable: int, half: bool, free: int, elsewhere: bool = False,
+         upcast: bool | None = None) -> tuple[bool, bool]:
+    """(upcast, accumulators in CPU memory) for a model on one GPU with ``free`` bytes: the first of fp32 with the
+    accumulators on the GPU, fp32 with them in CPU memory, the model's dtype with them on the GPU, and the model's
+    dtype with them in CPU memory whose memory (x 1.2 headroom) fits. ``elsewhere``: the accumulators already have
+    a device of their own; ``upcast`` given: that choice is kept."""
+    extra = 2 * params if half else 0          # fp16 -> fp32 adds 2 bytes a parameter
+    acc = 0 if elsewhere else 8 * prunable     # G1 and G2, fp32
+    ups = [True, False] if upcast is None else [upcast]
+    for up in ups:
+        for cpu in (False, True):
+            if ((extra if up else 0) + (0 if cpu else acc)) * 1.2 < free:
+                return up and half, cpu and not elsewhere
+    return False if upcast is None else upcast and half, not elsewhere

@@ -28,6 +28,7 @@ class CalibConfig:
     cache: str | None = None
     routing: str = "routed"            # MoE experts: calibrated on their routed tokens, or on every token ("all")
     min_tokens: int = MIN_TOKENS       # MoE experts with fewer routed tokens take the all-token fallback
+    grad_storage: str = "fp32"         # gradient statistics kept as fp32, or fp16 scaled (GRAD_STORAGES)
 
 
 def calibration_windows(lm: LoadedModel, cfg: CalibConfig, seqlen: int | None = None) -> torch.Tensor:
@@ -45,7 +46,7 @@ def windows_sha1(windows: torch.Tensor) -> str:
 
 def _key(lm: LoadedModel, cfg: CalibConfig, kind: str, seqlen: int, windows_digest: str,
          grad_dtype: torch.dtype | None = None) -> str:
-    if kind != "G" and (cfg.routing, cfg.min_tokens) != ("routed", MIN_TOKENS):  # MoE routed calibration
+    if not kind.startswith("G") and (cfg.routing, cfg.min_tokens) != ("routed", MIN_TOKENS):  # MoE routed calibration
         kind = f"{kind}:{cfg.routing}:{cfg.min_tokens}"  # (dense models' keys are unchanged by the defaults)
     return stats_key(model_fingerprint(lm.model), data.data_fingerprint(cfg.data_dir), cfg.nsamples, seqlen,
                      cfg.seed, f"{kind}:{lm.model.dtype}", windows_digest, str(grad_dtype or ""))
@@ -91,8 +92,9 @@ def one_shot_stats(lm: LoadedModel, cfg: CalibConfig, need_x: bool = True, need_
     if need_g:
         upcast = gradient_upcast(lm.model)  # decided once, so that the key names the precision really used
         gdt = gradient_dtype(lm.model, upcast)
-        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, "G", seqlen, digest, gdt),
+        kind = "G" if cfg.grad_storage == "fp32" else f"G:{cfg.grad_storage}"  # (fp32 files keep their keys)
+        stats = stats.merged(cached_stats(cache_dir(cfg.cache), _key(lm, cfg, kind, seqlen, digest, gdt),
                                           lambda: provenance(gradient_stats(lm.model, windows, progress=progress,
-                                                                            upcast=upcast),
+                                                                            upcast=upcast, storage=cfg.grad_storage),
                                                              grad_dtype=str(gdt))))
     return stats

@@ -20,8 +20,8 @@ def cmd_export(args) -> None:
               f"{res['bytes'] / 1e6:.1f} MB; tokenizer pre '{res['tokenizer']['pre']}', "
               f"chat template {'included' if res['tokenizer']['chat_template'] else 'none'}")
         if res["padded_ffn_layers"]:
-            print(f"{res['padded_ffn_layers']} layers' FFN widths padded with all-zero channels (q8_0 blocks of 32, "
-                  "or llama.cpp's FFN-free layers): the same function")
+            print(f"{res['padded_ffn_layers']} layers' FFN widths padded with all-zero channels to a multiple "
+                  "of 32 (llama.cpp's fast kernels and q8_0 blocks need it): the same function")
         if res["f16_fallback"]:
             print(f"{len(res['f16_fallback'])} tensors kept f16 (rows not a multiple of 32): "
                   f"{', '.join(res['f16_fallback'][:4])}{' ...' if len(res['f16_fallback']) > 4 else ''}")

@@ -6,6 +6,7 @@ import time
 
 from ..errors import UserError
 from ..models import save_model
+from ..protocol import GRAD_STORAGES
 from ..specs import ALLOCATIONS, GROUPS, UPDATES, ProcedureError, PruneSpec, probe_folder
 from ._common import (FRACTION, P, at_least, check_model_args, command, common_model_args, evaluate, load, ppl_line,
                       provenance, shell_command, write_json, number)
@@ -54,7 +55,7 @@ def cmd_prune(args) -> None:
         print(f"metric  {spec.metric} (the selection of {spec.metric_source})", flush=True)
     lm = load(args)
     cfg = CalibConfig(args.nsamples, args.seed, args.batch_size, args.data_dir, args.cache_dir,
-                      routing=args.expert_routing, min_tokens=args.expert_min_tokens or CalibConfig.min_tokens)
+                      grad_storage=args.grad_storage, routing=args.expert_routing, min_tokens=args.expert_min_tokens or CalibConfig.min_tokens)
     pattern = spec.pattern
     payload = {"command": shell_command(), "provenance": provenance(lm), "model": args.model, "metric": spec.metric,
                **({"metric_source": spec.metric_source} if spec.metric_source else {}),
@@ -130,6 +131,10 @@ def add_parser(sub) -> None:
                           "the diagonal (default: 0.01, SparseGPT's)")
     how.add_argument("--nsamples", type=at_least(1), default=P.nsamples, help="calibration windows from C4 train")
     how.add_argument("--seed", type=at_least(0), default=P.seed, help="seed of the calibration sampler")
+    how.add_argument("--grad-storage", default="fp32", choices=GRAD_STORAGES,
+                     help="how gradient statistics (G, G1) are cached and held: fp32, or fp16 with a power-of-two "
+                          "scale per tensor (half the disk and memory; only near-ties rank differently: "
+                          "results/grad-storage-cpu.md)")
     how.add_argument("--expert-routing", default="routed", choices=["routed", "all"],
                      help="mixtures of experts: calibrate each expert on the tokens its router sends it (routed) "
                           "or on every token (all)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import checks
 from ..errors import UserError
+from ..protocol import GRAD_STORAGES
 from ..specs import probe_folder
 from ._common import at_least, command, groups, number, shell_command
 
@@ -18,7 +19,8 @@ DEFAULT_SPACE = "prunerzero"   # the paper's space, packaged (prunerzero/spaces/
 # search options that change what a run computes: on --resume they must match the recorded run
 _GP_OPTIONS = {"population": "population", "seed": "seed"}
 _FITNESS_OPTIONS = {"model": "model", "eval_windows": "eval_windows", "nsamples": "nsamples", "seqlen": "seqlen",
-                    "device": "device", "dtype": "dtype", "batch_size": "batch_size", "bos": "bos"}
+                    "device": "device", "dtype": "dtype", "batch_size": "batch_size", "bos": "bos",
+                    "grad_storage": "grad_storage"}
 
 
 def _resume_space(args):
@@ -197,6 +199,9 @@ def add_parser(sub) -> None:
                    help="calibration windows for X and G (default: the space's fitness.nsamples)")
     m.add_argument("--batch-size", type=at_least(1), default=None,
                    help="windows per forward pass (default: the space's fitness.batch_size)")
+    m.add_argument("--grad-storage", default=None, choices=GRAD_STORAGES,
+                   help="gradient statistics cached and held as fp32, or fp16 with a power-of-two scale per tensor "
+                        "(half the disk and accelerator memory) (default: the space's fitness.grad_storage, fp32)")
     m.add_argument("--data-dir", default=None,
                    help="folder holding wikitext-2-raw/ and c4/ (default: $PRUNERZERO_DATA, else the hub)")
     m.add_argument("--cache-dir", default=None,

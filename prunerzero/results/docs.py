@@ -139,7 +139,9 @@ def _description(result: Result) -> str:
                 lines = [line for line in block["text"].splitlines() if line.strip() and not line.startswith("#")]
                 heads = [line.lstrip("# ") for line in block["text"].splitlines() if line.startswith("#")]
                 return lines[0] if lines else heads[0] if heads else ""
-        return ""
+        page = result.folder.with_name(result.folder.name + ".md")   # a page its benchmark renders: its title
+        titles = [line[2:] for line in page.read_text().splitlines() if line.startswith("# ")] if page.is_file() else []
+        return titles[0] if titles else ""
     return json.loads((result.folder / "config.json").read_text()).get("space", {}).get("description", "")
 
 

@@ -312,6 +312,18 @@ def write_table(grid: Grid, out: str | Path) -> Path:
 
 
 
+def distinct(rows: list[dict], field: str) -> list[str]:
+    """Each distinct ``provenance[field]`` (``command``, ``device``, ...) of the rows, in first-seen order: what a
+    measurement page names under its title."""
+    return list(dict.fromkeys(r["provenance"][field] for r in rows if r.get("provenance")))
+
+
+def commands_line(rows: list[dict]) -> str:
+    """``Command(s): `a`; `b``` of the rows' provenance."""
+    commands = distinct(rows, "command")
+    return "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands)
+
+
 def write_measurements(out: str | Path, render) -> Path:
     """``out.md`` = ``render(rows, meta)`` of ``out/rows.jsonl`` and ``out/meta.json``, written atomically."""
     out = Path(out)
@@ -377,9 +389,8 @@ def render_document(rows: list[dict], meta: dict) -> str:
             lines += [block["text"].rstrip("\n"), ""]
         elif "commands" in block:
             found = [r for r in rows if _matches(r, block["commands"])]
-            commands = list(dict.fromkeys(r["provenance"]["command"] for r in found))
-            devices = list(dict.fromkeys(r["provenance"]["device"] for r in found))
-            lines += ["```", *commands, "```", "", f"Device: {', '.join(devices)}.", ""]
+            lines += ["```", *distinct(found, "command"), "```", "", f"Device: {', '.join(distinct(found, 'device'))}.",
+                      ""]
         elif "table" in block:
             spec = block["table"]
             cols = spec["columns"]

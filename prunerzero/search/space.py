@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..metric.expr import parse
 from ..metric.known import KNOWN_METRICS
 from ..metric.ops import ANY_TERMINALS, EXPERT_TERMINALS, OPS, TERMINALS, canonical_op
-from ..protocol import Protocol
+from ..protocol import GRAD_STORAGES, Protocol
 
 _P = Protocol()
 
@@ -41,7 +41,7 @@ DEFAULTS = {
     "fitness": {"model": _P.model, "sparsity": 0.5, "pattern": "unstructured", "group": "row",
                 "eval_dataset": "wikitext2", "eval_split": "validation", "eval_windows": 8, "seqlen": _P.seqlen,
                 "nsamples": _P.nsamples, "calib_seed": _P.seed, "batch_size": _P.batch_size, "dtype": _P.dtype,
-                "device": _P.device, "bos": _P.bos, "penalty": 100000.0,
+                "device": _P.device, "bos": _P.bos, "penalty": 100000.0, "grad_storage": "fp32",
                 # multi-setting, multi-model, multi-fidelity fitness (see ``settings_of`` and search/engine.py)
                 "settings": None, "models": None, "reference": "wanda", "combine": "mean", "fidelity": None,
                 # what fitness prunes: weights (formulas over W, X, G, ...) or, for a mixture of experts, whole
@@ -358,6 +358,8 @@ def _check_fitness(fit: dict, given: dict) -> None:
     checks.optional_integer(fit["eval_windows"], "fitness.eval_windows", 1)
     checks.integer(fit["seqlen"], "fitness.seqlen", 2)
     checks.integer(fit["nsamples"], "fitness.nsamples", 1)
+    if fit["grad_storage"] not in GRAD_STORAGES:
+        raise UserError(f"fitness.grad_storage '{fit['grad_storage']}' is unknown: use {' or '.join(GRAD_STORAGES)}")
     _check_seeds(fit)
     if fit["combine"] == "margin" and (not isinstance(fit["calib_seed"], list) or fit["reference"] is None):
         raise UserError("fitness.combine margin compares spreads over calibration seeds with a reference: give "

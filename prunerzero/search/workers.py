@@ -70,7 +70,8 @@ def _stats_for(lm, fitness: dict, terminals: list[str], data_dir, cache, progres
     """One model's one-shot statistics for the space with one calibration seed: X/G as the terminals need, Hd
     when a terminal, the OBS factor when a setting reconstructs by OBS, the layer Hessians when one solves (lsq)
     or runs ADMM (all cached on disk)."""
-    calib = CalibConfig(fitness["nsamples"], seed, fitness["batch_size"], data_dir, cache)
+    calib = CalibConfig(fitness["nsamples"], seed, fitness["batch_size"], data_dir, cache,
+                        grad_storage=fitness.get("grad_storage", "fp32"))
     need_x, need_g = needs_of(set(terminals))
     updates = set(fitness_updates(fitness))
     return one_shot_stats(lm, calib, need_x=need_x, need_g=need_g, progress=progress,
