@@ -39,6 +39,11 @@ import torch
 from prunerzero import results as pzr
 
 GOALS = {"decode": 1.25, "prefill": 1.3, "ppl_f16": 0.005, "ppl_q8": 0.02}
+# the agreement goals are checked on the models whose next-token distributions mean something, and on all: one-shot
+# structural pruning leaves perplexities in the thousands, nearly flat distributions that small numeric differences
+# (f16 rounding, llama.cpp's 8-bit activations in q8_0 products) move by percents
+GROUPS = (("dense and the policy-gradient / Wanda models", lambda r: not (r.get("how") or "").startswith("one-shot")),
+          ("all models, one-shot structural ones included", lambda r: True))
 
 
 def llama(path, n_ctx: int, threads: int, logits_all: bool = False, flash_attn: bool = False):
@@ -236,7 +241,9 @@ def render(rows: list[dict], meta: dict) -> str:
         lines[-1] += (f" Perplexity: the first {r0['windows']} windows of {r0['seqlen']} tokens of WikiText-2 test "
                       "(prunerzero's windows, the same token ids fed to llama.cpp). `pz file`: prunerzero's perplexity "
                       "of the weights read back from the same GGUF (dense rows); `pz model`: of the exported fp32 "
-                      "model. Ratios are against dense of the same output type, measured in the same run.")
+                      "model. Ratios are against dense of the same output type, measured in the same run, one file "
+                      "after another: the machine's speed drifts between rows, so the speed goals are checked on the "
+                      "files taken in turns (below).")
     made = {}
     for r in rows:
         if r.get("how"):
@@ -305,8 +312,7 @@ def goal_lines(rows: list[dict], dense: dict, turns: list[dict] = ()) -> list[st
                        f"files in turns: decode {dec:.2f}x (goal >= {GOALS['decode']}x: "
                        f"{'met' if dec >= GOALS['decode'] else 'not met'}), prefill {pre:.2f}x (goal >= "
                        f"{GOALS['prefill']}x: {'met' if pre >= GOALS['prefill'] else 'not met'}).")
-    for label, keep in (("models below perplexity 100", lambda r: r["ppl_prunerzero_model"] < 100),
-                        ("all models", lambda r: True)):
+    for label, keep in GROUPS:
         exact = [r for r in rows if r["outtype"] in ("f32", "f16") and keep(r)]
         if exact:
             worst = max(exact, key=lambda r: abs(r["ppl_llamacpp"] / r["ppl_prunerzero_model"] - 1))
@@ -315,8 +321,7 @@ def goal_lines(rows: list[dict], dense: dict, turns: list[dict] = ()) -> list[st
                        f"({worst['model']}, {worst['outtype']}; goal within {GOALS['ppl_f16']:.1%}: "
                        f"{'met' if gap <= GOALS['ppl_f16'] else 'not met'}).")
     f16 = {r["model"]: r for r in rows if r["outtype"] == "f16"}
-    for label, keep in (("models below perplexity 100", lambda r: r["ppl_prunerzero_model"] < 100),
-                        ("all models", lambda r: True)):
+    for label, keep in GROUPS:
         q8 = [(r, f16[r["model"]]) for r in rows if r["outtype"] == "q8_0" and r["model"] in f16 and keep(r)]
         if q8:
             worst, ref = max(q8, key=lambda p: abs(p[0]["ppl_llamacpp"] / p[1]["ppl_llamacpp"] - 1))
@@ -340,7 +345,8 @@ def main():
     ap.add_argument("--ffn-multiple", type=int, default=32,
                     help="FFN widths padded with zero channels to a multiple of this in the GGUF (1: as found)")
     ap.add_argument("--compare-unaligned", action="store_true",
-                    help="with --interleave: also time each structural variant with its FFN widths as found")
+                    help="with --interleave: also time each structural variant with its FFN widths as found (types "
+                         "other than q8_0, which always pads to whole blocks)")
     ap.add_argument("--flash-attn", action="store_true", help="llama.cpp's flash attention on")
     ap.add_argument("--calib", type=int, default=8, help="C4 calibration windows of 512 tokens (one-shot variants)")
     ap.add_argument("--windows", type=int, default=4, help="WikiText-2 test windows for perplexity")
@@ -350,7 +356,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads (prefill and decode)")
-    ap.add_argument("--note", default="", help="a paragraph written under the table")
+    ap.add_argument("--note", action="append", default=[], help="a paragraph written under the table (repeatable)")
     ap.add_argument("--interleave", action="store_true",
                     help="time the --variants' files in turns (no perplexity) instead of one after another")
     pzr.measurement_args(ap, "results/llamacpp-cpu")
@@ -369,8 +375,9 @@ def main():
     out = Path(args.out)
     meta = pzr.read_meta(out)
     meta.update(renderer="llamacpp", model=args.model)
-    if args.note and args.note not in meta.setdefault("notes", []):
-        meta["notes"].append(args.note)
+    for note in args.note:
+        if note not in meta.setdefault("notes", []):
+            meta["notes"].append(note)
     pzr.write_meta(out, meta)
     done = {r["id"] for r in pzr.read_rows(out / "rows.jsonl")}
     outtypes = args.outtypes.split(",")
@@ -384,9 +391,9 @@ def main():
             paths, facts = {}, {}
             for name, make in variants(names, sparsities, args.calib, saved, args.model):
                 lm, info = make()
-                multiples = [args.ffn_multiple] + ([1] if args.compare_unaligned and info.get("removed") else [])
-                for outtype in outtypes:
-                    for mult in multiples:
+                for outtype in outtypes:   # q8_0 pads to whole blocks of 32 whatever is asked: no unaligned file
+                    unaligned = args.compare_unaligned and info.get("removed") and outtype != "q8_0"
+                    for mult in [args.ffn_multiple] + ([1] if unaligned else []):
                         key = f"{name}|{outtype}|{mult}"
                         paths[key] = Path(tmp) / f"{len(paths)}-{outtype}.gguf"
                         res = write_gguf(lm.model, lm.tokenizer, paths[key], outtype, name=f"{args.model} {name}",
