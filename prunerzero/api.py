@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .errors import UserError
-from .protocol import GRAD_STORAGES, Protocol
+from .protocol import Protocol
 
 if TYPE_CHECKING:  # imported lazily below: ``import prunerzero`` stays fast
     import pandas as pd
@@ -80,8 +80,7 @@ def _calib(nsamples: int, seed: int, batch_size: int, data_dir: PathLike | None,
     checks.integer(nsamples, "nsamples", 1)
     checks.integer(seed, "seed", 0)
     checks.integer(batch_size, "batch_size", 1)
-    if grad_storage not in GRAD_STORAGES:
-        raise UserError(f"grad_storage '{grad_storage}' is unknown: use {' or '.join(GRAD_STORAGES)}")
+    checks.grad_storage(grad_storage, "grad_storage")
     return CalibConfig(nsamples, seed, batch_size, None if data_dir is None else str(data_dir),
                        None if cache_dir is None else str(cache_dir), grad_storage=grad_storage)
 

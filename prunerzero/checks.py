@@ -17,6 +17,10 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 # families that break down without BOS at the start of a sequence (Gemma; ``models.FAMILIES``).
 BOS_MODES = ("stream", "window")
 BOS_DEFAULT = "stream"   # the published protocol's
+# how G1/G2 are kept (file and memory) once accumulated in fp32: fp32, or fp16 with a power-of-two scale per tensor
+# (half the disk and memory; values to 2^-11 relative, so only near-ties rank differently:
+# results/grad-storage-cpu.md measures it)
+GRAD_STORAGES = ("fp32", "fp16")
 
 
 def integer(value, what: str, minimum: int | None = None) -> int:
@@ -68,6 +72,12 @@ def dtype(value, what: str = "--dtype") -> str:
 def bos(value, what: str = "--bos") -> str:
     if value not in BOS_MODES:
         raise UserError(f"{what} '{value}': use stream (Wanda's windows) or window (BOS opens every window)")
+    return value
+
+
+def grad_storage(value, what: str = "--grad-storage") -> str:
+    if value not in GRAD_STORAGES:
+        raise UserError(f"{what} '{value}' is unknown: use {' or '.join(GRAD_STORAGES)}")
     return value
 
 

@@ -15,10 +15,6 @@ from .errors import UserError
 EVAL_SPLITS = ("test", "validation")
 
 GRAD_PRECISIONS = ("fp32", "model")   # fp32: half models are upcast for the backward passes; model: their dtype
-# how G1/G2 are kept (file and memory) once accumulated in fp32: fp32, or fp16 with a power-of-two scale per tensor
-# (half the disk and memory; values to 2^-11 relative, so only near-ties rank differently:
-# results/grad-storage-cpu.md measures it)
-GRAD_STORAGES = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)

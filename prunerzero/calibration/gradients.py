@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..models import all_prunable
-from ..protocol import GRAD_STORAGES
+from ..checks import GRAD_STORAGES, grad_storage
 from .cache import SCALE, Stats, half_scaled
 
 GRAD_SCALE = 100.0
@@ -24,7 +24,7 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
     the model's dtype (models spread with ``device_map`` are never cast: they are the ones that do not fit twice).
     ``storage``: how the accumulated statistics are kept (``GRAD_STORAGES``; the accumulation is fp32 either way).
     """
-    check_storage(storage)
+    grad_storage(storage, "gradient statistics storage")
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     upcast, stats_device = gradient_plan(model, stats_device, upcast)
     if half and upcast:
@@ -103,11 +103,6 @@ def gradient_stats(model: nn.Module, windows: torch.Tensor, scale: float = GRAD_
     out = {k: store({"G1": g1.pop(k).cpu(), "G2": g2.pop(k).sqrt_().cpu()}, storage) for k in linears}
     meta = {"nsamples": int(windows.shape[0]), "seqlen": int(windows.shape[1]), "grad_scale": scale}
     return Stats(out, meta if storage == "fp32" else {**meta, "grad_storage": storage})
-
-
-def check_storage(storage: str) -> None:
-    if storage not in GRAD_STORAGES:
-        raise UserError(f"gradient statistics storage '{storage}' is unknown: use {' or '.join(GRAD_STORAGES)}")
 
 
 def store(terms: dict[str, torch.Tensor], storage: str) -> dict[str, torch.Tensor]:

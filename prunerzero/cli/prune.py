@@ -6,7 +6,7 @@ import time
 
 from ..errors import UserError
 from ..models import save_model
-from ..protocol import GRAD_STORAGES
+from ..checks import GRAD_STORAGES
 from ..specs import ALLOCATIONS, GROUPS, UPDATES, ProcedureError, PruneSpec, probe_folder
 from ._common import (FRACTION, P, at_least, check_model_args, command, common_model_args, evaluate, load, ppl_line,
                       provenance, shell_command, write_json, number)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from .. import checks
 from ..errors import UserError
-from ..protocol import GRAD_STORAGES
 from ..specs import probe_folder
 from ._common import at_least, command, groups, number, shell_command
 
@@ -199,7 +198,7 @@ def add_parser(sub) -> None:
                    help="calibration windows for X and G (default: the space's fitness.nsamples)")
     m.add_argument("--batch-size", type=at_least(1), default=None,
                    help="windows per forward pass (default: the space's fitness.batch_size)")
-    m.add_argument("--grad-storage", default=None, choices=GRAD_STORAGES,
+    m.add_argument("--grad-storage", default=None, choices=checks.GRAD_STORAGES,
                    help="gradient statistics cached and held as fp32, or fp16 with a power-of-two scale per tensor "
                         "(half the disk and accelerator memory) (default: the space's fitness.grad_storage, fp32)")
     m.add_argument("--data-dir", default=None,

@@ -68,16 +68,30 @@ def _header(grid: Grid, rows: list[dict]) -> list[str]:
     return lines + provenance_lines(rows, f"{grid.name}/rows.jsonl")
 
 
+def distinct(rows: list[dict], field: str) -> list[str]:
+    """Each distinct ``provenance[field]`` (``command``, ``device``, ...) of the rows that record one, in first-seen
+    order: what a measurement page names under its title."""
+    return list(dict.fromkeys(r["provenance"][field] for r in rows if r.get("provenance", {}).get(field)))
+
+
+def _commands(commands: list[str]) -> str:
+    return "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands)
+
+
+def commands_line(rows: list[dict]) -> str:
+    """``Command(s): `a`; `b``` of the rows' provenance, in the order they ran."""
+    return _commands(distinct(rows, "command"))
+
+
 def provenance_lines(rows: list[dict], rows_name: str) -> list[str]:
     """Where rows came from: their commands, devices and commits, and the rows file (markdown lines)."""
     lines = []
-    commands = sorted({r["provenance"]["command"] for r in rows if r.get("provenance", {}).get("command")})
-    devices = sorted({r["provenance"]["device"] for r in rows if r.get("provenance", {}).get("device")})
+    commands, devices = sorted(distinct(rows, "command")), sorted(distinct(rows, "device"))
     commits = sorted({(r["provenance"].get("commit") or "unknown")[:10] + ("+dirty" if r["provenance"].get("dirty")
                                                                           else "")
                       for r in rows if r.get("provenance")})
     if commands:
-        lines += ["Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands), ""]
+        lines += [_commands(commands), ""]
     if devices or commits:
         lines += [f"Device: {', '.join(devices) or 'unknown'}. Commit: {', '.join(commits) or 'unknown'}. "
                   f"Rows: `{rows_name}` ({len(rows)}).", ""]
@@ -310,18 +324,6 @@ def write_table(grid: Grid, out: str | Path) -> Path:
     return md
 
 
-
-
-def distinct(rows: list[dict], field: str) -> list[str]:
-    """Each distinct ``provenance[field]`` (``command``, ``device``, ...) of the rows, in first-seen order: what a
-    measurement page names under its title."""
-    return list(dict.fromkeys(r["provenance"][field] for r in rows if r.get("provenance")))
-
-
-def commands_line(rows: list[dict]) -> str:
-    """``Command(s): `a`; `b``` of the rows' provenance."""
-    commands = distinct(rows, "command")
-    return "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands)
 
 
 def write_measurements(out: str | Path, render) -> Path:

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..metric.expr import parse
 from ..metric.known import KNOWN_METRICS
 from ..metric.ops import ANY_TERMINALS, EXPERT_TERMINALS, OPS, TERMINALS, canonical_op
-from ..protocol import GRAD_STORAGES, Protocol
+from ..protocol import Protocol
 
 _P = Protocol()
 
@@ -358,8 +358,7 @@ def _check_fitness(fit: dict, given: dict) -> None:
     checks.optional_integer(fit["eval_windows"], "fitness.eval_windows", 1)
     checks.integer(fit["seqlen"], "fitness.seqlen", 2)
     checks.integer(fit["nsamples"], "fitness.nsamples", 1)
-    if fit["grad_storage"] not in GRAD_STORAGES:
-        raise UserError(f"fitness.grad_storage '{fit['grad_storage']}' is unknown: use {' or '.join(GRAD_STORAGES)}")
+    checks.grad_storage(fit["grad_storage"], "fitness.grad_storage")
     _check_seeds(fit)
     if fit["combine"] == "margin" and (not isinstance(fit["calib_seed"], list) or fit["reference"] is None):
         raise UserError("fitness.combine margin compares spreads over calibration seeds with a reference: give "
