@@ -23,8 +23,7 @@ What is written, and why:
   channels (exact: a zero gate/up row and a zero down column add nothing). q8_0 needs it (blocks of 32 along a row:
   a width of 87 cannot be q8_0), and so does speed at every type: llama.cpp's CPU prefill kernels (llamafile's
   tinyBLAS) take a matrix product only when its inner dimension is a multiple of 8, 16 or 32 (by type and
-  instruction set) and otherwise fall back to a generic path. Unaligned per-layer widths made a 30%-pruned SmolLM2
-  no faster than dense at f16 prefill; aligned, it runs ~1.3-1.4x (``results/llamacpp-cpu.md``). The file's
+  instruction set) and otherwise fall back to a generic path (``results/llamacpp-cpu.md`` times both). The file's
   ``prunerzero.layer_shapes`` keeps the true widths, and prunerzero drops the padding when it reads the file back.
 * **Sparsity.** Unstructured and N:M zeros are stored as zeros: GGUF has no sparse layout and llama.cpp no sparse
   kernel, so a 50%-sparse model has the dense model's size and speed (quantization keeps most zeros: q8_0 of an
